@@ -1,0 +1,185 @@
+"""Megaphone's settings, read in one place.
+
+A project configures Megaphone with one dict in its Django settings::
+
+    MEGAPHONE = {"MAX_MESSAGE_SIZE": 128 * 1024}
+
+Every key is optional; :data:`DEFAULTS` lists them with their defaults and meaning. No other
+module reads ``django.conf.settings`` for Megaphone's keys: they call :func:`get_config`, which is
+cached and cleared when a test overrides the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from fnmatch import fnmatchcase
+from functools import cache, lru_cache
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    #: Where messages cross processes and where history lives: ``memory://`` (one process) or
+    #: ``redis://host:port/db``. Defaults to the ``REDIS_URL`` environment variable when set.
+    BACKEND: str = "memory://"
+    #: Largest message a client may send, in bytes (text is counted UTF-8 encoded). A larger one
+    #: closes that client's connection with 1009; nothing of it is buffered or delivered.
+    MAX_MESSAGE_SIZE: int = 64 * 1024
+    #: Bound on one connection's queue of undelivered frames, in messages and in bytes. A client
+    #: that falls further behind is closed with 4408 (slow consumer) and may resume from its offset.
+    OUTBOX_MAX_MESSAGES: int = 1024
+    OUTBOX_MAX_BYTES: int = 8 * 1024 * 1024
+    #: History kept per topic for recovery: at most this many messages, none older than the TTL.
+    HISTORY_SIZE: int = 1000
+    HISTORY_TTL: float = 600.0
+    #: Publish-rate limit per connection: a token bucket refilled at PUBLISH_RATE messages per
+    #: second, holding at most PUBLISH_BURST. Over it, the connection is closed with 4429.
+    #: 0 disables the limit.
+    PUBLISH_RATE: float = 100.0
+    PUBLISH_BURST: int = 1000
+    #: Open WebSocket connections allowed per client IP address, per worker process (0: no
+    #: limit). Behind a proxy, run the server with --proxy-headers or every client shares the
+    #: proxy's address. Over it, the handshake is refused (HTTP 403).
+    MAX_CONNECTIONS_PER_IP: int = 0
+    #: Dead-connection detection: the server pings every PING_INTERVAL seconds and closes a
+    #: connection that has not answered within PING_TIMEOUT seconds (``manage.py serve``).
+    PING_INTERVAL: float = 20.0
+    PING_TIMEOUT: float = 20.0
+    #: Who may subscribe, publish, read history and presence, per topic glob: see
+    #: :mod:`megaphone.permissions`. None applies its DEFAULT_PERMISSIONS.
+    PERMISSIONS: tuple[dict[str, str], ...] | None = None
+    #: Every worker publishes its figures for the live dashboard (:mod:`megaphone.dashboard`)
+    #: on the internal topic ``_megaphone.stats`` this often, in seconds. 0 turns it off.
+    DASHBOARD_INTERVAL: float = 2.0
+    #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.tokens`.
+    TOKEN_TTL: float = 300.0
+    #: Origins a browser page may connect from. ``None`` means the hosts in ``ALLOWED_HOSTS``.
+    #: A client that sends no Origin header (wscat, scripts, servers) is always accepted.
+    ALLOWED_ORIGINS: tuple[str, ...] | None = None
+    #: Seconds ``megaphone.publish()`` / ``apublish()`` wait for the backend to accept a message
+    #: before raising :class:`megaphone.PublishUnavailable` (the message may still go out).
+    PUBLISH_TIMEOUT: float = 5.0
+    #: Keys of the HTTP API (``Authorization: Bearer <key>``). A list of keys allowed on every
+    #: topic, or a dict ``{key: [topic pattern, ...]}`` (``fnmatch`` patterns, e.g. ``"orders.*"``)
+    #: restricting each key. Empty: the HTTP API refuses every request with 401.
+    API_KEYS: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
+    #: Per-key rate limit of the HTTP API, per process: a token bucket refilled at
+    #: ``API_RATE_LIMIT`` messages per second holding at most ``API_RATE_BURST``. ``None``: off.
+    API_RATE_LIMIT: float | None = 100.0
+    API_RATE_BURST: int = 500
+    #: Most messages in one ``POST api/publish/batch`` request, and largest request body of the
+    #: HTTP API in bytes (each message is also held to ``MAX_MESSAGE_SIZE``).
+    API_BATCH_MAX: int = 100
+    API_MAX_BODY_SIZE: int = 4 * 1024 * 1024
+    #: Presence (who is subscribed) is tracked on every topic when True; ``TOPICS`` may turn it
+    #: on or off per topic. Join/leave events are sent to subscribers when ``JOIN_LEAVE`` is True
+    #: (they need presence on too).
+    PRESENCE: bool = False
+    JOIN_LEAVE: bool = False
+    #: Seconds a presence entry lives in a shared backend (Redis) without being refreshed: an
+    #: entry of a process that died without saying goodbye vanishes after this long.
+    PRESENCE_TTL: float = 60.0
+    #: Most missed messages a subscription recovers on resubscribe; a larger gap answers
+    #: ``recovered: false``. Keep it below ``OUTBOX_MAX_MESSAGES``.
+    RECOVERY_MAX_MESSAGES: int = 500
+    #: Most topics one connection of the protocol endpoint (``/ws/connect/``) may subscribe to.
+    MAX_SUBSCRIPTIONS: int = 256
+    #: Per-topic overrides by glob pattern (``fnmatch``, case-sensitive), the first matching
+    #: pattern in order wins, e.g. ``{"chat.*": {"history_size": 100, "presence": True}}``.
+    #: Options: see :class:`TopicOptions`. Stored as a tuple of ``(pattern, options)`` pairs.
+    TOPICS: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+#: Every setting with its default.
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
+
+
+def _defaults_from_environment() -> dict[str, Any]:
+    redis_url = os.environ.get("REDIS_URL")
+    return {"BACKEND": redis_url} if redis_url else {}
+
+
+def unknown_keys() -> list[str]:
+    """Keys of the user's ``MEGAPHONE`` setting that Megaphone does not know (a typo, usually)."""
+    return sorted(set(getattr(settings, "MEGAPHONE", {})) - set(DEFAULTS))
+
+
+@cache
+def get_config() -> Config:
+    """The effective configuration: defaults, then ``REDIS_URL``, then ``settings.MEGAPHONE``."""
+    user = dict(getattr(settings, "MEGAPHONE", {}))
+    values = {**DEFAULTS, **_defaults_from_environment(), **user}
+    if values["ALLOWED_ORIGINS"] is not None:
+        values["ALLOWED_ORIGINS"] = tuple(values["ALLOWED_ORIGINS"])
+    keys = values["API_KEYS"]
+    if isinstance(keys, dict):
+        values["API_KEYS"] = {key: tuple(patterns) for key, patterns in keys.items()}
+    elif isinstance(keys, str):
+        values["API_KEYS"] = (keys,)
+    else:
+        values["API_KEYS"] = tuple(keys)
+    topics = values["TOPICS"]
+    if isinstance(topics, dict):
+        values["TOPICS"] = tuple(
+            (pattern, dict(options) if isinstance(options, dict) else options)
+            for pattern, options in topics.items()
+        )
+    return Config(**{name: values[name] for name in DEFAULTS})
+
+
+@dataclass(frozen=True, slots=True)
+class TopicOptions:
+    """What applies to one topic: the global settings, overridden by its ``TOPICS`` entry."""
+
+    #: History kept for recovery: at most ``history_size`` messages, none older than
+    #: ``history_ttl`` seconds.
+    history_size: int
+    history_ttl: float
+    #: Track who is subscribed (``presence`` op); send join/leave events to subscribers.
+    presence: bool
+    join_leave: bool
+    #: Keep history and offsets in the Django database: they survive a restart of every process.
+    durable: bool = False
+    #: Whether clients of the WebSocket endpoints may publish (server-side publishing always can).
+    publish: bool = True
+
+
+#: The options a ``TOPICS`` entry may set, with the type each takes.
+TOPIC_OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
+    "history_size": int,
+    "history_ttl": (int, float),
+    "presence": bool,
+    "join_leave": bool,
+    "durable": bool,
+    "publish": bool,
+}
+
+
+@lru_cache(maxsize=4096)
+def topic_options(topic: str) -> TopicOptions:
+    """The options of ``topic``: the first ``TOPICS`` pattern matching it, over the defaults."""
+    config = get_config()
+    values: dict[str, Any] = {
+        "history_size": config.HISTORY_SIZE,
+        "history_ttl": float(config.HISTORY_TTL),
+        "presence": config.PRESENCE,
+        "join_leave": config.JOIN_LEAVE,
+    }
+    for pattern, options in config.TOPICS:
+        if isinstance(pattern, str) and isinstance(options, dict) and fnmatchcase(topic, pattern):
+            values.update({k: v for k, v in options.items() if k in TOPIC_OPTION_TYPES})
+            break
+    values["history_ttl"] = float(values["history_ttl"])
+    return TopicOptions(**values)
+
+
+@receiver(setting_changed)
+def _clear_config_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting == "MEGAPHONE":
+        get_config.cache_clear()
+        topic_options.cache_clear()

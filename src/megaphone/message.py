@@ -1,0 +1,78 @@
+"""A published message, as it travels from the backend through the hub to the sockets.
+
+A message is immutable once the backend has given it an offset. Each transport turns it into the
+frame it sends (an ASGI ``websocket.send`` event, say) with an *encoder*; :meth:`Message.encoded`
+runs each encoder at most once per message per process and hands every subscriber the same object.
+That is the "encode once" rule: the cost of encoding does not grow with the number of subscribers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+Kind = Literal["text", "binary", "json"]
+Encoder = Callable[["Message"], Any]
+
+
+class Message:
+    """One message on one topic.
+
+    ``payload`` is what was published: ``str`` for a text message, ``bytes`` for a binary one.
+    ``offset`` is its position in the topic (1, 2, 3... with no gap within an ``epoch``); ``epoch``
+    names the topic's current history and changes whenever that history is lost.
+    ``time`` is when the backend accepted it (seconds since the epoch, float).
+
+    ``json`` is True when a protocol client published a JSON value other than a string: the
+    payload is then that value's JSON text, which raw clients receive as it is and protocol
+    clients receive as the value (see docs/protocol.md). Backends store and carry this flag.
+    """
+
+    __slots__ = ("_encoded", "epoch", "json", "offset", "payload", "time", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: str | bytes,
+        offset: int,
+        epoch: str,
+        time: float,
+        *,
+        json: bool = False,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.offset = offset
+        self.epoch = epoch
+        self.time = time
+        self.json = json
+        self._encoded: dict[Encoder, Any] = {}
+
+    @property
+    def kind(self) -> Kind:
+        if isinstance(self.payload, bytes):
+            return "binary"
+        return "json" if self.json else "text"
+
+    @property
+    def size(self) -> int:
+        """Payload size in characters (text) or bytes (binary): the cost a queue accounts for."""
+        return len(self.payload)
+
+    def encoded(self, encoder: Encoder) -> Any:
+        """``encoder(self)``, computed on first use and shared by every later caller."""
+        try:
+            return self._encoded[encoder]
+        except KeyError:
+            frame = self._encoded[encoder] = encoder(self)
+            return frame
+
+    def __repr__(self) -> str:
+        return f"<Message {self.topic}#{self.offset} epoch={self.epoch} {self.kind} {self.size}>"
+
+
+def raw_frame(message: Message) -> dict[str, Any]:
+    """The ASGI event that sends ``message`` as the seed endpoint does: the payload as it was."""
+    if isinstance(message.payload, bytes):
+        return {"type": "websocket.send", "bytes": message.payload}
+    return {"type": "websocket.send", "text": message.payload}

@@ -1,0 +1,199 @@
+"""The node: this process's engine on one event loop, joining the backend to the hub.
+
+Data flows one way: ``publish`` -> backend (orders, stores, fans out across processes) -> the
+node's callback -> hub -> each subscriber's outbox -> its socket. The node also keeps the backend
+subscribed to exactly the topics that have local subscribers.
+
+There is one node per running event loop (an ASGI server has one per worker process), created on
+first use by :func:`get_node` from the settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import DatabaseError
+
+from . import metrics
+from .backends import Backend, BackendUnavailable, backend_from_url
+from .backends.base import HistoryPage
+from .conf import get_config, topic_options
+from .hub import Hub, Subscriber
+from .message import Message
+
+
+class Node:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.hub = Hub()
+        self._subscribed: dict[str, asyncio.Future[None]] = {}
+        # (topic, client) -> info of this process's presence entries, re-added periodically so
+        # that a shared backend can expire the entries of a dead process.
+        self._presence: dict[tuple[str, str], dict[str, object]] = {}
+        self._presence_refresher: asyncio.Task[None] | None = None
+        self._stats_publisher: asyncio.Task[None] | None = None
+        metrics.track_hub(self.hub)
+
+    async def start(self) -> None:
+        await self.backend.start(self._on_message)
+
+    def _on_message(self, message: Message) -> None:
+        """The backend's callback: hand ``message`` to the hub, and count it."""
+        metrics.DELIVERIES.inc(self.hub.broadcast(message))
+        metrics.PUBLISH_TO_SEND.observe(max(0.0, time.time() - message.time))
+
+    def publish_stats(self, interval: float) -> None:
+        """Publish this worker's figures for the dashboard every ``interval`` seconds."""
+        from .dashboard import publish_stats
+
+        self._stats_publisher = asyncio.ensure_future(publish_stats(self, interval))
+
+    async def stop(self) -> None:
+        for task in (self._presence_refresher, self._stats_publisher):
+            if task is not None:
+                task.cancel()
+        await self.backend.stop()
+
+    async def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        """Add ``subscriber`` to ``topic``; return once the backend delivers that topic here.
+
+        Raises :class:`~megaphone.backends.BackendUnavailable` (and leaves the topic) if the
+        backend cannot subscribe.
+        """
+        if self.hub.add(topic, subscriber):
+            self._subscribed[topic] = asyncio.ensure_future(self.backend.subscribe(topic))
+        try:
+            await asyncio.shield(self._subscribed[topic])
+        except BaseException:
+            await self.unsubscribe(topic, subscriber)
+            raise
+
+    async def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        """Remove ``subscriber`` from ``topic``; the backend stops when the last one leaves."""
+        if self.hub.remove(topic, subscriber):
+            self._subscribed.pop(topic, None)
+            await self.backend.unsubscribe(topic)
+
+    async def publish(
+        self, topic: str, payload: str | bytes, *, json: bool = False, msg_id: str | None = None
+    ) -> Message:
+        """Publish through the backend; return the message with its offset and epoch.
+
+        With ``msg_id``, a message already accepted with that id is returned instead (see
+        :meth:`Backend.publish`).
+        """
+        try:
+            if _durable(topic):
+                size, ttl = history_limits(topic)
+                message, new = await _durable_append(
+                    topic, payload, json=json, msg_id=msg_id, size=size, ttl=ttl
+                )
+                if new:
+                    await self.backend.forward(message)
+            else:
+                message = await self.backend.publish(topic, payload, json=json, msg_id=msg_id)
+        except BackendUnavailable:
+            metrics.BACKEND_ERRORS.labels("publish").inc()
+            raise
+        metrics.MESSAGES_PUBLISHED.inc()
+        return message
+
+    async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
+        """``topic``'s messages after offset ``since`` (see :meth:`Backend.history`); durable
+        topics' come from the database."""
+        if _durable(topic):
+            size, ttl = history_limits(topic)
+            return await _durable_history(topic, since, limit, size=size, ttl=ttl)
+        return await self.backend.history(topic, since, limit)
+
+    async def presence_add(self, topic: str, client: str, info: dict[str, object]) -> None:
+        """Record ``client`` on ``topic``, and keep refreshing it until removed."""
+        self._presence[topic, client] = info
+        await self.backend.presence_add(topic, client, info)
+        if self._presence_refresher is None or self._presence_refresher.done():
+            self._presence_refresher = asyncio.ensure_future(self._refresh_presence())
+
+    async def presence_remove(self, topic: str, client: str) -> None:
+        self._presence.pop((topic, client), None)
+        await self.backend.presence_remove(topic, client)
+
+    async def presence(self, topic: str) -> dict[str, dict[str, object]]:
+        return await self.backend.presence(topic)
+
+    async def _refresh_presence(self) -> None:
+        """Re-add this process's entries three times per ``presence_ttl``, while there are any."""
+        while self._presence:
+            await asyncio.sleep(self.backend.presence_ttl / 3)
+            for (topic, client), info in list(self._presence.items()):
+                try:
+                    await self.backend.presence_add(topic, client, info)
+                except BackendUnavailable:
+                    metrics.BACKEND_ERRORS.labels("presence").inc()
+                    break
+
+
+def _durable(topic: str) -> bool:
+    return not topic.startswith("$") and topic_options(topic).durable
+
+
+async def _durable_append(topic: str, payload: str | bytes, **options: Any) -> tuple[Message, bool]:
+    from . import durable  # imports models: only once Django is set up, and only if used
+
+    try:
+        return await database_sync_to_async(durable.append)(topic, payload, **options)
+    except DatabaseError as exc:
+        raise BackendUnavailable(f"durable topic {topic}: {exc}") from exc
+
+
+async def _durable_history(
+    topic: str, since: int, limit: int | None, **options: Any
+) -> HistoryPage:
+    from . import durable
+
+    try:
+        return await database_sync_to_async(durable.history)(topic, since, limit, **options)
+    except DatabaseError as exc:
+        raise BackendUnavailable(f"durable topic {topic}: {exc}") from exc
+
+
+def history_limits(topic: str) -> tuple[int, float]:
+    """``(size, ttl)`` of ``topic``'s history, from the settings. Internal topics (join/leave
+    events, whose names start with ``$``) keep no history."""
+    if topic.startswith("$"):
+        return 0, 0.0
+    options = topic_options(topic)
+    return options.history_size, options.history_ttl
+
+
+_nodes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Node]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _start_node() -> Node:
+    config = get_config()
+    backend = backend_from_url(
+        config.BACKEND,
+        history_size=config.HISTORY_SIZE,
+        history_ttl=config.HISTORY_TTL,
+        limits=history_limits,
+        presence_ttl=config.PRESENCE_TTL,
+    )
+    node = Node(backend)
+    await node.start()
+    if config.DASHBOARD_INTERVAL:
+        node.publish_stats(config.DASHBOARD_INTERVAL)
+    return node
+
+
+async def get_node() -> Node:
+    """The started node of the running event loop (created on first call)."""
+    loop = asyncio.get_running_loop()
+    starting = _nodes.get(loop)
+    if starting is None or (starting.done() and (starting.cancelled() or starting.exception())):
+        starting = _nodes[loop] = loop.create_task(_start_node())
+    return await asyncio.shield(starting)

@@ -1,0 +1,32 @@
+"""Topic names: what a valid one looks like, in one place.
+
+A topic name is 1 to 200 characters from ``A-Z a-z 0-9 _ - . : @ =``, starting with a letter, a
+digit or ``_``. Examples: ``broadcast``, ``chat.room-42``, ``user:17``. Names are case-sensitive.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_TOPIC_LENGTH = 200
+_TOPIC = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.:@=-]{{0,{MAX_TOPIC_LENGTH - 1}}}")
+
+
+class InvalidTopic(ValueError):
+    """A topic name that does not follow the rules above; the message says which rule."""
+
+
+def validate_topic(name: object) -> str:
+    """Return ``name`` if it is a valid topic name, else raise :class:`InvalidTopic`."""
+    if not isinstance(name, str):
+        raise InvalidTopic(f"topic must be a string, not {type(name).__name__}")
+    if not name:
+        raise InvalidTopic("topic must not be empty")
+    if len(name) > MAX_TOPIC_LENGTH:
+        raise InvalidTopic(f"topic is {len(name)} characters long; the limit is {MAX_TOPIC_LENGTH}")
+    if not _TOPIC.fullmatch(name):
+        raise InvalidTopic(
+            f"topic {name[:50]!r} has a character outside A-Z a-z 0-9 _ - . : @ = "
+            "or does not start with a letter, digit or _"
+        )
+    return name

@@ -1,0 +1,1 @@
+"""Transports move frames between sockets and the hub. They hold no broadcast logic themselves."""

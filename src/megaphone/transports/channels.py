@@ -1,0 +1,262 @@
+"""Channels consumers: the ASGI transport. Runs under any ASGI server.
+
+:class:`BroadcastConsumer` is the seed's endpoint done right: every frame a client sends reaches
+every client of the topic, the sender included, as the same text or the same bytes, in the order
+the backend gave them. :class:`ProtocolConsumer` is the multiplexed endpoint speaking the JSON
+protocol of ``docs/protocol.md`` (the logic lives in :mod:`megaphone.session`). Neither uses a
+channel layer: messages go through the node's hub, which encodes each one once and queues it in
+each connection's bounded outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from .. import metrics
+from ..auth import TOKEN_EXPIRES
+from ..backends import BackendUnavailable
+from ..closecodes import CloseCode
+from ..conf import get_config, topic_options
+from ..message import Encoder, raw_frame
+from ..node import Node, get_node
+from ..permissions import allowed
+from ..protocol import message_event
+from ..ratelimit import TokenBucket
+from ..session import Session
+from ..topics import InvalidTopic, validate_topic
+from .connection import Connection
+from .frames import frame_writer
+
+logger = logging.getLogger("megaphone.transports.channels")
+
+#: The topic of ``/ws/broadcast/``.
+DEFAULT_TOPIC = "broadcast"
+#: How long a close frame may wait for a client that stopped reading before we drop the client.
+CLOSE_TIMEOUT = 5.0
+
+
+def encoded_size(text: str) -> int:
+    """UTF-8 size of ``text``, without encoding it when its length alone settles the question."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+class _Endpoint(AsyncWebsocketConsumer):
+    """What both endpoints share: the connection and its outbox, the size check, closing."""
+
+    # Never join a channel layer, even if the project configures one: the hub does the fan-out.
+    channel_layer_alias = "__megaphone_has_no_channel_layer__"
+
+    node: Node
+    max_message_size: int
+    publish_limit: TokenBucket
+    connection: Connection | None = None
+    _closing: asyncio.Task[None] | None = None
+    _main_task: asyncio.Task[object] | None = None
+    _token_timer: asyncio.TimerHandle | None = None
+    user: Any = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, minus its thread-pool hop per frame to close stale database
+        connections: these consumers never use the ORM outside ``database_sync_to_async``, which
+        closes them itself. That hop cost more than the broadcast of a frame to 1,000 clients."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
+    async def _setup(self, encoder: Encoder) -> Connection:
+        """Read the settings, find the node, build the connection (not started yet)."""
+        self._main_task = asyncio.current_task()
+        config = get_config()
+        self.max_message_size = config.MAX_MESSAGE_SIZE
+        self.publish_limit = TokenBucket(config.PUBLISH_RATE, config.PUBLISH_BURST)
+        self.node = await get_node()
+        self.user = self.scope.get("user")
+        expires = self.scope.get(TOKEN_EXPIRES)
+        if expires is not None:  # a token-authenticated connection ends with its token
+            self._token_timer = asyncio.get_running_loop().call_later(
+                max(0.0, expires - time.time()), self._token_expired
+            )
+        return Connection(
+            self.base_send,
+            encoder,
+            self._slow,
+            max_messages=config.OUTBOX_MAX_MESSAGES,
+            max_bytes=config.OUTBOX_MAX_BYTES,
+            write_frame=frame_writer(self.scope),
+        )
+
+    async def _payload(self, text_data: str | None, bytes_data: bytes | None) -> str | bytes | None:
+        """The frame's payload, or None after closing the client with 1009 if it is too big."""
+        payload: str | bytes
+        if text_data is not None:
+            payload, size = text_data, encoded_size(text_data)
+        else:
+            payload = bytes_data if bytes_data is not None else b""
+            size = len(payload)
+        if size > self.max_message_size:
+            logger.info("closing %s: message of %d bytes over the limit", self.scope["path"], size)
+            await self._close(CloseCode.MESSAGE_TOO_BIG)
+            return None
+        return payload
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """Channels' version, minus its channel-layer groups and its thread hop (see dispatch)."""
+        if self._token_timer is not None:
+            self._token_timer.cancel()
+        await self.disconnect(message["code"])
+        raise StopConsumer()
+
+    def _token_expired(self) -> None:
+        logger.info("closing %s: its connection token expired", self.scope["path"])
+        self._closing = asyncio.get_running_loop().create_task(self._close(CloseCode.UNAUTHORIZED))
+
+    def _slow(self) -> None:
+        """Called by the outbox, once, when it overflows; it already drops further frames."""
+        logger.warning("closing a slow consumer on %s: outbox full", self.scope["path"])
+        self._closing = asyncio.get_running_loop().create_task(self._close(CloseCode.SLOW_CONSUMER))
+
+    async def _close(self, code: int) -> None:
+        """Stop sending queued frames, then close the socket with ``code``.
+
+        A client that stopped reading cannot take the close frame either: after
+        :data:`CLOSE_TIMEOUT` the consumer is cancelled and the server drops the connection.
+        """
+        metrics.CLOSES.labels(str(code)).inc()
+        if self.connection is not None:
+            await self.connection.close()
+        try:
+            await asyncio.wait_for(self.close(code), CLOSE_TIMEOUT)
+        except TimeoutError:
+            logger.warning("client on %s did not take its close frame", self.scope["path"])
+            if self._main_task is not None:
+                self._main_task.cancel()
+
+
+class BroadcastConsumer(_Endpoint):
+    """``/ws/broadcast/`` (topic ``broadcast``) and ``/ws/broadcast/<topic>/``.
+
+    Close codes: 1009 for a message over ``MAX_MESSAGE_SIZE``, 4408 for a client whose outbox
+    overflowed, 4429 for publishing faster than ``PUBLISH_RATE``/``PUBLISH_BURST`` allow, 1013
+    when the backend is unavailable, 4403 after a message on a topic where clients may not
+    publish. A handshake for an invalid topic name is refused (HTTP 403) and the
+    reason is logged.
+    """
+
+    topic: str
+
+    async def connect(self) -> None:
+        kwargs = self.scope.get("url_route", {}).get("kwargs", {})
+        try:
+            self.topic = validate_topic(kwargs.get("topic") or DEFAULT_TOPIC)
+        except InvalidTopic as exc:
+            logger.warning("refused WebSocket handshake on %s: %s", self.scope.get("path"), exc)
+            await self.close()
+            return
+        connection = await self._setup(raw_frame)
+        if not allowed(self.user, "subscribe", self.topic):
+            logger.warning(
+                "refused WebSocket handshake on %s: may not subscribe", self.scope["path"]
+            )
+            metrics.REFUSALS.labels("forbidden").inc()
+            await self.close()
+            return
+        try:
+            await self.node.subscribe(self.topic, connection)
+        except BackendUnavailable as exc:
+            logger.error("refused WebSocket handshake on %s: backend: %s", self.scope["path"], exc)
+            await self.close()
+            return
+        self.connection = connection
+        await self.accept()
+        connection.start()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        payload = await self._payload(text_data, bytes_data)
+        if payload is None:
+            return
+        if not self.publish_limit.allow():
+            logger.warning("closing a client on %s: publish rate over the limit", self.topic)
+            await self._close(CloseCode.RATE_LIMITED)
+            return
+        if not (topic_options(self.topic).publish and allowed(self.user, "publish", self.topic)):
+            logger.info("closing %s: clients may not publish on %s", self.scope["path"], self.topic)
+            await self._close(CloseCode.FORBIDDEN)
+            return
+        try:
+            await self.node.publish(self.topic, payload)
+        except BackendUnavailable as exc:
+            logger.error("publish on %s failed, closing: %s", self.topic, exc)
+            await self._close(CloseCode.TRY_AGAIN_LATER)
+
+    async def disconnect(self, code: int) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await connection.close()
+            await self.node.unsubscribe(self.topic, connection)
+
+
+def _user_name(scope: dict[str, Any]) -> str | None:
+    """The authenticated user's name, when the project's middleware put a user in the scope."""
+    user = scope.get("user")
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return str(user.get_username())
+
+
+class ProtocolConsumer(_Endpoint):
+    """``/ws/connect/``: the multiplexed JSON protocol (``docs/protocol.md``).
+
+    Every request gets a reply or an ``error`` frame with a stable code; the connection stays
+    open (a publish over ``PUBLISH_RATE``/``PUBLISH_BURST`` gets ``rate_limited``). Close codes:
+    1009 for a frame over ``MAX_MESSAGE_SIZE``, 4408 for a slow consumer, 1013 when the backend
+    is unavailable at connect.
+    """
+
+    session: Session | None = None
+
+    async def connect(self) -> None:
+        connection = await self._setup(message_event)
+        try:
+            await self.node.backend.ping()
+        except BackendUnavailable as exc:
+            logger.error("refused WebSocket handshake on %s: backend: %s", self.scope["path"], exc)
+            await self.close()
+            return
+        self.connection = connection
+        self.session = Session(
+            self.node,
+            connection,
+            client=secrets.token_urlsafe(9),
+            user=_user_name(self.scope),
+            principal=self.user,
+            publish_limit=self.publish_limit,
+        )
+        await self.accept()
+        self.session.send(self.session.hello())
+        connection.start()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        payload = await self._payload(text_data, bytes_data)
+        if payload is None or self.session is None:
+            return
+        if isinstance(payload, bytes):
+            self.session.handle_bytes(payload)
+        else:
+            await self.session.handle_text(payload)
+
+    async def disconnect(self, code: int) -> None:
+        session, self.session = self.session, None
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await connection.close()
+        if session is not None:
+            await session.close()
