@@ -1,0 +1,42 @@
+"""Durable history: topics configured ``durable: True`` keep their offsets, epoch and history in
+the Django database, so they survive a restart of every process. See :mod:`megaphone.durable`."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class DurableTopic(models.Model):
+    """A durable topic's position: its epoch (fixed for the topic's life) and latest offset."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    epoch = models.CharField(max_length=32)
+    offset = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name}#{self.offset} ({self.epoch})"
+
+
+class DurableMessage(models.Model):
+    """One message of a durable topic. ``text`` holds a text payload, ``data`` a binary one."""
+
+    topic = models.CharField(max_length=200)
+    offset = models.BigIntegerField()
+    text = models.TextField(null=True, blank=True)
+    data = models.BinaryField(null=True, blank=True)
+    json = models.BooleanField(default=False)
+    msg_id = models.CharField(max_length=64, null=True, blank=True)
+    time = models.FloatField()
+
+    class Meta:
+        constraints = (
+            models.UniqueConstraint(fields=["topic", "offset"], name="megaphone_topic_offset"),
+            models.UniqueConstraint(
+                fields=["topic", "msg_id"],
+                condition=models.Q(msg_id__isnull=False),
+                name="megaphone_topic_msg_id",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.topic}#{self.offset}"
