@@ -1,0 +1,220 @@
+"""``manage.py megaphone``: publish, tail and inspect topics from a terminal.
+
+    manage.py megaphone publish <topic> <data> [--json] [--msg-id ID]   prints the offset
+    manage.py megaphone tail <topic> [--count N] [--timeout S] [--since N] [--format text|json]
+    manage.py megaphone history <topic> [--since N] [--limit N] [--format text|json]
+    manage.py megaphone presence <topic>
+    manage.py megaphone topics
+
+The command is a process of its own: it reaches the server's clients only through a backend
+shared between processes (Redis). Run from the command line with the in-memory backend, it stops
+with an error saying so. Through ``call_command()`` it runs in the caller's process and uses that
+process's backend, whatever it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from megaphone.backends import Backend, BackendUnavailable
+from megaphone.conf import get_config
+from megaphone.message import Message
+from megaphone.node import Node
+from megaphone.protocol import MAX_HISTORY_LIMIT, message_json
+from megaphone.publishing import PublishError, publish, start_standalone_node
+from megaphone.topics import InvalidTopic, validate_topic
+
+MEMORY_BACKEND_ERROR = (
+    "The in-memory backend does not cross processes: this command runs in a process of its own, "
+    "so it would {what} this process's memory, which no server and no client shares. "
+    "Use the Redis backend, in the server and here: set REDIS_URL=redis://127.0.0.1:6379/0 "
+    "(or MEGAPHONE['BACKEND']). From code running in the server's process, call "
+    "megaphone.publish() (or call_command('megaphone', ...)) instead."
+)
+WHAT = {
+    "publish": "publish into",
+    "tail": "listen to",
+    "history": "read the history of",
+    "presence": "read the presence in",
+    "topics": "list the topics of",
+}
+
+
+class _Tail:
+    """A hub subscriber queueing what it is handed, for the tail loop."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+
+    def deliver(self, message: Message) -> None:
+        self.queue.put_nowait(message)
+
+
+class Command(BaseCommand):
+    help = "Publish to, tail and inspect Megaphone topics (needs Redis outside the server)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        commands = parser.add_subparsers(dest="subcommand", required=True, metavar="subcommand")
+
+        p = commands.add_parser("publish", help="publish a message; prints its offset")
+        p.add_argument("topic")
+        p.add_argument("data", help="the text to send (with --json: a JSON value)")
+        p.add_argument("--json", action="store_true", help="data is JSON: publish the value")
+        p.add_argument("--msg-id", help="idempotency key: a retry does not publish twice")
+
+        t = commands.add_parser("tail", help="print the topic's messages as they come")
+        t.add_argument("topic")
+        t.add_argument("--count", type=int, help="stop after this many messages")
+        t.add_argument("--timeout", type=float, help="stop after this many seconds")
+        t.add_argument("--since", type=int, help="first print the history after this offset")
+        t.add_argument("--format", choices=("text", "json"), default="text")
+
+        h = commands.add_parser("history", help="print the topic's history")
+        h.add_argument("topic")
+        h.add_argument("--since", type=int, default=0)
+        h.add_argument("--limit", type=int, default=100)
+        h.add_argument("--format", choices=("text", "json"), default="text")
+
+        s = commands.add_parser("presence", help="print the clients subscribed to the topic")
+        s.add_argument("topic")
+
+        commands.add_parser("topics", help="print the topics with subscribers, and how many")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        subcommand = options["subcommand"]
+        backend = get_config().BACKEND
+        if getattr(self, "_called_from_command_line", False) and backend.startswith("memory:"):
+            raise CommandError(MEMORY_BACKEND_ERROR.format(what=WHAT[subcommand]))
+        if "topic" in options:
+            try:
+                validate_topic(options["topic"])
+            except InvalidTopic as exc:
+                raise CommandError(str(exc)) from None
+        if subcommand == "publish":
+            self.publish(options)
+            return
+        try:
+            asyncio.run(getattr(self, subcommand)(options))
+        except KeyboardInterrupt:
+            pass
+        except (BackendUnavailable, OSError) as exc:
+            raise CommandError(f"the backend is unavailable: {exc}") from None
+
+    # publish ---------------------------------------------------------------------------------
+
+    def publish(self, options: dict[str, Any]) -> None:
+        data: Any = options["data"]
+        if options["json"]:
+            try:
+                data = json.loads(data)
+            except ValueError as exc:
+                raise CommandError(f"--json: the data is not JSON: {exc}") from None
+        try:
+            message = publish(options["topic"], data, msg_id=options["msg_id"])
+        except PublishError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(str(message.offset))
+        if options["verbosity"] > 1:
+            self.stderr.write(f"published on {message.topic} in epoch {message.epoch}")
+
+    # the others run on an event loop with a node of their own --------------------------------
+
+    async def _node(self) -> Node:
+        try:
+            return await start_standalone_node()
+        except (BackendUnavailable, OSError) as exc:
+            raise CommandError(f"the backend is unavailable: {exc}") from None
+
+    async def tail(self, options: dict[str, Any]) -> None:
+        topic, count, seconds = options["topic"], options["count"], options["timeout"]
+        deadline = None if seconds is None else time.monotonic() + seconds
+        node = await self._node()
+        tail = _Tail()
+        printed = 0
+        last = 0
+        try:
+            await node.subscribe(topic, tail)
+            if options["since"] is not None:
+                page = await node.history(topic, options["since"], MAX_HISTORY_LIMIT)
+                if not page.complete:
+                    self.stderr.write("some messages after --since are no longer in history")
+                for message in page.messages:
+                    self._print(message, options["format"])
+                    printed, last = printed + 1, message.offset
+                    if count is not None and printed >= count:
+                        return
+            while count is None or printed < count:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                try:
+                    message = await asyncio.wait_for(tail.queue.get(), remaining)
+                except TimeoutError:
+                    break
+                if message.offset <= last and options["since"] is not None:
+                    continue  # already printed from history
+                self._print(message, options["format"])
+                printed += 1
+        finally:
+            await node.unsubscribe(topic, tail)
+            await node.stop()
+        if count is not None and printed < count:
+            raise CommandError(f"{printed} of {count} messages within {seconds} s")
+
+    async def history(self, options: dict[str, Any]) -> None:
+        since, limit = options["since"], options["limit"]
+        if since < 0 or not 0 <= limit <= MAX_HISTORY_LIMIT:
+            raise CommandError(f"--since must be >= 0 and --limit from 0 to {MAX_HISTORY_LIMIT}")
+        node = await self._node()
+        try:
+            page = await node.history(options["topic"], since, limit)
+        finally:
+            await node.stop()
+        for message in page.messages:
+            self._print(message, options["format"])
+        if options["verbosity"] > 1 or not page.complete:
+            note = "" if page.complete else "; some messages after --since were trimmed"
+            self.stderr.write(f"topic offset {page.offset}, epoch {page.epoch}{note}")
+
+    async def presence(self, options: dict[str, Any]) -> None:
+        node = await self._node()
+        try:
+            if type(node.backend).presence is Backend.presence:
+                raise CommandError(f"the {type(node.backend).__name__} keeps no presence")
+            entries = await node.presence(options["topic"])
+        finally:
+            await node.stop()
+        for entry in sorted(entries.values(), key=lambda e: str(e.get("client"))):
+            self.stdout.write(json.dumps(entry, ensure_ascii=False, sort_keys=True))
+
+    async def topics(self, options: dict[str, Any]) -> None:
+        node = await self._node()
+        try:
+            counts = getattr(node.backend, "topics", None)
+            if counts is None:
+                raise CommandError(
+                    f"the {type(node.backend).__name__} cannot list the topics of other "
+                    "processes; GET /api/topics on a server lists those of the worker answering"
+                )
+            topics: dict[str, int] = await counts()
+        finally:
+            await node.stop()
+        for name, subscribers in sorted(topics.items()):
+            if not name.startswith("$"):
+                self.stdout.write(f"{name}\t{subscribers}")
+
+    def _print(self, message: Message, format: str) -> None:
+        if format == "json":
+            self.stdout.write(message.encoded(message_json))
+        elif isinstance(message.payload, bytes):
+            encoded = base64.b64encode(message.payload).decode("ascii")
+            self.stdout.write(f"#{message.offset} (binary, base64) {encoded}")
+        else:
+            self.stdout.write(f"#{message.offset} {message.payload}")
+        self.stdout.flush()

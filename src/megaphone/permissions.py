@@ -1,0 +1,116 @@
+"""Who may do what on which topic: the policy, decided in one place.
+
+Actions are ``subscribe``, ``publish``, ``history`` and ``presence``. The project lists rules in
+``MEGAPHONE["PERMISSIONS"]``; the first rule whose ``topics`` glob matches the topic decides::
+
+    MEGAPHONE = {"PERMISSIONS": [
+        {"topics": "user:*", "subscribe": "owner", "publish": "owner",
+         "history": "owner", "presence": "owner"},
+        {"topics": "announcements", "subscribe": "anyone", "publish": "staff"},
+        {"topics": "*", "default": "authenticated"},
+    ]}
+
+Each action names a *who*: ``anyone``, ``authenticated``, ``staff``, ``owner`` (the topic's last
+``:``-separated part is the user's primary key, as in ``user:42``), ``nobody``, or the dotted path
+of a function ``f(user, action, topic) -> bool``. ``default`` covers the actions a rule does not
+name. A topic no rule matches is refused (``nobody``). :data:`DEFAULT_PERMISSIONS` applies when
+the setting is absent: private ``user:<id>`` topics for their owner, internal ``_megaphone.*``
+topics for staff, anything else for anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
+from functools import cache
+from typing import Any, Literal
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+from .conf import get_config
+
+Action = Literal["subscribe", "publish", "history", "presence"]
+ACTIONS: tuple[Action, ...] = ("subscribe", "publish", "history", "presence")
+WHO = ("anyone", "authenticated", "staff", "owner", "nobody")
+
+DEFAULT_PERMISSIONS: tuple[dict[str, str], ...] = (
+    {"topics": "user:*", "default": "owner"},
+    {"topics": "_megaphone.*", "default": "staff"},
+    {"topics": "*", "default": "anyone"},
+)
+
+
+class PolicyError(ValueError):
+    """A rule of ``MEGAPHONE["PERMISSIONS"]`` that cannot be used; the message says why."""
+
+
+Rule = tuple[str, dict[str, Callable[[Any, str, str], bool]]]
+
+
+def _is_authenticated(user: Any) -> bool:
+    return bool(user is not None and getattr(user, "is_authenticated", False))
+
+
+def _owner(user: Any, action: str, topic: str) -> bool:
+    return _is_authenticated(user) and topic.rpartition(":")[2] == str(user.pk)
+
+
+_BUILTIN: dict[str, Callable[[Any, str, str], bool]] = {
+    "anyone": lambda user, action, topic: True,
+    "authenticated": lambda user, action, topic: _is_authenticated(user),
+    "staff": lambda user, action, topic: _is_authenticated(user) and bool(user.is_staff),
+    "owner": _owner,
+    "nobody": lambda user, action, topic: False,
+}
+
+
+def _who(value: object) -> Callable[[Any, str, str], bool]:
+    if not isinstance(value, str):
+        raise PolicyError(f"a who must be a string, not {value!r}")
+    if value in _BUILTIN:
+        return _BUILTIN[value]
+    if "." not in value:
+        raise PolicyError(f"unknown who {value!r}: use one of {', '.join(WHO)} or a dotted path")
+    try:
+        return import_string(value)  # type: ignore[no-any-return]
+    except ImportError as exc:
+        raise PolicyError(f"cannot import {value!r}: {exc}") from None
+
+
+def compile_rules(rules: object) -> list[Rule]:
+    """Check and compile rules; raise :class:`PolicyError` for the first bad one."""
+    if not isinstance(rules, (list, tuple)):
+        raise PolicyError("PERMISSIONS must be a list of rules")
+    compiled = []
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, Mapping) or not isinstance(rule.get("topics"), str):
+            raise PolicyError(f"rule {index} must be a dict with a 'topics' glob")
+        unknown = set(rule) - {"topics", "default", *ACTIONS}
+        if unknown:
+            raise PolicyError(f"rule {index} has unknown keys: {', '.join(sorted(unknown))}")
+        default = rule.get("default", "nobody")
+        compiled.append(
+            (rule["topics"], {action: _who(rule.get(action, default)) for action in ACTIONS})
+        )
+    return compiled
+
+
+@cache
+def _rules() -> list[Rule]:
+    return compile_rules(get_config().PERMISSIONS or DEFAULT_PERMISSIONS)
+
+
+@receiver(setting_changed)
+def _clear_rules_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting == "MEGAPHONE":
+        _rules.cache_clear()
+
+
+def allowed(user: Any, action: Action, topic: str) -> bool:
+    """Whether ``user`` (a Django user, AnonymousUser or None) may ``action`` on ``topic``."""
+    for pattern, actions in _rules():
+        if fnmatchcase(topic, pattern):
+            return bool(actions[action](user, action, topic))
+    return False
