@@ -1,0 +1,143 @@
+"""Tier 2: the raw broadcast endpoint in-process, through Channels' WebsocketCommunicator."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from example.asgi import application
+from megaphone.node import get_node
+
+
+def path(topic: str | None = None) -> str:
+    return "/ws/broadcast/" if topic is None else f"/ws/broadcast/{topic}/"
+
+
+async def connect(url: str, headers: list[tuple[bytes, bytes]] | None = None):
+    communicator = WebsocketCommunicator(application, url, headers=headers or [])
+    connected, code = await communicator.connect(timeout=5)
+    assert connected, code
+    return communicator
+
+
+async def test_text_reaches_every_client_of_the_topic_sender_included() -> None:
+    topic = f"room-{uuid.uuid4().hex[:8]}"
+    clients = [await connect(path(topic)) for _ in range(3)]
+    outsider = await connect(path(f"{topic}-other"))
+    await clients[0].send_to(text_data="hello")
+    for client in clients:
+        assert await client.receive_from(timeout=2) == "hello"
+    assert await outsider.receive_nothing(timeout=0.2)
+    for client in [*clients, outsider]:
+        await client.disconnect()
+
+
+async def test_default_topic_is_broadcast() -> None:
+    a = await connect(path())
+    b = await connect(path("broadcast"))
+    await a.send_to(text_data="on broadcast")
+    assert await b.receive_from(timeout=2) == "on broadcast"
+    assert await a.receive_from(timeout=2) == "on broadcast"
+    await a.disconnect()
+    await b.disconnect()
+
+
+async def test_binary_and_empty_messages_arrive_unchanged() -> None:
+    topic = f"bin-{uuid.uuid4().hex[:8]}"
+    a, b = await connect(path(topic)), await connect(path(topic))
+    await a.send_to(bytes_data=b"\x00\xffbinary")
+    # send_to() refuses empty frames, so send the ASGI events directly.
+    await a.send_input({"type": "websocket.receive", "text": ""})
+    await a.send_input({"type": "websocket.receive", "bytes": b""})
+    for client in (a, b):
+        assert await client.receive_output(timeout=2) == {
+            "type": "websocket.send",
+            "bytes": b"\x00\xffbinary",
+        }
+        assert await client.receive_output(timeout=2) == {"type": "websocket.send", "text": ""}
+        assert await client.receive_output(timeout=2) == {"type": "websocket.send", "bytes": b""}
+    await a.disconnect()
+    await b.disconnect()
+
+
+@override_settings(MEGAPHONE={"MAX_MESSAGE_SIZE": 100})
+async def test_oversize_message_closes_the_sender_with_1009_only() -> None:
+    topic = f"big-{uuid.uuid4().hex[:8]}"
+    sender, other = await connect(path(topic)), await connect(path(topic))
+    await sender.send_to(text_data="é" * 51)  # 102 bytes in UTF-8, 51 characters
+    assert await sender.receive_output(timeout=2) == {"type": "websocket.close", "code": 1009}
+    assert await other.receive_nothing(timeout=0.2)
+    await sender.disconnect()
+    await other.disconnect()
+
+
+@pytest.mark.parametrize("topic", ["bad$topic", "-x", "a" * 201])
+async def test_invalid_topic_is_refused_at_handshake(topic: str, caplog) -> None:
+    communicator = WebsocketCommunicator(application, path(topic))
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
+    assert "refused WebSocket handshake" in caplog.text
+
+
+async def test_foreign_origin_is_refused_no_origin_and_own_origin_accepted() -> None:
+    communicator = WebsocketCommunicator(application, path(), [(b"origin", b"https://evil.com")])
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
+    own = await connect(path(), [(b"origin", b"http://127.0.0.1:8000")])
+    none = await connect(path())
+    await own.disconnect()
+    await none.disconnect()
+
+
+@override_settings(MEGAPHONE={"OUTBOX_MAX_MESSAGES": 5})
+async def test_a_client_that_falls_behind_is_closed_with_4408_and_others_are_served() -> None:
+    topic = f"slow-{uuid.uuid4().hex[:8]}"
+    slow = await connect(path(topic))
+    node = await get_node()
+    (slow_connection,) = node.hub._topics[topic]
+    # The communicator always reads, so make the slow connection's socket stop taking frames.
+    slow_connection._send = lambda frame: asyncio.Event().wait()
+    healthy = await connect(path(topic))
+    for i in range(10):
+        await node.publish(topic, str(i))
+        assert await healthy.receive_from(timeout=2) == str(i)
+    assert await slow.receive_output(timeout=2) == {"type": "websocket.close", "code": 4408}
+    assert slow_connection.outbox.overflowed and len(slow_connection.outbox) == 0
+    await slow.disconnect()
+    await healthy.disconnect()
+    assert topic not in node.hub.topics()
+
+
+@override_settings(MEGAPHONE={"PUBLISH_RATE": 20, "PUBLISH_BURST": 20})
+async def test_a_client_publishing_too_fast_is_closed_with_4429_and_others_are_unaffected() -> None:
+    topic = f"flood-{uuid.uuid4().hex[:8]}"
+    flooder, calm = await connect(path(topic)), await connect(path(topic))
+    for i in range(100):
+        await flooder.send_to(text_data=f"f{i}")
+    received = []
+    while (event := await flooder.receive_output(timeout=2))["type"] == "websocket.send":
+        received.append(event["text"])
+    assert event == {"type": "websocket.close", "code": 4429}
+    assert received == [f"f{i}" for i in range(20)]  # the burst went through, in order
+    for i in range(20):
+        assert await calm.receive_from(timeout=2) == f"f{i}"
+    await calm.send_to(text_data="calm")
+    assert await calm.receive_from(timeout=2) == "calm"
+    await flooder.disconnect()
+    await calm.disconnect()
+
+
+@override_settings(MEGAPHONE={"MAX_CONNECTIONS_PER_IP": 3})
+async def test_connections_per_ip_are_capped_and_freed_on_close(caplog) -> None:
+    clients = [await connect(path()) for _ in range(3)]  # communicators share one address
+    refused = WebsocketCommunicator(application, path())
+    assert not (await refused.connect(timeout=5))[0]
+    assert "already has 3 connections" in caplog.text
+    await clients[0].disconnect()
+    again = await connect(path())
+    for client in [*clients[1:], again]:
+        await client.disconnect()

@@ -1,0 +1,141 @@
+"""Fixtures shared by the three tiers of tests.
+
+* tier 1 (``tests/unit/``): pure logic, no sockets;
+* tier 2 (``tests/asgi/``): the ASGI application in-process, through Channels' communicator;
+* tier 3 (``tests/e2e/``, marker ``e2e``): real server processes on free ports, real clients,
+  real Redis and a real browser (marker ``browser``).
+
+Every timeout is multiplied by ``MEGAPHONE_TEST_TIMEOUT_FACTOR`` (CI sets it higher).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_FACTOR = float(os.environ.get("MEGAPHONE_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    """``seconds`` scaled by the suite's timeout factor."""
+    return seconds * TIMEOUT_FACTOR
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, seconds: float) -> None:
+    deadline = time.monotonic() + timeout(seconds)
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {seconds} s")
+
+
+@dataclass
+class ServerProcess:
+    """A ``manage.py serve`` process of the example project."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout(10))
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    tmp_path: Path, *, workers: int = 1, env: dict[str, str] | None = None, port: int | None = None
+) -> ServerProcess:
+    """Start the example project under ``manage.py serve`` on a free port and wait for it."""
+    port = port or free_port()
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "example.settings",
+        "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"),
+        **(env or {}),
+    }
+    log_path = tmp_path / f"server-{port}.log"
+    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=full_env, check=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*manage, "serve", "--port", str(port), "--workers", str(workers)],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = ServerProcess(port, process, log_path, env or {})
+    try:
+        wait_for_port(port, process, 30)
+    except Exception:
+        server.stop(signal.SIGKILL)
+        raise RuntimeError(f"server did not start:\n{server.log()}") from None
+    return server
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers with ``server_factory(workers=..., env=...)``; all are stopped at the end."""
+    servers: list[ServerProcess] = []
+
+    def factory(**kwargs: object) -> ServerProcess:
+        server = start_server(tmp_path, **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    """One example server on the in-memory backend."""
+    return server_factory()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e/ is tier 3 and carries the ``e2e`` marker."""
+    for item in items:
+        if "/tests/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)

@@ -1,0 +1,150 @@
+"""Tier 1: a protocol session over a fake socket: the history->live switch and gap filling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from megaphone.backends.memory import MemoryBackend
+from megaphone.node import Node
+from megaphone.protocol import message_event
+from megaphone.session import Session
+from megaphone.transports.connection import Connection
+from tests.conftest import timeout
+
+
+class Harness:
+    def __init__(self, history_size: int = 1000) -> None:
+        self.node = Node(MemoryBackend("memory://", limits=lambda topic: (history_size, 600.0)))
+        self.sent: list[dict[str, Any]] = []
+        self.connection = Connection(
+            self.send, message_event, lambda: None, max_messages=10_000, max_bytes=10**8
+        )
+        self.session = Session(self.node, self.connection, client="c1")
+        self.topic = f"s-{uuid.uuid4().hex[:8]}"
+
+    async def send(self, event: dict[str, Any]) -> None:
+        self.sent.append(json.loads(event["text"]))
+
+    async def start(self) -> None:
+        await self.node.start()
+        self.connection.start()
+
+    async def request(self, **request: Any) -> None:
+        await self.session.handle_text(json.dumps(request))
+
+    async def frames(self, count: int) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout(3)):
+            while len(self.sent) < count:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        assert len(self.sent) == count, self.sent
+        return self.sent
+
+    async def stop(self) -> None:
+        await self.session.close()
+        await self.connection.close()
+        await self.node.stop()
+
+
+def offsets(frames: list[dict[str, Any]]) -> list[int]:
+    return [f["offset"] for f in frames if f["type"] == "message"]
+
+
+async def test_messages_published_while_history_is_read_arrive_once_and_in_order() -> None:
+    h = Harness()
+    await h.start()
+    first = await h.node.publish(h.topic, "old 1")
+    for i in (2, 3):
+        await h.node.publish(h.topic, f"old {i}")
+    read_history = h.node.history
+
+    async def racing_history(topic: str, since: int = 0, limit: int | None = None) -> Any:
+        await h.node.publish(topic, "during")  # reaches the buffer *and* the history read
+        page = await read_history(topic, since, limit)
+        await h.node.publish(topic, "after")  # reaches the buffer only
+        return page
+
+    h.node.history = racing_history  # type: ignore[method-assign]
+    since = {"offset": 1, "epoch": first.epoch}
+    await h.request(op="subscribe", id=1, topic=h.topic, since=since)
+    h.node.history = read_history  # type: ignore[method-assign]
+    await h.node.publish(h.topic, "live")
+    frames = await h.frames(6)
+    assert frames[0]["type"] == "reply" and frames[0]["result"]["recovered"] is True
+    assert frames[0]["result"]["missed"] == 3
+    assert offsets(frames) == [2, 3, 4, 5, 6]
+    assert [f["data"] for f in frames[1:]] == ["old 2", "old 3", "during", "after", "live"]
+    await h.stop()
+
+
+async def test_a_live_gap_is_filled_from_history() -> None:
+    h = Harness()
+    await h.start()
+    await h.request(op="subscribe", id=1, topic=h.topic)
+    await h.node.publish(h.topic, "one")
+    subscription = h.session.subscriptions[h.topic]
+    h.node.hub.remove(h.topic, subscription)  # the bus loses the next two messages...
+    await h.node.publish(h.topic, "two")
+    three = await h.node.publish(h.topic, "three")
+    h.node.hub.add(h.topic, subscription)
+    subscription.deliver(three)  # ...and delivers the third: a gap of one
+    subscription.deliver(three)  # a duplicate, too
+    await h.node.publish(h.topic, "four")
+    frames = await h.frames(5)
+    assert offsets(frames) == [1, 2, 3, 4]
+    await h.stop()
+
+
+async def test_a_gap_beyond_history_asks_the_client_to_resubscribe() -> None:
+    h = Harness(history_size=1)
+    await h.start()
+    await h.request(op="subscribe", id=1, topic=h.topic)
+    subscription = h.session.subscriptions[h.topic]
+    h.node.hub.remove(h.topic, subscription)
+    await h.node.publish(h.topic, "lost")
+    kept = await h.node.publish(h.topic, "kept")
+    h.node.hub.add(h.topic, subscription)
+    subscription.deliver(kept)
+    frames = await h.frames(2)
+    assert frames[1] == {
+        "type": "unsubscribed",
+        "topic": h.topic,
+        "code": "insufficient_state",
+        "offset": 0,
+        "epoch": kept.epoch,
+    }
+    assert h.topic not in h.session.subscriptions
+    assert h.node.hub.subscribers(h.topic) == 0
+    await h.stop()
+
+
+async def test_every_protocol_subscriber_is_handed_the_same_event_object() -> None:
+    node = Node(MemoryBackend("memory://"))
+    await node.start()
+    topic = f"once-{uuid.uuid4().hex[:8]}"
+    events: list[list[Any]] = [[], [], []]
+    sessions = []
+    for sink in events:
+
+        async def send(event: Any, sink: list[Any] = sink) -> None:
+            sink.append(event)
+
+        connection = Connection(send, message_event, lambda: None, max_messages=10, max_bytes=10**6)
+        session = Session(node, connection, client=f"c{len(sessions)}")
+        await session.handle_text(json.dumps({"op": "subscribe", "topic": topic}))
+        connection.start()
+        sessions.append(session)
+    await node.publish(topic, "to all three")
+    async with asyncio.timeout(timeout(3)):
+        while not all(len(sink) == 2 for sink in events):
+            await asyncio.sleep(0.005)
+    first = events[0][1]
+    assert json.loads(first["text"])["type"] == "message"
+    assert all(sink[1] is first for sink in events)  # one dict, encoded once, shared
+    for session in sessions:
+        await session.close()
+        await session.connection.close()
+    await node.stop()
