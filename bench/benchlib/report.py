@@ -1,0 +1,371 @@
+"""Results: one JSON file per run, a Markdown report and PNG charts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .servers import PEERS, REPO
+
+REF_CHANNELS = "channels-memory"
+REF_NODE = "node-ws"
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["mem_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("Django", "channels", "channels_redis", "uvicorn", "websockets", "picows"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    if shutil.which("node"):
+        try:
+            versions["node"] = subprocess.run(
+                ["node", "--version"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            pkg = PEERS / "node_ws" / "node_modules" / "ws" / "package.json"
+            versions["ws (npm)"] = json.loads(pkg.read_text())["version"]
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+            pass
+    info["versions"] = versions
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    return info
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+
+
+# -- formatting -------------------------------------------------------------------------------
+def _num(v: Any, digits: int = 0) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _lat(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def _ratio(v: Any, ref_row: dict[str, Any] | None, key: str) -> str:
+    """v / the reference's figure; marked with a dagger when the reference run failed."""
+    ref = (ref_row or {}).get(key)
+    if not v or not ref:
+        return "-"
+    r = v / ref
+    text = f"{r:.3f}x" if r < 0.1 else f"{r:.2f}x" if r < 10 else f"{r:.0f}x"
+    return text if ref_row.get("status") == "ok" else text + " †"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def _key(row: dict[str, Any]) -> tuple[str, Any]:
+    return row["scenario"], row.get("n")
+
+
+def _refs(rows: list[dict[str, Any]], name: str) -> dict[tuple[str, Any], dict[str, Any]]:
+    return {
+        _key(r): r
+        for r in rows
+        if r["server"] == name and r.get("status") not in ("unavailable", "skipped", "error")
+    }
+
+
+def _loss(row: dict[str, Any]) -> str:
+    status = row.get("status")
+    if status == "ok":
+        return "0"
+    if status in ("unavailable", "skipped"):
+        return "-"
+    text = row.get("status_text", status or "?")
+    return f"**{_cell(text)}**"
+
+
+def _scenario_label(row: dict[str, Any]) -> str:
+    s = row["scenario"]
+    if s == "burst":
+        return f"burst {row.get('messages', '?')} msgs"
+    if s == "steady":
+        rate = row.get("rate")
+        return f"steady {rate:g} msg/s x {row.get('messages', '?')}" if rate else "steady"
+    if s == "topics":
+        return f"{row.get('topics', '?')} topics x {row.get('messages', '?')} msgs"
+    return s
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    rows = doc["rows"]
+    meta = doc["meta"]
+    ch, nd = _refs(rows, REF_CHANNELS), _refs(rows, REF_NODE)
+    m = meta.get("machine", {})
+    out = [
+        f"# Megaphone benchmark, {meta['date']}",
+        "",
+        f"Command: `{meta['command']}`; {meta.get('mode', 'full')} mode; "
+        f"load client: {meta.get('client_procs')} processes (picows on uvloop).",
+        f"Machine: {m.get('cpus')} CPUs ({m.get('cpu', '?')}), {m.get('mem_gib', '?')} GiB, "
+        f"Linux {m.get('kernel', '?')}, Python {m.get('python', '?')}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()) + ".",
+        "",
+        "- N conns: connections on the topic(s), the publisher's included (it gets its own "
+        "messages back, as every client does). Deliveries: messages received, all clients.",
+        "- Deliveries/s: deliveries / (last receive - first send).",
+        "- Server CPU per delivery: user+system CPU of every server process (and of Redis when "
+        "the server uses it) / deliveries.",
+        "- CPU xChannels, CPU xNode: this server's CPU per delivery divided by that of the "
+        "Channels tutorial (in-memory layer) and of Node `ws` in the same scenario; below 1 is "
+        "cheaper. † marks a reference run that lost messages or collapsed: its figure covers "
+        "only what it delivered.",
+        "- Latency: publish to receive, over every delivery; in a burst it is mostly queueing "
+        "behind the burst itself.",
+        f"- Burst and topics rows: median of up to {meta.get('repeats', 3)} repeats on the same "
+        "connections. Loss: any missing, duplicated or reordered delivery fails the run.",
+        "",
+        "| server | scenario | N conns | deliveries/s | server CPU µs/delivery | CPU xChannels "
+        "| CPU xNode | p50 ms | p99 ms | RSS KiB/conn | client CPU µs/delivery | loss |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    said_unavailable: set[str] = set()
+    for r in rows:
+        if r["scenario"] == "connrate":
+            continue
+        if r.get("status") == "unavailable":
+            mine = [x for x in rows if x["server"] == r["server"]]
+            if all(x.get("status") == "unavailable" for x in mine):
+                if r["server"] not in said_unavailable:
+                    said_unavailable.add(r["server"])
+                    out.append(
+                        f"| {r['label']} | all | | unavailable: "
+                        f"{_cell(r.get('status_text', ''))} | | | | | | | | |"
+                    )
+                continue
+        if r.get("status") in ("unavailable", "skipped"):
+            out.append(
+                f"| {r['label']} | {_scenario_label(r)} | {_num(r.get('n'))} | "
+                f"{r['status']}: {_cell(r.get('status_text', ''))} | | | | | | | | |"
+            )
+            continue
+        cpu = r.get("server_cpu_us")
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    r["label"],
+                    _scenario_label(r),
+                    _num(r.get("n")),
+                    _num(r.get("deliveries_per_s")),
+                    _num(cpu, 1),
+                    _ratio(cpu, ch.get(_key(r)), "server_cpu_us"),
+                    _ratio(cpu, nd.get(_key(r)), "server_cpu_us"),
+                    _lat(r.get("p50_ms")),
+                    _lat(r.get("p99_ms")),
+                    _num(r.get("rss_kib_per_conn"), 1),
+                    _num(r.get("client_cpu_us"), 1),
+                    _loss(r),
+                ]
+            )
+            + " |"
+        )
+    idle = [r for r in rows if r["scenario"] == "burst" and r.get("rss_kib_per_conn")]
+    if idle:
+        ns = sorted({r["n"] for r in idle})
+        out += [
+            "",
+            "## Idle memory per connection",
+            "",
+            "RSS of every server process with N idle connections open, minus its RSS before they "
+            "connected, divided by N (measured in the burst scenario, before the first message).",
+            "",
+            "| server | " + " | ".join(f"KiB/conn at N={n:,}" for n in ns) + " |",
+            "|---|" + "--:|" * len(ns),
+        ]
+        for name in dict.fromkeys(r["server"] for r in idle):
+            by_n = {r["n"]: r for r in idle if r["server"] == name}
+            label = next(r["label"] for r in idle if r["server"] == name)
+            cells = [_num(by_n.get(n, {}).get("rss_kib_per_conn"), 1) for n in ns]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    conn_rows = [r for r in rows if r["scenario"] == "connrate"]
+    if conn_rows:
+        out += [
+            "",
+            "## Connection rate",
+            "",
+            "N connections opened with 100 attempts in flight per client process; median of "
+            "repeats. Server CPU per connection covers the handshake and registration.",
+            "",
+            "| server | N | connections/s | xChannels | xNode | server CPU µs/conn | status |",
+            "|---|--:|--:|--:|--:|--:|---|",
+        ]
+        for r in conn_rows:
+            rate = r.get("conn_per_s")
+            out.append(
+                f"| {r['label']} | {_num(r.get('n'))} | {_num(rate)} | "
+                f"{_ratio(rate, ch.get(_key(r)), 'conn_per_s')} | "
+                f"{_ratio(rate, nd.get(_key(r)), 'conn_per_s')} | "
+                f"{_num(r.get('server_cpu_us_per_conn'))} | "
+                f"{r.get('status')}"
+                f"{': ' + _cell(r['status_text']) if r.get('status') != 'ok' else ''} |"
+            )
+    ceiling = client_ceiling(doc)
+    if ceiling:
+        out += ["", "## Load client ceiling", "", ceiling]
+    charts = doc.get("charts") or []
+    if charts:
+        out += ["", "## Charts", ""] + [f"![{Path(c).stem}]({Path(c).name})" for c in charts]
+    return "\n".join(out) + "\n"
+
+
+def client_ceiling(doc: dict[str, Any]) -> str:
+    rows = [r for r in doc["rows"] if r.get("status") == "ok" and r.get("client_cpu_us")]
+    if not rows:
+        return ""
+    node = [r for r in rows if r["server"] == REF_NODE and r["scenario"] == "burst"]
+    best = max(rows, key=lambda r: r.get("deliveries_per_s") or 0)
+    ref = node or [best]
+    cpu = sorted(r["client_cpu_us"] for r in ref)[len(ref) // 2]
+    procs = doc["meta"].get("client_procs", 1)
+    cores = min(procs, os.cpu_count() or 1)
+    return (
+        f"The client spends {cpu:.1f} µs of CPU per delivery (median over the "
+        f"{'Node ws' if node else 'fastest'} burst runs), so on {cores} core(s) it could take at "
+        f"most ~{cores * 1e6 / cpu:,.0f} deliveries/s with the server using no CPU at all; the "
+        f"fastest measured run reached {best['deliveries_per_s']:,.0f} deliveries/s "
+        f"({best['label']}, {best['scenario']} N={best.get('n')}). Client and server share the "
+        "same cores, so compare servers by CPU per delivery rather than by deliveries/s."
+    )
+
+
+# -- charts -----------------------------------------------------------------------------------
+def charts(doc: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    rows = doc["rows"]
+    made = []
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    labels = {r["server"]: r["label"] for r in rows}
+
+    burst = [r for r in rows if r["scenario"] == "burst" and r.get("status") == "ok"]
+    if burst:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for s in servers:
+            pts = sorted((r["n"], r) for r in burst if r["server"] == s)
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            axes[0].plot(xs, [p[1]["server_cpu_us"] for p in pts], "o-", label=labels[s])
+            axes[1].plot(xs, [p[1]["deliveries_per_s"] for p in pts], "o-", label=labels[s])
+        axes[0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="subscribers N",
+            ylabel="server CPU µs per delivery",
+            title="Burst fan-out: CPU per delivery (lower is better)",
+        )
+        axes[1].set(
+            xscale="log",
+            xlabel="subscribers N",
+            ylabel="deliveries/s",
+            title="Burst fan-out: deliveries/s",
+        )
+        for ax in axes:
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{stem}-burst.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(str(path))
+
+    lat_rows = [
+        r
+        for r in rows
+        if r.get("status") == "ok" and r["scenario"] in ("steady", "burst") and r.get("p50_ms")
+    ]
+    if lat_rows:
+        groups = []
+        steady = [r for r in lat_rows if r["scenario"] == "steady"]
+        if steady:
+            groups.append(("steady rate", steady))
+        ns = sorted({r["n"] for r in lat_rows if r["scenario"] == "burst"})
+        if ns:
+            groups.append((f"burst N={ns[0]}", [r for r in lat_rows if r.get("n") == ns[0]]))
+        fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+        for ax, (title, grp) in zip(axes[0], groups, strict=True):
+            names = [r["label"] for r in grp]
+            xs = range(len(grp))
+            for i, (pct, off) in enumerate((("p50_ms", -0.27), ("p90_ms", 0), ("p99_ms", 0.27))):
+                ax.bar(
+                    [x + off for x in xs],
+                    [r.get(pct) or 0 for r in grp],
+                    width=0.27,
+                    label=pct[:3],
+                    color=f"C{i}",
+                )
+            ax.set_xticks(list(xs), names, rotation=20, ha="right", fontsize=8)
+            ax.set(yscale="log", ylabel="publish-to-receive latency, ms", title=title)
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{stem}-latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(str(path))
+    return made
+
+
+def print_summary(doc: dict[str, Any], file: Any = sys.stderr) -> None:
+    for r in doc["rows"]:
+        if r["scenario"] == "connrate":
+            extra = f"{_num(r.get('conn_per_s'))} conn/s"
+        else:
+            extra = (
+                f"{_num(r.get('deliveries_per_s'))} deliveries/s, "
+                f"{_num(r.get('server_cpu_us'), 1)} µs CPU/delivery, "
+                f"p50 {_lat(r.get('p50_ms'))} ms, p99 {_lat(r.get('p99_ms'))} ms"
+            )
+        n = r.get("n")
+        if r.get("status") not in ("ok", "collapsed", "lost", "failed"):
+            extra = r.get("status_text", "")
+        print(
+            f"  {r['server']:16} {r['scenario']:8} N={n if n is not None else '-':<6} "
+            f"{r.get('status', '?'):11} {extra}",
+            file=file,
+        )
