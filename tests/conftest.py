@@ -113,6 +113,24 @@ def start_server(
     return server
 
 
+def create_superuser(server: ServerProcess, username: str) -> None:
+    """A superuser in ``server``'s database, with the password ``a-long-test-password``."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "example.settings",
+        "DJANGO_SQLITE_PATH": str(server.log_path.parent / "db.sqlite3"),
+        "DJANGO_SUPERUSER_PASSWORD": "a-long-test-password",
+    }
+    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
+    email = f"{username}@example.com"
+    subprocess.run(
+        [*manage, "createsuperuser", "--noinput", "--username", username, "--email", email],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with ``server_factory(workers=..., env=...)``; all are stopped at the end."""

@@ -8,8 +8,12 @@ A browser page sends the session cookie, and ``scope["user"]`` is its user (Chan
 ``AuthMiddlewareStack``). A client with ``?token=<token>`` in its URL (see
 :mod:`megaphone.tokens`) is that token's user instead; a bad, forged or expired token refuses the
 handshake (HTTP 403, the reason logged, never the token). A token-authenticated connection is
-closed with 4401 when its token expires. When a user logs out, every socket of that user, in every
-worker, is closed with 4401 within moments (see :func:`close_user_connections`).
+closed with 4401 when its token expires. When a user logs out (Django's ``user_logged_out``
+signal), every socket of that user, in every worker, is closed with 4401 within moments (see
+:func:`close_user_connections`). A token issued before the logout stays valid until it expires:
+keep ``TOKEN_TTL`` short.
+
+:func:`connection_token` is the view a page or an app calls (with its session) to get a token.
 """
 
 from __future__ import annotations
@@ -22,14 +26,64 @@ from channels.auth import AuthMiddlewareStack as ChannelsAuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.contrib.auth import get_user_model
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
 
 from . import metrics
-from .tokens import InvalidToken, verify_token
+from .conf import get_config
+from .tokens import InvalidToken, issue_token, verify_token
 
 logger = logging.getLogger("megaphone.auth")
 
 #: The scope key holding a token-authenticated connection's expiry (seconds since the epoch).
 TOKEN_EXPIRES = "megaphone.token_expires"
+#: What :func:`close_user_connections` publishes on a user's control topic.
+LOGOUT = "logout"
+
+
+def user_control_topic(user_pk: object) -> str:
+    """The internal topic every authenticated connection of a user listens to (``$`` topics keep
+    no history and are out of clients' reach)."""
+    return f"$user:{user_pk}"
+
+
+def close_user_connections(user: Any) -> None:
+    """Close every WebSocket of ``user``, in every worker of the deployment, with 4401.
+
+    Sync code only (it publishes with :func:`megaphone.publish`'s machinery); raises
+    :class:`~megaphone.publishing.PublishError` when the backend cannot take the order.
+    """
+    from .publishing import publish_prepared
+
+    publish_prepared(user_control_topic(user.pk), LOGOUT, False)
+
+
+def on_user_logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """``user_logged_out`` receiver: close the user's sockets. A backend failure is logged, not
+    raised: the logout itself must succeed."""
+    if user is None or user.pk is None:
+        return
+    from .publishing import PublishError
+
+    try:
+        close_user_connections(user)
+    except PublishError as exc:
+        logger.error("logout of user %s: could not close their sockets: %s", user.pk, exc)
+
+
+@require_GET
+@never_cache
+def connection_token(request: HttpRequest) -> JsonResponse:
+    """``GET``: a connection token for the session's user, ``{"token", "expires_in"}``; 401 JSON
+    for an anonymous session. Connect with ``?token=<token>``."""
+    if not request.user.is_authenticated:
+        return JsonResponse(
+            {"error": {"code": "unauthenticated", "message": "log in to get a connection token"}},
+            status=401,
+        )
+    ttl = get_config().TOKEN_TTL
+    return JsonResponse({"token": issue_token(request.user, ttl), "expires_in": ttl})
 
 
 @database_sync_to_async

@@ -11,6 +11,7 @@ from enum import IntEnum
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    ABNORMAL = 1006  # never sent: the code reported for a connection that ended without a close
     INVALID_PAYLOAD = 1007  # text frame that is not UTF-8 (sent by the ASGI server)
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009  # a message over MAX_MESSAGE_SIZE

@@ -311,6 +311,30 @@ def openapi_document(server_url: str = "/api/") -> dict[str, Any]:
                 },
             },
         },
+        "/token": {
+            "get": {
+                "operationId": "connectionToken",
+                "summary": "A connection token for the session's user",
+                "description": "For WebSocket clients without the session cookie: connect with "
+                "`?token=<token>`. The socket closes with 4401 when the token expires or the "
+                "user logs out.",
+                "security": [{"session": []}],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["token", "expires_in"],
+                            "properties": {
+                                "token": {"type": "string"},
+                                "expires_in": {"type": "number", "description": "Seconds."},
+                            },
+                        },
+                        "A signed token for the session's user.",
+                    ),
+                    **_errors(401),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -339,7 +363,13 @@ def openapi_document(server_url: str = "/api/") -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A key from MEGAPHONE['API_KEYS'].",
-                }
+                },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "sessionid",
+                    "description": "A logged-in Django session (SESSION_COOKIE_NAME).",
+                },
             },
         },
     }

@@ -1,4 +1,6 @@
-"""URLs of the HTTP API (:mod:`megaphone.http_api`). Include them under a prefix of your choice::
+"""URLs of the HTTP API (:mod:`megaphone.http_api`), and ``token``: a connection token for the
+session's user (:func:`megaphone.auth.connection_token`). Include them under a prefix of your
+choice::
 
     path("api/", include("megaphone.urls")),
 
@@ -9,6 +11,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from . import http_api
+from .auth import connection_token
 
 urlpatterns = [
     path("publish", http_api.publish, name="megaphone-api-publish"),
@@ -16,6 +19,7 @@ urlpatterns = [
     path("topics", http_api.topics, name="megaphone-api-topics"),
     path("topics/<str:topic>/history", http_api.history, name="megaphone-api-history"),
     path("topics/<str:topic>/presence", http_api.presence, name="megaphone-api-presence"),
+    path("token", connection_token, name="megaphone-token"),
     path("openapi.json", http_api.openapi, name="megaphone-api-openapi"),
     re_path(r"^(?P<rest>.*)$", csrf_exempt(http_api.not_found)),
 ]

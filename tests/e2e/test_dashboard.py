@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from contextlib import ExitStack
 
 import pytest
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
-from tests.conftest import ROOT, ServerProcess, timeout
+from tests.conftest import ServerProcess, create_superuser, timeout
 
 from .browser import chromium
 
 pytestmark = pytest.mark.browser
 
 
-def create_staff_user(server: ServerProcess) -> None:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "example.settings",
-        "DJANGO_SQLITE_PATH": str(server.log_path.parent / "db.sqlite3"),
-        "DJANGO_SUPERUSER_PASSWORD": "a-long-test-password",
-    }
-    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
-    subprocess.run(
-        [*manage, "createsuperuser", "--noinput", "--username", "ops", "--email", "o@example.com"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-
-
 def test_dashboard_requires_staff_and_shows_live_figures(server: ServerProcess) -> None:
-    create_staff_user(server)
+    create_superuser(server, "ops")
     with ExitStack() as stack, chromium() as browser:
         subscribers = [
             stack.enter_context(connect(f"{server.ws_url}/ws/broadcast/busy-topic/"))

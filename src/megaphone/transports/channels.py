@@ -21,11 +21,11 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from .. import metrics
-from ..auth import TOKEN_EXPIRES
+from ..auth import TOKEN_EXPIRES, user_control_topic
 from ..backends import BackendUnavailable
 from ..closecodes import CloseCode
 from ..conf import get_config, topic_options
-from ..message import Encoder, raw_frame
+from ..message import Encoder, Message, raw_frame
 from ..node import Node, get_node
 from ..permissions import allowed
 from ..protocol import message_event
@@ -61,7 +61,29 @@ class _Endpoint(AsyncWebsocketConsumer):
     _closing: asyncio.Task[None] | None = None
     _main_task: asyncio.Task[object] | None = None
     _token_timer: asyncio.TimerHandle | None = None
+    _logout_watch: _LogoutWatch | None = None
+    _released = False
     user: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' consumer loop, with the guarantee that everything the connection joined is
+        left however it ends: a normal disconnect, or a cancellation (see :meth:`_close`)."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release(CloseCode.ABNORMAL)
+
+    async def _release(self, code: int) -> None:
+        """Leave the topics and the user's control topic; idempotent."""
+        if self._released:
+            return
+        self._released = True
+        if self._token_timer is not None:
+            self._token_timer.cancel()
+        watch, self._logout_watch = self._logout_watch, None
+        if watch is not None:
+            await self.node.unsubscribe(watch.topic, watch)
+        await self.disconnect(code)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, minus its thread-pool hop per frame to close stale database
@@ -85,6 +107,10 @@ class _Endpoint(AsyncWebsocketConsumer):
             self._token_timer = asyncio.get_running_loop().call_later(
                 max(0.0, expires - time.time()), self._token_expired
             )
+        if getattr(self.user, "is_authenticated", False):  # logout closes the connection
+            watch = _LogoutWatch(user_control_topic(self.user.pk), self)
+            await self.node.subscribe(watch.topic, watch)
+            self._logout_watch = watch
         return Connection(
             self.base_send,
             encoder,
@@ -110,14 +136,20 @@ class _Endpoint(AsyncWebsocketConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         """Channels' version, minus its channel-layer groups and its thread hop (see dispatch)."""
-        if self._token_timer is not None:
-            self._token_timer.cancel()
-        await self.disconnect(message["code"])
+        await self._release(message["code"])
         raise StopConsumer()
 
     def _token_expired(self) -> None:
         logger.info("closing %s: its connection token expired", self.scope["path"])
         self._closing = asyncio.get_running_loop().create_task(self._close(CloseCode.UNAUTHORIZED))
+
+    def logged_out(self) -> None:
+        """The connection's user logged out somewhere: close with 4401, once."""
+        if self._closing is None:
+            logger.info("closing %s: its user logged out", self.scope["path"])
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(CloseCode.UNAUTHORIZED)
+            )
 
     def _slow(self) -> None:
         """Called by the outbox, once, when it overflows; it already drops further frames."""
@@ -139,6 +171,20 @@ class _Endpoint(AsyncWebsocketConsumer):
             logger.warning("client on %s did not take its close frame", self.scope["path"])
             if self._main_task is not None:
                 self._main_task.cancel()
+
+
+class _LogoutWatch:
+    """The hub subscriber of an authenticated connection on its user's control topic: any
+    message there (see :func:`megaphone.auth.close_user_connections`) closes the connection."""
+
+    __slots__ = ("endpoint", "topic")
+
+    def __init__(self, topic: str, endpoint: _Endpoint) -> None:
+        self.topic = topic
+        self.endpoint = endpoint
+
+    def deliver(self, message: Message) -> None:
+        self.endpoint.logged_out()
 
 
 class BroadcastConsumer(_Endpoint):

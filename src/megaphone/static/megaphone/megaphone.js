@@ -14,6 +14,12 @@
 // The client reconnects by itself with jittered exponential backoff, resubscribes every topic from
 // the last offset it saw, and the server sends exactly the missed messages (or says it cannot:
 // onRecoveryFailed). Publishes carry a msg_id, so one retried after a reconnect is delivered once.
+//
+// Authentication: a page's session cookie goes with the socket. Other clients pass a function as
+// the URL, called before every connection attempt, e.g. to fetch a fresh token:
+//   new Megaphone(async () => `/ws/connect/?token=${(await (await fetch("/api/token")).json()).token}`);
+// After close code 4401 (logged out, token expired) a client with a fixed URL stops reconnecting
+// (state "closed", code 4401); one with a URL function reconnects with a new URL.
 
 const STATES = ["connecting", "open", "closed"];
 
@@ -89,7 +95,7 @@ export class Subscription {
 export class Megaphone extends EventTarget {
   constructor(url = "/ws/connect/", options = {}) {
     super();
-    this.url = Megaphone.absoluteUrl(url);
+    this.url = url;
     this.minDelay = options.minDelay ?? 500;
     this.maxDelay = options.maxDelay ?? 10000;
     this.requestTimeout = options.requestTimeout ?? 10000;
@@ -112,12 +118,21 @@ export class Megaphone extends EventTarget {
     return base.href;
   }
 
-  connect() {
+  async connect() {
     this._stopped = false;
-    if (this._socket) return;
+    if (this._socket || this.state === "connecting") return;
     clearTimeout(this._retryTimer);
     this._setState("connecting");
-    const socket = (this._socket = new WebSocket(this.url));
+    let url;
+    try {
+      url = Megaphone.absoluteUrl(typeof this.url === "function" ? await this.url() : this.url);
+    } catch (error) {
+      console.error("megaphone: could not get the connection URL", error);
+      this._retry("closed", 1006);
+      return;
+    }
+    if (this._stopped) return this._setState("closed");
+    const socket = (this._socket = new WebSocket(url));
     socket.onmessage = (event) => this._onFrame(event.data);
     socket.onclose = (event) => this._onClose(socket, event.code);
   }
@@ -282,6 +297,8 @@ export class Megaphone extends EventTarget {
     if (socket !== this._socket) return;
     this._socket = null;
     this.clientId = null;
+    // 4401: these credentials are over; only a URL function can bring new ones.
+    if (code === 4401 && typeof this.url !== "function") this._stopped = true;
     for (const [id, entry] of this._pending) {
       clearTimeout(entry.timer);
       if (!entry.retry || this._stopped) {
@@ -289,11 +306,17 @@ export class Megaphone extends EventTarget {
         entry.reject(new MegaphoneError("disconnected", `connection closed (${code})`));
       }
     }
-    this._setState("closed", code);
-    if (this._stopped) return;
+    this._retry("closed", code);
+  }
+
+  /** Announce `state` (with `code`), then reconnect after a jittered backoff unless stopped;
+   * `nextRetryDelay` (ms, null when no retry comes) is set before the announcement. */
+  _retry(state, code) {
     // Jittered exponential backoff: minDelay, 2x, 4x... up to maxDelay, times 0.5 to 1.
     const delay = Math.min(this.maxDelay, this.minDelay * 2 ** this._attempt++);
-    this.nextRetryDelay = delay * (0.5 + Math.random() / 2);
+    this.nextRetryDelay = this._stopped ? null : delay * (0.5 + Math.random() / 2);
+    this._setState(state, code);
+    if (this._stopped) return;
     this._retryTimer = setTimeout(() => this.connect(), this.nextRetryDelay);
   }
 }
