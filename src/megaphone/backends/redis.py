@@ -1,0 +1,570 @@
+"""The Redis backend: many processes on many machines share one Redis.
+
+``redis://[:password@]host:port/db`` and ``rediss://`` (TLS) URLs, as redis-py reads them. One
+Redis server (or a primary with replicas failing over behind one address) is supported; Redis
+Cluster and Sentinel URLs are not (see docs/deploy.md).
+
+What it guarantees, on top of :mod:`megaphone.backends.base`:
+
+* **One atomic script per publish.** A Lua script creates the topic's epoch if it has none,
+  answers a known ``msg_id`` with the message it names, takes the next offset, appends the
+  message to the topic's stream (bounded by the history size, trimmed by age) and PUBLISHes it
+  once on the topic's channel, whatever the number of processes and clients listening. The
+  message's time is the Redis server's clock, so every machine numbers and dates alike.
+* **One pub/sub connection per backend instance** (per worker process), subscribed to exactly
+  the topics the node asked for; a reader task hands their messages to ``on_message`` on the
+  backend's loop, in the order Redis sent them (offset order).
+* **No deaf subscriptions.** When the pub/sub connection breaks, the reader reconnects with
+  jittered exponential backoff (at most :data:`RECONNECT_MAX_DELAY` seconds apart),
+  resubscribes every topic, then reads each topic's history after the last offset it delivered
+  and hands the missed messages to ``on_message`` before any live one (duplicates are dropped).
+  If the topic's epoch changed meanwhile (Redis restarted empty, keys evicted), it hands over the
+  new epoch's messages: a protocol session receiving them sees the epoch change and tells its
+  client (``unsubscribed`` / ``recovered: false``). A connection that stops answering its PINGs
+  for two :data:`HEALTH_INTERVAL` periods counts as broken.
+* **Loud failures.** Every command runs on a bounded pool (:data:`MAX_CONNECTIONS` connections,
+  socket timeouts of :data:`SOCKET_TIMEOUT` seconds, no silent retry of a publish); any
+  connection error, timeout or Redis error is raised as :class:`BackendUnavailable`.
+
+Keys, all with a ``{topic}`` hash tag: ``megaphone:{topic}:meta`` (hash: ``epoch``, ``offset``;
+kept :data:`META_TTL` seconds after the topic's last use), ``megaphone:{topic}:history`` (stream;
+entry id ``<offset>-0``), ``megaphone:{topic}:ids`` (zset ``msg_id -> offset``),
+``megaphone:{topic}:presence`` (zset ``client -> expiry ms``) and
+``megaphone:{topic}:presence:info`` (hash ``client -> JSON``). Channel: ``megaphone:<db>:{topic}``
+(pub/sub ignores databases, so the channel names the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import math
+import random
+import secrets
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
+from redis.exceptions import RedisError
+
+from ..message import Message
+from .base import Backend, BackendUnavailable, HistoryPage, MessageCallback
+
+logger = logging.getLogger("megaphone.backends.redis")
+
+#: Most connections one backend instance opens for commands (the pub/sub one is extra).
+MAX_CONNECTIONS = 20
+#: Seconds a command may take (connect, send, answer) before it fails.
+SOCKET_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+#: Seconds between PINGs on an idle pub/sub connection.
+HEALTH_INTERVAL = 5.0
+#: Upper bound of the reconnect backoff, in seconds.
+RECONNECT_MAX_DELAY = 2.0
+#: Seconds a topic's epoch and offset survive without any publish or read. After that the
+#: topic starts again at offset 1 in a new epoch (its history had expired long before).
+META_TTL = 7 * 24 * 3600
+
+T = TypeVar("T")
+
+# Shared by both scripts: make sure the topic has an epoch, then trim its history to
+# ``size`` entries none older than ``ttl_ms``, and forget the msg_ids of trimmed messages.
+# KEYS: meta, history, ids. Sets locals epoch, offset, now_ms, now (the "sec.usec" string).
+_PRELUDE = """
+local meta, history, ids = KEYS[1], KEYS[2], KEYS[3]
+local size, ttl_ms, meta_ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now = clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', history, ids)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+end
+redis.call('PEXPIRE', meta, meta_ttl_ms)
+local offset = tonumber(redis.call('HGET', meta, 'offset'))
+if size <= 0 or ttl_ms <= 0 then
+  redis.call('DEL', history, ids)
+else
+  redis.call('XTRIM', history, 'MAXLEN', size)
+  local deadline = (now_ms - ttl_ms) / 1000
+  while true do
+    local batch = redis.call('XRANGE', history, '-', '+', 'COUNT', 100)
+    if #batch == 0 then break end
+    local keep = nil
+    for _, entry in ipairs(batch) do
+      if tonumber(entry[2][2]) >= deadline then keep = entry[1]; break end
+    end
+    if keep then redis.call('XTRIM', history, 'MINID', keep); break end
+    local last = tonumber(string.match(batch[#batch][1], '^(%d+)'))
+    redis.call('XTRIM', history, 'MINID', tostring(last + 1))
+  end
+  local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
+  local oldest = offset + 1
+  if first[1] then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+  redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. oldest)
+end
+"""
+
+# KEYS: meta, history, ids. ARGV: size, ttl_ms, meta_ttl_ms, new epoch, channel, kind, msg_id
+# ('' for none), payload. Returns {offset, epoch, time, kind, payload}: the new message, or the
+# one a known msg_id names (then nothing is published).
+_PUBLISH = (
+    _PRELUDE
+    + """
+local channel, kind, msg_id, payload = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+if msg_id ~= '' then
+  local seen = redis.call('ZSCORE', ids, msg_id)
+  if seen then
+    local entry = redis.call('XRANGE', history, seen, seen)
+    if entry[1] then
+      local f = entry[1][2]
+      return {tonumber(seen), epoch, f[2], f[4], f[6]}
+    end
+  end
+end
+offset = redis.call('HINCRBY', meta, 'offset', 1)
+if size > 0 and ttl_ms > 0 then
+  redis.call('XADD', history, 'MAXLEN', size, offset .. '-0', 't', now, 'k', kind, 'p', payload)
+  redis.call('PEXPIRE', history, ttl_ms)
+  if msg_id ~= '' then
+    redis.call('ZADD', ids, offset, msg_id)
+    redis.call('PEXPIRE', ids, ttl_ms)
+  end
+end
+local head = offset .. ' ' .. epoch .. ' ' .. now .. ' ' .. kind .. '\\n'
+redis.call('PUBLISH', channel, head .. payload)
+return {offset, epoch, now, kind, payload}
+"""
+)
+
+# KEYS: meta, history, ids. ARGV: size, ttl_ms, meta_ttl_ms, new epoch, since, limit (-1: none).
+# Returns {offset, epoch, complete (0/1), entries...} with entries as XRANGE gives them.
+_HISTORY = (
+    _PRELUDE
+    + """
+local since, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local entries = {}
+if size > 0 and ttl_ms > 0 and since < offset then
+  local count = limit
+  if count == 0 then count = 1 end
+  if count < 0 then
+    entries = redis.call('XRANGE', history, tostring(since + 1), '+')
+  else
+    entries = redis.call('XRANGE', history, tostring(since + 1), '+', 'COUNT', count)
+  end
+end
+local complete = 1
+if since < offset then
+  local oldest = offset + 1
+  if entries[1] then oldest = tonumber(string.match(entries[1][1], '^(%d+)')) end
+  if oldest ~= since + 1 then complete = 0 end
+end
+if limit == 0 then entries = {} end
+return {offset, epoch, complete, entries}
+"""
+)
+
+# KEYS: presence, presence info. ARGV: client, info JSON, ttl_ms.
+_PRESENCE_ADD = """
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local ttl_ms = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now_ms + ttl_ms, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
+"""
+
+# KEYS: presence, presence info. Drops expired entries; returns {client, info, client, info...}.
+_PRESENCE = """
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #live == 0 then return {} end
+local infos = redis.call('HMGET', KEYS[2], unpack(live))
+local out = {}
+for i, client in ipairs(live) do
+  if infos[i] then
+    out[#out + 1] = client
+    out[#out + 1] = infos[i]
+  end
+end
+return out
+"""
+
+_KINDS = {"text": b"t", "binary": b"b", "json": b"j"}
+
+
+def _keys(topic: str) -> list[str]:
+    return [
+        f"megaphone:{{{topic}}}:meta",
+        f"megaphone:{{{topic}}}:history",
+        f"megaphone:{{{topic}}}:ids",
+    ]
+
+
+def _message(
+    topic: str, offset: int, epoch: bytes, time: bytes, kind: bytes, payload: bytes
+) -> Message:
+    data: str | bytes = payload if kind == b"b" else payload.decode()
+    return Message(topic, data, int(offset), epoch.decode(), float(time), json=kind == b"j")
+
+
+def _decode_wire(topic: str, data: bytes) -> Message:
+    """A message as the publish script PUBLISHes it: ``offset epoch time kind\\n`` + payload."""
+    head, _, payload = data.partition(b"\n")
+    offset, epoch, time, kind = head.split(b" ")
+    return _message(topic, int(offset), epoch, time, kind, payload)
+
+
+def _encode_wire(message: Message) -> bytes:
+    payload = message.payload if isinstance(message.payload, bytes) else message.payload.encode()
+    head = f"{message.offset} {message.epoch} {message.time:.6f} "
+    return head.encode() + _KINDS[message.kind] + b"\n" + payload
+
+
+class RedisBackend(Backend):
+    """Backend on one Redis server; see the module docstring for what it guarantees."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        try:
+            self._pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=SOCKET_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                protocol=2,
+            )
+        except ValueError as exc:
+            raise ValueError(f"invalid Redis URL {url!r}: {exc}") from None
+        self._client = aioredis.Redis(connection_pool=self._pool)
+        # Pub/sub channels are shared by every database of a server: name the database in them.
+        self._channel_prefix = f"megaphone:{self._pool.connection_kwargs.get('db', 0)}:"
+        self._publish_script = self._client.register_script(_PUBLISH)
+        self._history_script = self._client.register_script(_HISTORY)
+        self._presence_add_script = self._client.register_script(_PRESENCE_ADD)
+        self._presence_script = self._client.register_script(_PRESENCE)
+        self._on_message: MessageCallback | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pubsub: AbstractConnection | None = None
+        # channel -> topic, for every topic the node subscribed (wanted even while disconnected).
+        self._topics: dict[bytes, str] = {}
+        # topic -> (epoch, offset) of the last message handed to on_message, or the topic's
+        # position when it was subscribed: where catching up after a reconnect starts.
+        self._positions: dict[str, tuple[str, int]] = {}
+        # topic -> (epoch, offset) up to which catching up already delivered (drop repeats).
+        self._caught_up: dict[str, tuple[str, int]] = {}
+        # channel -> SUBSCRIBE confirmations awaited on the current pub/sub connection.
+        self._acks: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
+
+    def _channel(self, topic: str) -> bytes:
+        return f"{self._channel_prefix}{{{topic}}}".encode()
+
+    def _redis_error(self, what: str, exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"Redis at {self._pool.connection_kwargs.get('host', '?')}:"
+            f"{self._pool.connection_kwargs.get('port', '?')} failed to {what}: {exc}"
+        )
+
+    async def _call(self, what: str, command: Awaitable[T]) -> T:
+        try:
+            return await command
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise self._redis_error(what, exc) from exc
+
+    # Lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, on_message: MessageCallback) -> None:
+        """Open the pub/sub connection (raise :class:`BackendUnavailable` if Redis does not
+        answer) and start the reader task."""
+        self._on_message = on_message
+        try:
+            connection = await self._open_pubsub()
+        except BackendUnavailable:
+            await self._pool.disconnect()
+            raise
+        self._reader = asyncio.get_running_loop().create_task(self._read_forever(connection))
+
+    async def stop(self) -> None:
+        self._on_message = None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        await self._close_pubsub()
+        await self._client.aclose()
+        await self._pool.disconnect()
+
+    # Commands -------------------------------------------------------------------------------
+
+    def _script_args(self, topic: str) -> list[Any]:
+        size, ttl = self.history_limits(topic)
+        return [int(size), math.ceil(ttl * 1000), META_TTL * 1000, secrets.token_hex(4)]
+
+    async def publish(
+        self, topic: str, payload: str | bytes, *, json: bool = False, msg_id: str | None = None
+    ) -> Message:
+        data = payload if isinstance(payload, bytes) else payload.encode()
+        kind = b"b" if isinstance(payload, bytes) else (b"j" if json else b"t")
+        args = [*self._script_args(topic), self._channel(topic), kind, msg_id or "", data]
+        offset, epoch, time, stored_kind, stored = await self._call(
+            f"publish on {topic!r}", self._publish_script(keys=_keys(topic), args=args)
+        )
+        return _message(topic, offset, epoch, time, stored_kind, stored)
+
+    async def forward(self, message: Message) -> None:
+        await self._call(
+            f"forward on {message.topic!r}",
+            self._client.publish(self._channel(message.topic), _encode_wire(message)),
+        )
+
+    async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
+        args = [*self._script_args(topic), since, -1 if limit is None else limit]
+        offset, epoch, complete, entries = await self._call(
+            f"read the history of {topic!r}", self._history_script(keys=_keys(topic), args=args)
+        )
+        messages = []
+        for entry_id, fields in entries:
+            t, kind, payload = fields[1], fields[3], fields[5]
+            messages.append(_message(topic, int(entry_id.split(b"-")[0]), epoch, t, kind, payload))
+        return HistoryPage(messages, int(offset), epoch.decode(), bool(complete))
+
+    async def ping(self) -> None:
+        await self._call("answer PING", self._client.ping())
+
+    def _presence_keys(self, topic: str) -> list[str]:
+        return [f"megaphone:{{{topic}}}:presence", f"megaphone:{{{topic}}}:presence:info"]
+
+    async def presence_add(self, topic: str, client: str, info: dict[str, object]) -> None:
+        """Entries expire ``presence_ttl`` seconds after they were last added."""
+        args = [
+            client,
+            json.dumps(info, separators=(",", ":")),
+            math.ceil(self.presence_ttl * 1000),
+        ]
+        await self._call(
+            f"add presence on {topic!r}",
+            self._presence_add_script(keys=self._presence_keys(topic), args=args),
+        )
+
+    async def presence_remove(self, topic: str, client: str) -> None:
+        keys = self._presence_keys(topic)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys[0], client).hdel(keys[1], client)
+            await self._call(f"remove presence on {topic!r}", pipe.execute())
+
+    async def presence(self, topic: str) -> dict[str, dict[str, object]]:
+        flat = await self._call(
+            f"read presence on {topic!r}",
+            self._presence_script(keys=self._presence_keys(topic), args=[]),
+        )
+        return {flat[i].decode(): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    # Pub/sub --------------------------------------------------------------------------------
+
+    async def subscribe(self, topic: str) -> None:
+        """Return once Redis confirmed the subscription and the topic's position is known, so
+        every message published from then on reaches ``on_message``."""
+        channel = self._channel(topic)
+        if channel in self._topics:
+            return
+        self._topics[channel] = topic
+        try:
+            connection = self._pubsub
+            if connection is None or not connection.is_connected:
+                raise BackendUnavailable(
+                    f"the Redis pub/sub connection is down; cannot subscribe {topic!r}"
+                )
+            ack = asyncio.get_running_loop().create_future()
+            self._acks.setdefault(channel, collections.deque()).append(ack)
+            await self._call(
+                f"subscribe to {topic!r}",
+                connection.send_packed_command(
+                    connection.pack_command("SUBSCRIBE", channel), check_health=False
+                ),
+            )
+            try:
+                await asyncio.wait_for(ack, SOCKET_TIMEOUT)
+            except TimeoutError:
+                raise BackendUnavailable(
+                    f"Redis did not confirm the subscription to {topic!r}"
+                ) from None
+            page = await self.history(topic, 0, 0)
+        except BaseException:
+            if self._topics.get(channel) == topic:
+                del self._topics[channel]
+            raise
+        self._advance(topic, page.epoch, page.offset)
+
+    async def unsubscribe(self, topic: str) -> None:
+        channel = self._channel(topic)
+        if self._topics.pop(channel, None) is None:
+            return
+        self._positions.pop(topic, None)
+        self._caught_up.pop(topic, None)
+        connection = self._pubsub
+        if connection is not None and connection.is_connected:
+            # Best effort: if this fails, the connection is broken and the reader's reconnect
+            # subscribes only the topics still wanted.
+            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                await connection.send_packed_command(
+                    connection.pack_command("UNSUBSCRIBE", channel), check_health=False
+                )
+
+    def _advance(self, topic: str, epoch: str, offset: int) -> None:
+        position = self._positions.get(topic)
+        if position is None or position[0] != epoch or position[1] < offset:
+            self._positions[topic] = (epoch, offset)
+
+    async def _open_pubsub(self) -> AbstractConnection:
+        """A connected pub/sub connection subscribed to nothing yet."""
+        kwargs = {**self._pool.connection_kwargs, "socket_timeout": SOCKET_TIMEOUT}
+        connection = self._pool.connection_class(**kwargs)
+        try:
+            await connection.connect()
+        except (TimeoutError, RedisError, OSError) as exc:
+            await connection.disconnect()
+            raise self._redis_error("open the pub/sub connection", exc) from exc
+        self._pubsub = connection
+        return connection
+
+    async def _close_pubsub(self) -> None:
+        connection, self._pubsub = self._pubsub, None
+        for acks in self._acks.values():
+            for ack in acks:
+                if not ack.done():
+                    ack.set_exception(BackendUnavailable("the Redis pub/sub connection was lost"))
+                    ack.exception()  # retrieved: nobody may be waiting any more
+        self._acks.clear()
+        if connection is not None:
+            await connection.disconnect()
+
+    async def _read_forever(self, connection: AbstractConnection | None) -> None:
+        """Read the pub/sub connection; reconnect, resubscribe and catch up when it breaks."""
+        attempt = 0
+        while True:
+            try:
+                if connection is None:
+                    connection = await self._open_pubsub()
+                    await self._resubscribe(connection)
+                    attempt = 0
+                    logger.info(
+                        "Redis pub/sub connection restored; %d topics caught up", len(self._topics)
+                    )
+                await self._read(connection)
+            except (TimeoutError, BackendUnavailable, RedisError, OSError) as exc:
+                if attempt == 0:
+                    logger.warning("Redis pub/sub connection lost: %s", exc)
+                else:
+                    logger.debug("Redis pub/sub reconnect failed: %s", exc)
+            await self._close_pubsub()
+            connection = None
+            delay = min(RECONNECT_MAX_DELAY, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _resubscribe(self, connection: AbstractConnection) -> None:
+        """Subscribe every wanted topic again, then deliver what was missed while deaf."""
+        channels = list(self._topics)
+        if channels:
+            await connection.send_packed_command(
+                connection.pack_command("SUBSCRIBE", *channels), check_health=False
+            )
+        live: list[tuple[bytes, bytes]] = []
+        waiting = set(channels)
+        while waiting:
+            reply = await connection.read_response(timeout=SOCKET_TIMEOUT)
+            if reply is None:
+                raise BackendUnavailable("Redis did not confirm the resubscription")
+            kind = reply[0]
+            if kind == b"subscribe":
+                waiting.discard(reply[1])
+                self._confirm(reply[1])
+            elif kind == b"message":
+                live.append((reply[1], reply[2]))
+        for channel in channels:
+            topic = self._topics.get(channel)
+            if topic is not None:
+                await self._catch_up(topic)
+        for channel, data in live:
+            self._dispatch(channel, data)
+
+    async def _catch_up(self, topic: str) -> None:
+        """Deliver ``topic``'s messages published since the last one delivered here."""
+        position = self._positions.get(topic)
+        if position is None:
+            return
+        epoch, offset = position
+        page = await self.history(topic, offset)
+        if page.epoch != epoch:  # history lost: the new epoch's messages, which say so
+            page = await self.history(topic, 0)
+        for message in page.messages:
+            self._deliver(message)
+        if self._topics.get(self._channel(topic)) == topic:
+            self._caught_up[topic] = (page.epoch, page.offset)
+            self._advance(topic, page.epoch, page.offset)
+
+    def _confirm(self, channel: bytes) -> None:
+        acks = self._acks.get(channel)
+        if acks:
+            ack = acks.popleft()
+            if not ack.done():
+                ack.set_result(None)
+            if not acks:
+                del self._acks[channel]
+
+    async def _read(self, connection: AbstractConnection) -> None:
+        """Dispatch messages until the connection breaks or stops answering PINGs."""
+        pinged = False
+        while True:
+            reply = await connection.read_response(timeout=HEALTH_INTERVAL)
+            if reply is None:
+                if pinged:
+                    raise BackendUnavailable(f"no answer to PING within {HEALTH_INTERVAL} s")
+                await connection.send_packed_command(
+                    connection.pack_command("PING"), check_health=False
+                )
+                pinged = True
+                continue
+            pinged = False
+            kind = reply[0]
+            if kind == b"message":
+                self._dispatch(reply[1], reply[2])
+            elif kind == b"subscribe":
+                self._confirm(reply[1])
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        topic = self._topics.get(channel)
+        if topic is None:  # unsubscribed meanwhile
+            return
+        try:
+            message = _decode_wire(topic, data)
+        except (ValueError, UnicodeDecodeError):
+            logger.error("undecodable message on %r dropped: %r", channel, data[:100])
+            return
+        caught_up = self._caught_up.get(topic)
+        if caught_up is not None:
+            if caught_up[0] == message.epoch and message.offset <= caught_up[1]:
+                return  # already delivered while catching up
+            del self._caught_up[topic]
+        self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        self._advance(message.topic, message.epoch, message.offset)
+        callback = self._on_message
+        if callback is not None:
+            callback(message)

@@ -1,0 +1,271 @@
+"""Tier 3: the Redis backend against a real, private ``redis-server`` (no stand-in).
+
+The backend must keep the in-memory backend's semantics (offsets, epochs, bounded history,
+msg_id idempotency, the ``json`` flag, bytes) across processes, publish once per message, fail
+loudly when Redis is down, and catch up after its pub/sub connection breaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from megaphone.backends import Backend, BackendUnavailable, backend_from_url
+from megaphone.backends.memory import MemoryBackend
+from megaphone.backends.redis import RedisBackend
+from megaphone.message import Message
+from tests.conftest import timeout
+from tests.redis_server import RedisServer
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Started:
+    """Backends started for one test, each with the list of messages it was handed."""
+
+    def __init__(self) -> None:
+        self.backends: list[Backend] = []
+
+    async def __call__(self, url: str, **options: Any) -> tuple[Backend, list[Message]]:
+        received: list[Message] = []
+        backend = backend_from_url(url, **{"history_size": 100, "history_ttl": 60, **options})
+        await backend.start(received.append)
+        self.backends.append(backend)
+        return backend, received
+
+    async def stop(self) -> None:
+        for backend in self.backends:
+            await backend.stop()
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Started]:
+    started = Started()
+    yield started
+    await started.stop()
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5) -> None:
+    deadline = time.monotonic() + timeout(seconds)
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def summary(message: Message) -> tuple[Any, ...]:
+    return (message.topic, message.offset, message.payload, message.json)
+
+
+async def script(backend: Backend) -> list[Any]:
+    """The same operations on any backend; what they return, minus topics, epochs and times."""
+    out: list[Any] = []
+
+    def summary(message: Message) -> tuple[Any, ...]:
+        return (message.offset, message.payload, message.json)
+
+    a, b, quiet = unique("a"), unique("b"), unique("$events")
+    for i in range(7):
+        message = await backend.publish(a, f"m{i}", msg_id=f"id{i}")
+        out.append(summary(message))
+    out.append(summary(await backend.publish(a, "retry", msg_id="id6")))  # still in history
+    out.append(summary(await backend.publish(a, "retry", msg_id="id0")))  # trimmed: new
+    out.append(summary(await backend.publish(b, b"\x00\n\xff", json=False)))
+    out.append(summary(await backend.publish(b, '{"x": [1, "é"]}', json=True)))
+    for since, limit in [(0, None), (3, None), (3, 2), (5, 0), (8, None), (50, None)]:
+        page = await backend.history(a, since, limit)
+        out.append(([summary(m) for m in page.messages], page.offset, page.complete))
+    out.append([summary(m) for m in (await backend.history(b)).messages])
+    # A topic with no history (like the node's "$" topics): offsets go on, nothing is kept,
+    # so a msg_id is not remembered either.
+    for _ in range(2):
+        out.append(summary(await backend.publish(quiet, "e", msg_id="same")))
+    page = await backend.history(quiet)
+    out.append((page.messages, page.offset, page.complete))
+    page = await backend.history(unique("never"))
+    out.append((page.messages, page.offset, page.complete))
+    return out
+
+
+def limits(topic: str) -> tuple[int, float]:
+    return (0, 0.0) if topic.startswith("$") else (5, 60.0)
+
+
+async def test_same_results_as_the_memory_backend(redis_server: RedisServer, start) -> None:
+    memory = MemoryBackend("memory://", limits=limits)
+    await memory.start(lambda m: None)
+    try:
+        expected = await script(memory)
+    finally:
+        await memory.stop()
+    backend, _ = await start(redis_server.url, limits=limits)
+    assert isinstance(backend, RedisBackend)
+    assert await script(backend) == expected
+
+
+async def test_offsets_and_epoch_are_shared_by_every_process(
+    redis_server: RedisServer, start
+) -> None:
+    (one, _), (two, _) = await start(redis_server.url), await start(redis_server.url)
+    name = unique()
+    first = await one.history(name)  # reading creates the epoch
+    assert first.offset == 0 and first.messages == [] and first.complete
+    published = [await (one, two)[i % 2].publish(name, str(i)) for i in range(6)]
+    assert [m.offset for m in published] == [1, 2, 3, 4, 5, 6]
+    assert {m.epoch for m in published} == {first.epoch}
+    assert all(abs(m.time - time.time()) < 5 for m in published)  # Redis's clock
+    assert [m.payload for m in (await two.history(name, 2)).messages] == ["2", "3", "4", "5"]
+
+
+async def test_history_older_than_its_ttl_is_gone(redis_server: RedisServer, start) -> None:
+    backend, _ = await start(redis_server.url, history_ttl=0.3)
+    name = unique()
+    await backend.publish(name, "old", msg_id="k")
+    await asyncio.sleep(0.4)
+    await backend.publish(name, "new")
+    page = await backend.history(name)
+    assert [m.payload for m in page.messages] == ["new"] and not page.complete
+    # The expired message's msg_id is forgotten with it.
+    assert (await backend.publish(name, "again", msg_id="k")).offset == 3
+    await asyncio.sleep(0.4)
+    page = await backend.history(name, 1)
+    assert page.messages == [] and page.offset == 3 and not page.complete
+
+
+async def test_fan_out_reaches_subscribed_processes_only_with_one_publish_per_message(
+    redis_server: RedisServer, start
+) -> None:
+    (a, got_a), (b, got_b), (publisher, got_p) = [await start(redis_server.url) for _ in range(3)]
+    one, two = unique(), unique()
+    await a.subscribe(one)
+    await a.subscribe(one)  # idempotent
+    await b.subscribe(one)
+    await b.subscribe(two)
+    before = redis_server.command_calls("publish")
+    payloads: list[str | bytes] = [f"text {i} é" if i % 2 else bytes(range(256)) for i in range(50)]
+    for payload in payloads:
+        await publisher.publish(one, payload)
+    await publisher.publish(two, "only b")
+    await until(lambda: len(got_a) == 50 and len(got_b) == 51)
+    assert redis_server.command_calls("publish") - before == 51
+    assert [m.payload for m in got_a] == payloads
+    assert [m.offset for m in got_a] == list(range(1, 51))
+    assert [m.kind for m in got_a[:2]] == ["binary", "text"]
+    assert [m.topic for m in got_b].count(two) == 1 and got_p == []
+
+    await a.unsubscribe(one)
+    await a.unsubscribe(one)  # idempotent
+    await publisher.publish(one, "after")
+    await until(lambda: len(got_b) == 52)
+    await asyncio.sleep(0.1)
+    assert len(got_a) == 50
+
+
+async def test_forward_fans_out_a_message_numbered_elsewhere_without_storing_it(
+    redis_server: RedisServer, start
+) -> None:
+    (a, got), (b, _) = await start(redis_server.url), await start(redis_server.url)
+    name = unique()
+    await a.subscribe(name)
+    await b.forward(Message(name, b"\x00db", 41, "dbepoch", 1.5, json=False))
+    await until(lambda: len(got) == 1)
+    assert summary(got[0]) == (name, 41, b"\x00db", False) and got[0].epoch == "dbepoch"
+    assert (await b.history(name)).offset == 0
+
+
+async def test_presence_entries_expire_unless_refreshed(redis_server: RedisServer, start) -> None:
+    (a, _), (b, _) = await start(redis_server.url, presence_ttl=0.5), await start(redis_server.url)
+    name = unique()
+    await a.presence_add(name, "c1", {"user": "ann"})
+    await a.presence_add(name, "c2", {"user": "bob"})
+    assert await b.presence(name) == {"c1": {"user": "ann"}, "c2": {"user": "bob"}}
+    await b.presence_remove(name, "c2")
+    await b.presence_remove(name, "nobody")
+    for _ in range(3):
+        await asyncio.sleep(0.25)
+        await a.presence_add(name, "c1", {"user": "ann", "n": 2})
+    assert await b.presence(name) == {"c1": {"user": "ann", "n": 2}}
+    await asyncio.sleep(0.6)
+    assert await b.presence(name) == {}
+
+
+async def test_everything_fails_loudly_while_redis_is_down(
+    redis_server: RedisServer, start
+) -> None:
+    backend, _ = await start(redis_server.url)
+    name = unique()
+    await backend.publish(name, "up")
+    redis_server.stop()
+    started = time.monotonic()
+    for call in (
+        backend.publish(name, "down"),
+        backend.history(name),
+        backend.ping(),
+        backend.subscribe(unique()),
+        backend.presence(name),
+    ):
+        with pytest.raises(BackendUnavailable, match="Redis"):
+            await call
+    assert time.monotonic() - started < timeout(10)
+    with pytest.raises(BackendUnavailable):
+        await RedisBackend(redis_server.url).start(lambda m: None)
+    redis_server.start()
+    await asyncio.sleep(0.1)  # the loop sees the old connections closed
+    assert (await backend.publish(name, "back")).offset == 1  # Redis restarted empty
+
+
+async def test_a_broken_pubsub_connection_reconnects_and_delivers_what_it_missed(
+    redis_server: RedisServer, start
+) -> None:
+    (reader, got), (publisher, _) = await start(redis_server.url), await start(redis_server.url)
+    name = unique()
+    await reader.subscribe(name)
+    for i in range(3):
+        await publisher.publish(name, f"before {i}")
+    await until(lambda: len(got) == 3)
+    with redis_server.client() as admin:
+        # Cut the pub/sub connection only: history stays, like a network blip.
+        assert admin.client_kill_filter(_type="pubsub") == 1
+        for i in range(20):
+            admin_message = await publisher.publish(name, f"missed {i}")
+    await until(lambda: len(got) == 23)
+    await publisher.publish(name, "live")
+    await until(lambda: len(got) == 24)
+    await asyncio.sleep(0.1)
+    assert [m.offset for m in got] == list(range(1, 25))  # no gap, no duplicate
+    assert got[-1].payload == "live" and admin_message.offset == 23
+
+
+async def test_after_redis_restarts_empty_subscribers_get_the_new_epoch(
+    redis_server: RedisServer, start
+) -> None:
+    (reader, got), (publisher, _) = await start(redis_server.url), await start(redis_server.url)
+    name = unique()
+    await reader.subscribe(name)
+    old = [await publisher.publish(name, f"old {i}") for i in range(3)]
+    await until(lambda: len(got) == 3)
+    redis_server.restart()
+    await asyncio.sleep(0.1)
+    new = [await publisher.publish(name, f"new {i}") for i in range(2)]
+    assert [m.offset for m in new] == [1, 2] and new[0].epoch != old[0].epoch
+    await until(lambda: len(got) == 5)
+    await asyncio.sleep(0.1)
+    assert [(m.offset, m.epoch) for m in got[3:]] == [(1, new[0].epoch), (2, new[0].epoch)]
+
+
+async def test_stop_closes_every_connection(redis_server: RedisServer, start) -> None:
+    with redis_server.client() as admin:
+        baseline = len(admin.client_list())
+        backend = RedisBackend(redis_server.url)
+        await backend.start(lambda m: None)
+        await backend.subscribe(unique())
+        await asyncio.gather(*(backend.publish(unique(), "x") for _ in range(50)))
+        assert baseline < len(admin.client_list()) <= baseline + 21
+        await backend.stop()
+        await until(lambda: len(admin.client_list()) == baseline)
