@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import pytest
 import websockets
 
 from tests.conftest import ROOT, ServerProcess, timeout
+from tests.redis_server import RedisServer
 
 MANAGE = [sys.executable, str(ROOT / "example" / "manage.py"), "megaphone"]
-REDIS_URL = os.environ.get("MEGAPHONE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 
 def megaphone(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,24 +36,11 @@ def test_with_the_memory_backend_the_command_refuses_and_says_why(args: tuple[st
     assert "REDIS_URL" in result.stderr
 
 
-def redis_backend_available() -> bool:
-    if importlib.util.find_spec("megaphone.backends.redis") is None:
-        return False
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not redis_backend_available(), reason="needs backends/redis.py and Redis")
 async def test_with_redis_publish_reaches_the_server_and_tail_sees_the_server(
-    server_factory: Callable[..., ServerProcess],
+    server_factory: Callable[..., ServerProcess], redis_server: RedisServer
 ) -> None:
     topic = f"cmd-{uuid.uuid4().hex[:8]}"
-    env = {"REDIS_URL": REDIS_URL}
+    env = {"REDIS_URL": redis_server.url}
     server = server_factory(env=env)
     async with websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/") as client:
         result = await asyncio.to_thread(megaphone, "publish", topic, "from the command", env=env)
