@@ -93,18 +93,19 @@ if size <= 0 or ttl_ms <= 0 then
 else
   redis.call('XTRIM', history, 'MAXLEN', size)
   local deadline = (now_ms - ttl_ms) / 1000
-  while true do
+  local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
+  while first[1] and tonumber(first[1][2][2]) < deadline do
     local batch = redis.call('XRANGE', history, '-', '+', 'COUNT', 100)
-    if #batch == 0 then break end
     local keep = nil
     for _, entry in ipairs(batch) do
       if tonumber(entry[2][2]) >= deadline then keep = entry[1]; break end
     end
-    if keep then redis.call('XTRIM', history, 'MINID', keep); break end
-    local last = tonumber(string.match(batch[#batch][1], '^(%d+)'))
-    redis.call('XTRIM', history, 'MINID', tostring(last + 1))
+    if not keep then
+      keep = tostring(tonumber(string.match(batch[#batch][1], '^(%d+)')) + 1)
+    end
+    redis.call('XTRIM', history, 'MINID', keep)
+    first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
   end
-  local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
   local oldest = offset + 1
   if first[1] then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
   redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. oldest)
