@@ -269,3 +269,22 @@ async def test_stop_closes_every_connection(redis_server: RedisServer, start) ->
         assert baseline < len(admin.client_list()) <= baseline + 21
         await backend.stop()
         await until(lambda: len(admin.client_list()) == baseline)
+
+
+async def test_offsets_rolled_back_in_redis_start_a_new_epoch_instead_of_being_reused(
+    redis_server: RedisServer, start
+) -> None:
+    (reader, got), (publisher, _) = await start(redis_server.url), await start(redis_server.url)
+    name = unique()
+    await reader.subscribe(name)
+    old = [await publisher.publish(name, f"old {i}") for i in range(5)]
+    await until(lambda: len(got) == 5)
+    with redis_server.client() as admin:
+        # What a failover to a lagging replica looks like: same epoch, offset back to 2.
+        admin.hset(f"megaphone:{{{name}}}:meta", "offset", 2)
+        admin.client_kill_filter(_type="pubsub")
+    await asyncio.sleep(0.3)  # the reader reconnects and checks its topics
+    new = await publisher.publish(name, "new")
+    assert new.epoch != old[0].epoch and new.offset == 1
+    await until(lambda: len(got) == 6)
+    assert (got[-1].epoch, got[-1].offset) == (new.epoch, 1)

@@ -20,8 +20,11 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   and hands the missed messages to ``on_message`` before any live one (duplicates are dropped).
   If the topic's epoch changed meanwhile (Redis restarted empty, keys evicted), it hands over the
   new epoch's messages: a protocol session receiving them sees the epoch change and tells its
-  client (``unsubscribed`` / ``recovered: false``). A connection that stops answering its PINGs
-  for two :data:`HEALTH_INTERVAL` periods counts as broken.
+  client (``unsubscribed`` / ``recovered: false``). If the epoch is the same but its offset went
+  back (Redis came back from an older snapshot, or failed over to a replica that had not
+  received the last writes), offsets would be reused: the reader drops the topic's keys so that
+  it starts a new epoch, and clients are told the same way. A connection that stops answering
+  its PINGs for two :data:`HEALTH_INTERVAL` periods counts as broken.
 * **Loud failures.** Every command runs on a bounded pool (:data:`MAX_CONNECTIONS` connections,
   socket timeouts of :data:`SOCKET_TIMEOUT` seconds, no silent retry of a publish); any
   connection error, timeout or Redis error is raised as :class:`BackendUnavailable`.
@@ -171,6 +174,16 @@ return {offset, epoch, complete, entries}
 """
 )
 
+# KEYS: meta, history, ids. ARGV: epoch, offset. Drops the topic if its epoch is ``epoch`` but its
+# offset is below ``offset`` (Redis lost acknowledged writes: an older snapshot, a failover to a
+# lagging replica), so that its next use starts a new epoch instead of reusing offsets.
+_FORGET_ROLLED_BACK = """
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1]
+    and tonumber(redis.call('HGET', KEYS[1], 'offset')) < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+end
+"""
+
 # KEYS: presence, presence info. ARGV: client, info JSON, ttl_ms.
 _PRESENCE_ADD = """
 local clock = redis.call('TIME')
@@ -258,6 +271,7 @@ class RedisBackend(Backend):
         self._history_script = self._client.register_script(_HISTORY)
         self._presence_add_script = self._client.register_script(_PRESENCE_ADD)
         self._presence_script = self._client.register_script(_PRESENCE)
+        self._forget_script = self._client.register_script(_FORGET_ROLLED_BACK)
         self._on_message: MessageCallback | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: AbstractConnection | None = None
@@ -511,6 +525,13 @@ class RedisBackend(Backend):
             return
         epoch, offset = position
         page = await self.history(topic, offset)
+        if page.epoch == epoch and page.offset < offset:
+            logger.error("Redis lost messages of %r up to offset %d: new epoch", topic, offset)
+            await self._call(
+                f"renew the epoch of {topic!r}",
+                self._forget_script(keys=_keys(topic), args=[epoch, offset]),
+            )
+            page = await self.history(topic, offset)
         if page.epoch != epoch:  # history lost: the new epoch's messages, which say so
             page = await self.history(topic, 0)
         for message in page.messages:
