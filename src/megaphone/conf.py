@@ -50,6 +50,9 @@ class Config:
     #: connection that has not answered within PING_TIMEOUT seconds (``manage.py serve``).
     PING_INTERVAL: float = 20.0
     PING_TIMEOUT: float = 20.0
+    #: Seconds a client has, after connecting, to send a whole request head (a WebSocket
+    #: handshake, say); slower, it is dropped (``manage.py serve``).
+    HANDSHAKE_TIMEOUT: float = 10.0
     #: Who may subscribe, publish, read history and presence, per topic glob: see
     #: :mod:`megaphone.permissions`. None applies its DEFAULT_PERMISSIONS.
     PERMISSIONS: tuple[dict[str, str], ...] | None = None

@@ -13,16 +13,42 @@ bounded outbox, so backpressure and the slow-client policy are unchanged.
 Other ASGI servers never offer the extension, and Megaphone works there through ASGI alone.
 ``manage.py serve`` selects this protocol (``ws=megaphone.transports.uvicorn:WebSocketProtocol``).
 The extension is withheld when permessage-deflate is on, since compressed frames are per client.
+
+It also closes a client that stopped reading (a slow consumer, 4408) without waiting for buffer
+space that will never come: the close frame is queued behind what the client has not read, and a
+client that has not completed the closing handshake :data:`CLOSE_TIMEOUT` seconds after the
+server's close frame is dropped (``transport.abort()``; uvicorn's ``close()`` would wait forever
+for it to read its buffer).
+
+And it holds a fragmented message in one growing buffer: uvicorn keeps a list of fragments, which a
+client could grow without bound with empty continuation frames (6 bytes each on the wire), since
+they add nothing to the message size that ``ws_max_size`` bounds.
+
+:class:`HttpProtocol` (uvicorn's httptools protocol) drops a client that has not sent a whole
+request head (a WebSocket handshake, say) ``HANDSHAKE_TIMEOUT`` seconds after connecting or after
+starting a request: uvicorn alone keeps a silent socket, or half a request, open forever. And the
+handshake lines uvicorn logs never show a connection token (``?token=`` is redacted).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 from websockets.protocol import State
 
+from ..conf import get_config
 from .frames import WRITE_FRAME_EXTENSION
+
+logger = logging.getLogger("megaphone.transports.uvicorn")
+
+#: Seconds a client has to answer the server's close frame before its socket is dropped.
+CLOSE_TIMEOUT = 10.0
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -46,3 +72,93 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(frame)
             return True
         return False
+
+    def handle_cont(self, event: Frame) -> None:
+        if event.data:
+            if not isinstance(self.frames[0], bytearray):
+                self.frames = [bytearray(b"".join(self.frames))]  # type: ignore[list-item]
+            self.frames[0] += event.data
+        if event.fin:
+            self.frames = [bytes(self.frames[0])]
+            self.send_receive_event_to_app()
+
+    async def send(self, message: Any) -> None:
+        closing = (
+            message["type"] == "websocket.close"
+            and self.handshake_complete
+            and self.initial_response is None
+            and not self.close_sent
+            and not self.disconnected
+        )
+        if closing and not self.writable.is_set():
+            # uvicorn would wait for the client to read its buffer first: never, for a client
+            # that stopped reading. Queue the close frame behind what it has not read yet.
+            code, reason = message.get("code", 1000), message.get("reason") or ""
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self.conn.send_close(code, reason)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            if self.read_paused:  # read on, to see the client's answering close frame
+                self.read_paused = False
+                self.transport.resume_reading()
+        else:
+            await super().send(message)
+        if closing and self.close_sent:
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with a deadline on each request head (see the module docstring)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:  # a later request on a kept-alive connection
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._head_timer = self.loop.call_later(get_config().HANDSHAKE_TIMEOUT, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            logger.info("dropped %s: no complete request head in time", self.client)
+            self.transport.close()
+
+
+_TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
+
+
+class _RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+# uvicorn logs each handshake (uvicorn.error) and request (uvicorn.access) with its query string.
+for _name in ("uvicorn.error", "uvicorn.access"):
+    logging.getLogger(_name).addFilter(_RedactTokens())

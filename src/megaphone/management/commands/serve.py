@@ -55,6 +55,7 @@ class Command(BaseCommand):
             port=options["port"],
             workers=options["workers"],
             lifespan="off",
+            http="megaphone.transports.uvicorn:HttpProtocol",
             ws="megaphone.transports.uvicorn:WebSocketProtocol",
             ws_max_size=config.MAX_MESSAGE_SIZE,
             ws_per_message_deflate=False,
