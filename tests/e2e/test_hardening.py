@@ -468,6 +468,7 @@ async def test_silent_sockets_and_half_handshakes_are_dropped_after_handshake_ti
     with RawClient(server.port) as tokened:  # a bad token: refused, and never logged
         assert tokened.handshake("/ws/broadcast/?token=not-a-real-token-5c1e") == 403
     await assert_served(server)
+    assert value(await scrape(server), "megaphone_refusals_total", reason="handshake_timeout") == 2
     log = server.log()
     assert "no complete request head in time" in log
     assert "not-a-real-token-5c1e" not in log and "token=[redacted]" in log
@@ -486,6 +487,8 @@ async def test_a_client_that_does_not_answer_pings_is_closed(hardened: Start) ->
             assert (closing.opcode, closing.close_code) == (CLOSE, 1011)
             assert await asyncio.to_thread(mute.closed_by_server, timeout(5))
         await metric_becomes(server, 1, "megaphone_connections")
+        assert value(await scrape(server), "megaphone_closes_total", code="1011") == 1
+        assert "no pong in time (dead connection)" in server.log()
         await asyncio.sleep(1.5)  # three ping periods: the client answering pings stays
         await answering.send("still here")
         assert await asyncio.wait_for(answering.recv(), timeout(5)) == "still here"

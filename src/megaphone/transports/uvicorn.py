@@ -42,6 +42,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame
 from websockets.protocol import State
 
+from .. import metrics
 from ..conf import get_config
 from .frames import WRITE_FRAME_EXTENSION
 
@@ -72,6 +73,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(frame)
             return True
         return False
+
+    def keepalive_timeout(self) -> None:
+        if not (self.close_sent or self.transport.is_closing()):
+            logger.info("closing %s: no pong in time (dead connection)", self.client)
+            metrics.CLOSES.labels("1011").inc()
+        super().keepalive_timeout()
 
     def handle_cont(self, event: Frame) -> None:
         if event.data:
@@ -143,6 +150,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             logger.info("dropped %s: no complete request head in time", self.client)
+            metrics.REFUSALS.labels("handshake_timeout").inc()
             self.transport.close()
 
 
