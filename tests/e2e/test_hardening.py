@@ -360,6 +360,7 @@ async def test_a_10_mib_message_closes_1009_at_once_and_reaches_no_one(hardened:
         f"{rss_after // MiB} MiB"
     )
     assert max(peak[0], fragmented_peak[0]) < rss_before + 4 * MiB
+    assert value(await scrape(server), "megaphone_closes_total", code="1009") == 2
     await assert_served(server)
     await other.close()
 
@@ -381,6 +382,7 @@ async def test_utf8_split_across_fragments_is_fine_and_invalid_utf8_closes_1007(
         client.send(frame(TEXT, b"ok \xff\xfe"))
         frames, code = await asyncio.to_thread(client.read_until_close, timeout(5))
     assert (frames, code) == ([], 1007)
+    assert value(await scrape(server), "megaphone_closes_total", code="1007") == 1
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(other.recv(), 0.3)
     await assert_served(server)

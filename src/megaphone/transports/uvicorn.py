@@ -80,6 +80,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             metrics.CLOSES.labels("1011").inc()
         super().keepalive_timeout()
 
+    def handle_parser_exception(self) -> None:
+        # A frame the server refused before the application saw it: too big, not UTF-8, broken.
+        if self.conn.close_sent is not None:
+            code, reason = self.conn.close_sent.code, self.conn.close_sent.reason
+            logger.info("closing %s with %d: %s", self.client, code, reason)
+            metrics.CLOSES.labels(str(code)).inc()
+        super().handle_parser_exception()
+
     def handle_cont(self, event: Frame) -> None:
         if event.data:
             if not isinstance(self.frames[0], bytearray):
