@@ -27,7 +27,9 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   its PINGs for two :data:`HEALTH_INTERVAL` periods counts as broken.
 * **Loud failures.** Every command runs on a bounded pool (:data:`MAX_CONNECTIONS` connections,
   socket timeouts of :data:`SOCKET_TIMEOUT` seconds, no silent retry of a publish); any
-  connection error, timeout or Redis error is raised as :class:`BackendUnavailable`.
+  connection error, timeout or Redis error is raised as :class:`BackendUnavailable`. Starting
+  does not need Redis (the reader keeps trying to connect); a subscription waits at most
+  :data:`SOCKET_TIMEOUT` seconds for the pub/sub connection.
 
 Keys, all with a ``{topic}`` hash tag: ``megaphone:{topic}:meta`` (hash: ``epoch``, ``offset``;
 kept :data:`META_TTL` seconds after the topic's last use), ``megaphone:{topic}:history`` (stream;
@@ -284,6 +286,8 @@ class RedisBackend(Backend):
         self._caught_up: dict[str, tuple[str, int]] = {}
         # channel -> SUBSCRIBE confirmations awaited on the current pub/sub connection.
         self._acks: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
+        # Set while the pub/sub connection is up, subscribed and caught up.
+        self._ready = asyncio.Event()
 
     def _channel(self, topic: str) -> bytes:
         return f"{self._channel_prefix}{{{topic}}}".encode()
@@ -303,15 +307,10 @@ class RedisBackend(Backend):
     # Lifecycle ------------------------------------------------------------------------------
 
     async def start(self, on_message: MessageCallback) -> None:
-        """Open the pub/sub connection (raise :class:`BackendUnavailable` if Redis does not
-        answer) and start the reader task."""
+        """Start the reader task, which opens the pub/sub connection (and reopens it for as long
+        as the backend runs). Redis being down does not fail this: each call fails instead."""
         self._on_message = on_message
-        try:
-            connection = await self._open_pubsub()
-        except BackendUnavailable:
-            await self._pool.disconnect()
-            raise
-        self._reader = asyncio.get_running_loop().create_task(self._read_forever(connection))
+        self._reader = asyncio.get_running_loop().create_task(self._read_forever())
 
     async def stop(self) -> None:
         self._on_message = None
@@ -393,17 +392,27 @@ class RedisBackend(Backend):
 
     async def subscribe(self, topic: str) -> None:
         """Return once Redis confirmed the subscription and the topic's position is known, so
-        every message published from then on reaches ``on_message``."""
+        every message published from then on reaches ``on_message``. While the pub/sub
+        connection is (re)connecting, wait for it up to :data:`SOCKET_TIMEOUT` seconds, then
+        raise :class:`BackendUnavailable`."""
         channel = self._channel(topic)
         if channel in self._topics:
             return
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), SOCKET_TIMEOUT)
+            except TimeoutError:
+                raise BackendUnavailable(
+                    f"no pub/sub connection to Redis within {SOCKET_TIMEOUT} s; "
+                    f"cannot subscribe to {topic!r}"
+                ) from None
+            if channel in self._topics:
+                return
         self._topics[channel] = topic
         try:
             connection = self._pubsub
             if connection is None or not connection.is_connected:
-                raise BackendUnavailable(
-                    f"the Redis pub/sub connection is down; cannot subscribe {topic!r}"
-                )
+                raise BackendUnavailable(f"the Redis pub/sub connection broke; {topic!r} missed")
             ack = asyncio.get_running_loop().create_future()
             self._acks.setdefault(channel, collections.deque()).append(ack)
             await self._call(
@@ -468,26 +477,25 @@ class RedisBackend(Backend):
         if connection is not None:
             await connection.disconnect()
 
-    async def _read_forever(self, connection: AbstractConnection | None) -> None:
-        """Read the pub/sub connection; reconnect, resubscribe and catch up when it breaks."""
+    async def _read_forever(self) -> None:
+        """Connect, subscribe and catch up, read; start again whenever the connection breaks."""
         attempt = 0
         while True:
             try:
-                if connection is None:
-                    connection = await self._open_pubsub()
-                    await self._resubscribe(connection)
-                    attempt = 0
-                    logger.info(
-                        "Redis pub/sub connection restored; %d topics caught up", len(self._topics)
-                    )
+                connection = await self._open_pubsub()
+                await self._resubscribe(connection)
+                if attempt:
+                    logger.info("Redis pub/sub connection restored; %d topics", len(self._topics))
+                attempt = 0
+                self._ready.set()
                 await self._read(connection)
             except (TimeoutError, BackendUnavailable, RedisError, OSError) as exc:
                 if attempt == 0:
-                    logger.warning("Redis pub/sub connection lost: %s", exc)
+                    logger.warning("Redis pub/sub connection down: %s", exc)
                 else:
                     logger.debug("Redis pub/sub reconnect failed: %s", exc)
+            self._ready.clear()
             await self._close_pubsub()
-            connection = None
             delay = min(RECONNECT_MAX_DELAY, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
             attempt += 1
             await asyncio.sleep(delay)
