@@ -7,7 +7,9 @@ import asyncio
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.test import Client as DjangoClient
 
 from example.asgi import application
 from megaphone.tokens import issue_token
@@ -22,8 +24,10 @@ def make_user(name: str, **fields: object):
     return get_user_model().objects.create_user(name, password="a-long-test-password", **fields)
 
 
-async def attempt(path: str) -> tuple[bool, WebsocketCommunicator]:
-    communicator = WebsocketCommunicator(application, path)
+async def attempt(
+    path: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[bool, WebsocketCommunicator]:
+    communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, _ = await communicator.connect(timeout=timeout(5))
     return connected, communicator
 
@@ -41,6 +45,24 @@ async def test_anonymous_raw_client_cannot_open_someone_elses_private_topic(capl
     connected, _ = await attempt(f"/ws/broadcast/user:{alice.pk}/")
     assert not connected
     assert "may not subscribe" in caplog.text
+
+
+@database_sync_to_async
+def session_cookie(user: object) -> bytes:
+    browser = DjangoClient()
+    browser.force_login(user)
+    return f"csrftoken=x; {settings.SESSION_COOKIE_NAME}={browser.session.session_key}".encode()
+
+
+async def test_the_session_cookie_still_authenticates_and_other_cookies_do_not() -> None:
+    alice = await make_user("alice")
+    cookie = await session_cookie(alice)
+    connected, own = await attempt(f"/ws/broadcast/user:{alice.pk}/", [(b"cookie", cookie)])
+    assert connected
+    await own.disconnect()
+    other_cookies = [(b"cookie", b"csrftoken=x; theme=dark")]
+    connected, _ = await attempt(f"/ws/broadcast/user:{alice.pk}/", other_cookies)
+    assert not connected
 
 
 async def test_a_token_opens_its_owners_private_topic_only() -> None:
