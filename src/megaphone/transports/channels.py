@@ -48,11 +48,34 @@ def encoded_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-class _Endpoint(AsyncWebsocketConsumer):
-    """What both endpoints share: the connection and its outbox, the size check, closing."""
+class _DirectConsumer(AsyncWebsocketConsumer):
+    """Channels' consumer, minus its channel layer and its task per received event.
 
-    # Never join a channel layer, even if the project configures one: the hub does the fan-out.
-    channel_layer_alias = "__megaphone_has_no_channel_layer__"
+    Channels' ``AsyncConsumer.__call__`` runs each ``receive()`` in a new task and waits on it
+    with ``asyncio.wait``, so that it can listen to a channel layer at the same time. These
+    consumers never join a channel layer, even if the project configures one (the hub does the
+    fan-out), so they await ``receive()`` directly: events are dispatched one at a time, in the
+    order the server delivers them, in the consumer's own task, as before. Between two events the
+    consumer yields to the event loop, as Channels' version did, so that a client sending a flood
+    never holds the loop: its own writer and every other connection run in between.
+    """
+
+    channel_layer = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.base_send = send
+        dispatch = self.dispatch
+        try:
+            while True:
+                await dispatch(await receive())
+                await asyncio.sleep(0)
+        except StopConsumer:
+            pass
+
+
+class _Endpoint(_DirectConsumer):
+    """What both endpoints share: the connection and its outbox, the size check, closing."""
 
     node: Node
     max_message_size: int
