@@ -32,7 +32,7 @@ class Config:
     MAX_MESSAGE_SIZE: int = 64 * 1024
     #: Bound on one connection's queue of undelivered frames, in messages and in bytes. A client
     #: that falls further behind is closed with 4408 (slow consumer) and may resume from its offset.
-    OUTBOX_MAX_MESSAGES: int = 1024
+    OUTBOX_MAX_MESSAGES: int = 512
     OUTBOX_MAX_BYTES: int = 8 * 1024 * 1024
     #: History kept per topic for recovery: at most this many messages, none older than the TTL.
     HISTORY_SIZE: int = 1000
@@ -88,8 +88,8 @@ class Config:
     #: entry of a process that died without saying goodbye vanishes after this long.
     PRESENCE_TTL: float = 60.0
     #: Most missed messages a subscription recovers on resubscribe; a larger gap answers
-    #: ``recovered: false``. Keep it below ``OUTBOX_MAX_MESSAGES``.
-    RECOVERY_MAX_MESSAGES: int = 500
+    #: ``recovered: false``. They are sent paced by the client, half an outbox at a time.
+    RECOVERY_MAX_MESSAGES: int = 1000
     #: Most topics one connection of the protocol endpoint (``/ws/connect/``) may subscribe to.
     MAX_SUBSCRIPTIONS: int = 256
     #: Per-topic overrides by glob pattern (``fnmatch``, case-sensitive), the first matching

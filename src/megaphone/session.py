@@ -198,10 +198,9 @@ class Session:
             since = request.since
             if since is None:
                 page = await self.node.history(topic, 0, 0)
-                recovered, messages = None, []
+                recovered = None
             else:
                 page, recovered = await self._read_since(topic, since.offset, since.epoch)
-                messages = page.messages if recovered else []
         except BaseException:
             await self._unsubscribe(topic, leave=False)
             raise
@@ -210,12 +209,12 @@ class Session:
         result: dict[str, Any] = {"topic": topic, "offset": page.offset, "epoch": page.epoch}
         if recovered is not None:
             result["recovered"] = recovered
-            result["missed"] = len(messages)
+            result["missed"] = page.offset - subscription.last
         self.send(reply_frame(request.id, result))
-        for message in messages:
-            subscription.last = message.offset
-            self.connection.deliver(message)
-        subscription.go_live()
+        if recovered:
+            self._spawn(self._catch_up(subscription, page))
+        else:
+            subscription.go_live()
         if options.presence:  # after the reply: the client's own join event follows it
             try:
                 await self._join(topic, request.info, options.join_leave)
@@ -223,52 +222,114 @@ class Session:
                 logger.error("could not add %s to presence on %s: %s", self.client, topic, exc)
 
     async def _read_since(self, topic: str, offset: int, epoch: str) -> tuple[HistoryPage, bool]:
-        """History after ``offset``, and whether it holds exactly every message up to now."""
-        limit = get_config().RECOVERY_MAX_MESSAGES
-        page = await self.node.history(topic, offset, limit)
+        """The first page of history after ``offset``, and whether the history still holds
+        every message after it, at most ``RECOVERY_MAX_MESSAGES`` of them."""
+        page = await self.node.history(topic, offset, self._page_size())
         missed = page.offset - offset
         recovered = (
             page.epoch == epoch
             and page.complete
-            and 0 <= missed <= limit
-            and len(page.messages) == missed
-            and (not page.messages or page.messages[-1].offset == page.offset)
+            and 0 <= missed <= get_config().RECOVERY_MAX_MESSAGES
+            and (missed == 0 or (bool(page.messages) and page.messages[0].offset == offset + 1))
         )
         return page, recovered
+
+    def _page_size(self) -> int:
+        """Messages read from history at once while catching up: half an outbox."""
+        return max(1, self.connection.outbox.max_messages // 2)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def gap(self, subscription: Subscription, message: Message) -> None:
         """A live message does not follow the last one sent: fill the gap from history."""
         subscription.buffer = [message]
-        task = asyncio.get_running_loop().create_task(self._fill(subscription))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._fill(subscription))
 
     async def _fill(self, subscription: Subscription) -> None:
-        topic = subscription.topic
         try:
-            page, filled = await self._read_since(topic, subscription.last, subscription.epoch)
+            page, filled = await self._read_since(
+                subscription.topic, subscription.last, subscription.epoch
+            )
         except BackendUnavailable:
             page, filled = None, False
-        if self._closed or self.subscriptions.get(topic) is not subscription:
+        if filled:
+            assert page is not None
+            await self._catch_up(subscription, page)
+        else:
+            await self._lost(subscription)
+
+    async def _catch_up(self, subscription: Subscription, page: HistoryPage) -> None:
+        """Send ``page`` (the history right after ``subscription.last``), then the rest of the
+        topic's history a page at a time, then go live.
+
+        Paced by the client: a frame is queued only while the outbox is at most half full, else
+        once the client has taken most of it, so a catch-up of any length never crosses the
+        outbox bound that closes slow consumers. Live messages buffered meanwhile are all in
+        history too, so the buffer is emptied before each read. If history lost messages on the
+        way (trimmed by a client slower than the publishers), the client is told as for a gap
+        that cannot be filled (:meth:`_lost`).
+        """
+        topic, outbox = subscription.topic, self.connection.outbox
+        while self._holds(subscription):
+            for message in page.messages:
+                if (
+                    outbox.pending_bytes > outbox.max_bytes // 2
+                    or len(outbox) > outbox.max_messages // 2
+                ):
+                    await self._drained()
+                    if not self._holds(subscription):
+                        return
+                subscription.last = message.offset
+                self.connection.deliver(message)
+            if subscription.last >= page.offset:
+                subscription.go_live()
+                return
+            subscription.buffer = []
+            try:
+                page = await self.node.history(topic, subscription.last, self._page_size())
+            except BackendUnavailable:
+                break
+            if not (
+                page.epoch == subscription.epoch
+                and page.complete
+                and page.messages
+                and page.messages[0].offset == subscription.last + 1
+            ):
+                break
+        await self._lost(subscription)
+
+    def _holds(self, subscription: Subscription) -> bool:
+        """Whether ``subscription`` is still one of this open session's."""
+        return not self._closed and self.subscriptions.get(subscription.topic) is subscription
+
+    async def _drained(self) -> None:
+        """Return once the outbox is at most a quarter full (or closed)."""
+        outbox = self.connection.outbox
+        while not outbox.closed and (
+            len(outbox) > outbox.max_messages // 4 or outbox.pending_bytes > outbox.max_bytes // 4
+        ):
+            await asyncio.sleep(0.005)
+
+    async def _lost(self, subscription: Subscription) -> None:
+        """Messages after ``subscription.last`` cannot be sent: unsubscribe the client with
+        ``insufficient_state``; it resubscribes from its position and gets ``recovered: false``."""
+        topic = subscription.topic
+        if not self._holds(subscription):
             return
-        if not filled:
-            logger.warning("%s lost its place on %s: asking it to resubscribe", self.client, topic)
-            await self._unsubscribe(topic, leave=False)
-            self.send(
-                frame(
-                    "unsubscribed",
-                    topic=topic,
-                    code=Code.INSUFFICIENT_STATE,
-                    offset=subscription.last,
-                    epoch=subscription.epoch,
-                )
+        logger.warning("%s lost its place on %s: asking it to resubscribe", self.client, topic)
+        await self._unsubscribe(topic, leave=False)
+        self.send(
+            frame(
+                "unsubscribed",
+                topic=topic,
+                code=Code.INSUFFICIENT_STATE,
+                offset=subscription.last,
+                epoch=subscription.epoch,
             )
-            return
-        assert page is not None
-        for message in page.messages:
-            subscription.last = message.offset
-            self.connection.deliver(message)
-        subscription.go_live()
+        )
 
     async def _join(self, topic: str, info: dict[str, Any] | None, announce: bool) -> None:
         entry = {"client": self.client, "user": self.user, "info": info}

@@ -24,6 +24,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from megaphone.conf import Config
 from tests.conftest import ROOT, ServerProcess, timeout
 
 from .rawws import CLOSE, CONTINUATION, PING, TEXT, RawClient, frame, rss_kib
@@ -123,7 +124,9 @@ COUNT, SIZE = 5000, 4096
 async def test_a_client_that_never_reads_is_closed_4408_and_costs_nothing_after(
     hardened: Start,
 ) -> None:
-    server = hardened(PUBLISH_RATE=0)  # one publisher sends 10,000 messages
+    # One publisher sends 10,000 messages. History holds the last 5,000: full before the
+    # measurement starts, and enough for the slow client to resume.
+    server = hardened(PUBLISH_RATE=0, HISTORY_SIZE=COUNT, RECOVERY_MAX_MESSAGES=COUNT)
     pid = server.process.pid
     topic = "flood"
     publisher = await websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/", max_queue=None)
@@ -173,28 +176,10 @@ async def test_a_client_that_never_reads_is_closed_4408_and_costs_nothing_after(
 
     metrics = await scrape(server)
     assert value(metrics, "megaphone_closes_total", code="4408") == 1
-    assert value(metrics, "megaphone_drops_total", reason="slow_consumer") == 1024 + 1
+    outbox = Config().OUTBOX_MAX_MESSAGES  # the default
+    assert value(metrics, "megaphone_drops_total", reason="slow_consumer") == outbox + 1
     assert value(metrics, "megaphone_connections") == 2  # the publisher and the healthy client
     assert "closing a slow consumer on /ws/connect/: outbox full" in server.log()
-
-    # Its offset tells the client what it missed. The gap (at least one full outbox) is over
-    # RECOVERY_MAX_MESSAGES, so the server says so: recovered false, reload, then live.
-    resumed = await websockets.connect(f"{server.ws_url}/ws/connect/")
-    await resumed.recv()
-    since = {"offset": last, "epoch": subscribed["epoch"]}
-    await resumed.send(json.dumps({"op": "subscribe", "id": 1, "topic": topic, "since": since}))
-    reply = json.loads(await asyncio.wait_for(resumed.recv(), timeout(5)))
-    assert reply["result"] == {
-        "topic": topic,
-        "offset": subscribed["offset"] + COUNT,
-        "epoch": subscribed["epoch"],
-        "recovered": False,
-        "missed": 0,
-    }
-    await publisher.send("live")
-    live = json.loads(await asyncio.wait_for(resumed.recv(), timeout(5)))
-    assert (live["offset"], live["data"]) == (subscribed["offset"] + COUNT + 1, "live")
-    await resumed.close()
 
     await asyncio.sleep(0.5)
     rss_after = rss_kib(pid)
@@ -206,6 +191,28 @@ async def test_a_client_that_never_reads_is_closed_4408_and_costs_nothing_after(
     assert peak[0] < rss_before + 32 * MiB
     assert rss_after < rss_before + 16 * MiB
     assert p99(flooded) < max(5 * p99(baseline), p99(baseline) + 1.0)
+    # Its offset tells the client what it missed; history still holds all of it, so it resumes
+    # from there: every missed message once, in order (paced through its outbox), then live.
+    resumed = await websockets.connect(f"{server.ws_url}/ws/connect/", max_queue=None)
+    await resumed.recv()
+    since = {"offset": last, "epoch": subscribed["epoch"]}
+    await resumed.send(json.dumps({"op": "subscribe", "id": 1, "topic": topic, "since": since}))
+    reply = json.loads(await asyncio.wait_for(resumed.recv(), timeout(5)))
+    latest = subscribed["offset"] + COUNT
+    assert reply["result"] == {
+        "topic": topic,
+        "offset": latest,
+        "epoch": subscribed["epoch"],
+        "recovered": True,
+        "missed": latest - last,
+    }
+    await publisher.send("live")
+    received = [json.loads(await asyncio.wait_for(resumed.recv(), timeout(10)))["offset"]]
+    while received[-1] <= latest:
+        received.append(json.loads(await asyncio.wait_for(resumed.recv(), timeout(10)))["offset"])
+    assert received == list(range(last + 1, latest + 2))
+    await resumed.close()
+
     await publisher.close()
     await healthy.close()
 
