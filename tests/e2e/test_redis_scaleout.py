@@ -84,6 +84,7 @@ class Follower:
         self.position: dict[str, Any] | None = None
         self.results: list[dict[str, Any]] = []  # subscribe replies
         self.reconnects = 0
+        self.close_codes: list[int | None] = []  # the server's close code, per lost connection
 
     async def subscribe(self) -> None:
         if self.client is None:
@@ -111,8 +112,9 @@ class Follower:
         assert self.client is not None
         try:
             frame = json.loads(await self.client.ws.recv())
-        except ConnectionClosed:
+        except ConnectionClosed as closed:
             self.reconnects += 1
+            self.close_codes.append(closed.rcvd.code if closed.rcvd else None)
             self.client = None
             while True:  # the server may be restarting its worker
                 try:
