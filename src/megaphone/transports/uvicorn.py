@@ -52,6 +52,18 @@ logger = logging.getLogger("megaphone.transports.uvicorn")
 CLOSE_TIMEOUT = 10.0
 
 
+class _InvalidUtf8Traceback(logging.Filter):
+    """uvicorn logs a whole traceback for every text message that is not UTF-8, so any client
+    could flood the log with them; :meth:`WebSocketProtocol.handle_parser_exception` logs one
+    line for that close (1007) instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Invalid UTF-8 sequence received from client."
+
+
+logging.getLogger("uvicorn.error").addFilter(_InvalidUtf8Traceback())
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with the ``megaphone.write_frame`` extension."""
 
