@@ -174,7 +174,11 @@ _nodes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Node]]
 )
 
 
-async def _start_node() -> Node:
+async def start_node(*, dashboard: bool = True) -> Node:
+    """A started node of the settings' backend; the caller owns it. With ``dashboard`` (and
+    ``DASHBOARD_INTERVAL``), it publishes this worker's figures for the dashboard: a worker
+    serving clients does, a process part that serves none (the background publisher,
+    ``manage.py megaphone``) does not."""
     config = get_config()
     backend = backend_from_url(
         config.BACKEND,
@@ -185,7 +189,7 @@ async def _start_node() -> Node:
     )
     node = Node(backend)
     await node.start()
-    if config.DASHBOARD_INTERVAL:
+    if dashboard and config.DASHBOARD_INTERVAL:
         node.publish_stats(config.DASHBOARD_INTERVAL)
     return node
 
@@ -195,5 +199,5 @@ async def get_node() -> Node:
     loop = asyncio.get_running_loop()
     starting = _nodes.get(loop)
     if starting is None or (starting.done() and (starting.cancelled() or starting.exception())):
-        starting = _nodes[loop] = loop.create_task(_start_node())
+        starting = _nodes[loop] = loop.create_task(start_node())
     return await asyncio.shield(starting)

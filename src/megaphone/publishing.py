@@ -33,10 +33,10 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from .backends import BackendUnavailable, backend_from_url
+from .backends import BackendUnavailable
 from .conf import get_config
 from .message import Message
-from .node import Node, get_node, history_limits
+from .node import Node, get_node, start_node
 from .topics import InvalidTopic, validate_topic
 
 __all__ = [
@@ -81,6 +81,10 @@ class PublishUnavailable(PublishError, BackendUnavailable):
     """
 
     code = "backend_unavailable"
+
+    @classmethod
+    def timed_out(cls, topic: str, timeout: float) -> PublishUnavailable:
+        return cls(f"the backend did not accept the message on {topic!r} within {timeout} s")
 
 
 def encoded_size(payload: str | bytes) -> int:
@@ -178,9 +182,7 @@ async def apublish_prepared(
                 node = await get_node()
             return await _publish_on(node, topic, payload, is_json, msg_id)
     except TimeoutError:
-        raise PublishUnavailable(
-            f"the backend did not accept the message on {topic!r} within {timeout} s"
-        ) from None
+        raise PublishUnavailable.timed_out(topic, timeout) from None
     except PublishError:
         raise
     except (BackendUnavailable, OSError) as exc:
@@ -222,26 +224,7 @@ def publish_prepared(
         return future.result(timeout)
     except TimeoutError:
         future.cancel()
-        raise PublishUnavailable(
-            f"the backend did not accept the message on {topic!r} within {timeout} s"
-        ) from None
-
-
-async def start_standalone_node() -> Node:
-    """A started node of the settings' backend for a process part that serves no clients (the
-    background publisher, ``manage.py megaphone``): as :func:`megaphone.node.get_node`'s, minus
-    the dashboard figures. The caller stops it."""
-    config = get_config()
-    backend = backend_from_url(
-        config.BACKEND,
-        history_size=config.HISTORY_SIZE,
-        history_ttl=config.HISTORY_TTL,
-        limits=history_limits,
-        presence_ttl=config.PRESENCE_TTL,
-    )
-    node = Node(backend)
-    await node.start()
-    return node
+        raise PublishUnavailable.timed_out(topic, timeout) from None
 
 
 class _Publisher:
@@ -310,7 +293,7 @@ class _Publisher:
         return await asyncio.shield(starting)
 
     async def _start_node(self) -> Node:
-        node = await start_standalone_node()
+        node = await start_node(dashboard=False)
         self.nodes_started += 1
         return node
 

@@ -25,9 +25,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from megaphone.backends import Backend, BackendUnavailable
 from megaphone.conf import get_config
 from megaphone.message import Message
-from megaphone.node import Node
+from megaphone.node import Node, start_node
 from megaphone.protocol import MAX_HISTORY_LIMIT, message_json
-from megaphone.publishing import PublishError, publish, start_standalone_node
+from megaphone.publishing import PublishError, publish
 from megaphone.topics import InvalidTopic, validate_topic
 
 MEMORY_BACKEND_ERROR = (
@@ -127,7 +127,7 @@ class Command(BaseCommand):
 
     async def _node(self) -> Node:
         try:
-            return await start_standalone_node()
+            return await start_node(dashboard=False)
         except (BackendUnavailable, OSError) as exc:
             raise CommandError(f"the backend is unavailable: {exc}") from None
 
