@@ -9,12 +9,14 @@ never slows the hub or the other clients; it can reconnect and recover from its 
 The bound counts what waits in the queue. The writer takes a whole batch at once (so a burst goes
 out back to back); while it sends that batch, new frames queue up to the bound again. Memory held
 for one connection is therefore at most twice the bound, plus the server's socket buffer.
+
+The outbox does no waiting itself: its owner (:class:`~megaphone.transports.connection.Connection`)
+starts a writer when a put finds no writer running, so an idle connection holds no task, no future
+and no queue buffer (an empty outbox is a few small objects).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +27,6 @@ class Outbox:
         "_closed",
         "_frames",
         "_on_overflow",
-        "_waiter",
         "max_bytes",
         "max_messages",
         "overflowed",
@@ -43,10 +44,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self._on_overflow = on_overflow
         self.overflowed = False
-        self._frames: deque[tuple[Any, int]] = deque()
+        self._frames: list[tuple[Any, int]] = []
         self._bytes = 0
         self._closed = False
-        self._waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -75,33 +75,20 @@ class Outbox:
             return False
         self._frames.append((frame, size))
         self._bytes += size
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
         return True
 
-    async def get_batch(self) -> list[Any]:
-        """Every queued frame, oldest first, waiting for one if none is queued.
-
-        Returns an empty list once the outbox is closed: the writer's signal to stop.
-        """
-        while not self._frames:
-            if self._closed:
-                return []
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
-        batch = [frame for frame, _ in self._frames]
-        self._frames.clear()
+    def take_batch(self) -> list[Any]:
+        """Every queued frame, oldest first, and the queue emptied; an empty list when nothing
+        is queued, and always once the outbox is closed: the writer's signal to stop."""
+        frames = self._frames
+        if not frames:
+            return []
+        self._frames = []
         self._bytes = 0
-        return batch
+        return [frame for frame, _ in frames]
 
     def close(self) -> None:
-        """Drop every queued frame and wake the writer so it stops."""
+        """Drop every queued frame; every later put is refused."""
         self._closed = True
-        self._frames.clear()
+        self._frames = []
         self._bytes = 0
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        self._waiter = None

@@ -126,3 +126,20 @@ async def test_frames_delivered_before_start_wait_for_the_writer() -> None:
     await asyncio.sleep(0.01)
     assert [parse(frame).data.decode() for frame in socket.wire] == ["m1", "m2"]
     await conn.close()
+
+
+async def test_the_writer_task_exists_only_while_frames_wait() -> None:
+    socket = Socket()
+    conn = connection(socket)
+    tasks = len(asyncio.all_tasks())
+    conn.start()
+    conn.deliver(message(1))  # straight to the socket: no task
+    assert len(asyncio.all_tasks()) == tasks
+    socket.writable = False
+    conn.deliver(message(2))
+    assert len(asyncio.all_tasks()) == tasks + 1
+    socket.writable = True
+    await asyncio.sleep(0.01)
+    assert len(asyncio.all_tasks()) == tasks  # the queue is empty: the writer ended
+    assert [parse(frame).data.decode() for frame in socket.wire] == ["m1", "m2"]
+    await conn.close()

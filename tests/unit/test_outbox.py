@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from megaphone.outbox import Outbox
 
 
-async def test_get_batch_returns_everything_queued_in_order() -> None:
+def test_take_batch_returns_everything_queued_in_order_then_nothing() -> None:
     outbox = Outbox(10, 1000)
     for i in range(3):
         assert outbox.put(i, 1)
-    assert await outbox.get_batch() == [0, 1, 2]
+    assert outbox.take_batch() == [0, 1, 2]
     assert len(outbox) == 0 and outbox.pending_bytes == 0
+    assert outbox.take_batch() == []
 
 
-async def test_get_batch_waits_for_a_put() -> None:
-    outbox = Outbox(10, 1000)
-    getter = asyncio.ensure_future(outbox.get_batch())
-    await asyncio.sleep(0)
-    assert not getter.done()
-    outbox.put("a", 1)
-    assert await asyncio.wait_for(getter, 1) == ["a"]
-
-
-async def test_overflow_by_count_closes_once_and_drops_everything() -> None:
+def test_overflow_by_count_closes_once_and_drops_everything() -> None:
     calls: list[int] = []
     outbox = Outbox(3, 1000, calls.append)
     assert all(outbox.put(i, 1) for i in range(3))
@@ -33,7 +23,7 @@ async def test_overflow_by_count_closes_once_and_drops_everything() -> None:
     assert outbox.overflowed and outbox.closed
     assert len(outbox) == 0 and outbox.pending_bytes == 0
     assert calls == [4]  # three queued, one refused
-    assert await outbox.get_batch() == []
+    assert outbox.take_batch() == []
 
 
 def test_overflow_by_bytes() -> None:
@@ -44,12 +34,11 @@ def test_overflow_by_bytes() -> None:
     assert outbox.overflowed
 
 
-async def test_close_wakes_a_waiting_writer_without_overflow() -> None:
+def test_close_drops_what_is_queued_and_refuses_later_puts_without_overflow() -> None:
     calls: list[int] = []
     outbox = Outbox(10, 10, calls.append)
-    getter = asyncio.ensure_future(outbox.get_batch())
-    await asyncio.sleep(0)
+    assert outbox.put("early", 1)
     outbox.close()
-    assert await asyncio.wait_for(getter, 1) == []
+    assert outbox.take_batch() == []
     assert outbox.put("late", 1) is False
     assert not outbox.overflowed and calls == []

@@ -6,6 +6,11 @@ connection sharing the same encoder, queues the frame and returns at once. The w
 queued frames in order; when a burst has queued several, it sends them back to back with no
 wake-up in between. If the outbox bound is crossed, ``on_slow`` is called once and the transport
 closes the socket with 4408 (slow consumer).
+
+The writer task exists only while frames wait: the first frame queued on an empty outbox starts
+it, and it ends once the outbox is empty. A frame written straight to the socket (the server's
+``write_frame``) needs no task at all, so an idle connection, or one the fast path keeps up with,
+holds no task, no future and no coroutine.
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ Send = Callable[[Any], Awaitable[None]]
 
 class Connection:
     __slots__ = (
-        "_busy",
         "_encoder",
         "_frame_encoder",
         "_on_slow",
         "_send",
+        "_started",
         "_write_frame",
         "_writer",
         "outbox",
@@ -54,36 +59,41 @@ class Connection:
         self._encoder = encoder
         self._write_frame = write_frame
         self._frame_encoder = framed(encoder)
-        self._writer: asyncio.Task[None] | None = None
-        self._busy = False  # the writer holds a batch it has not finished sending
+        self._writer: asyncio.Task[None] | None = None  # running while frames wait or go out
+        self._started = False
         self.outbox = Outbox(max_messages, max_bytes, self._overflowed)
         self._on_slow = on_slow
 
     def deliver(self, message: Message) -> None:
         # Straight to the socket when nothing is waiting ahead of this message; else queue it.
         if (
-            self._write_frame is not None
-            and not self._busy
+            self._writer is None
+            and self._write_frame is not None
             and not self.outbox
             and self._write_frame(message.encoded(self._frame_encoder))
         ):
             return
-        self.outbox.put(message.encoded(self._encoder), message.size)
+        self._queue(message.encoded(self._encoder), message.size)
 
     def deliver_as(self, message: Message, encoder: Encoder) -> None:
         """:meth:`deliver` with another encoder than the connection's (still encoded once)."""
         if (
-            self._write_frame is not None
-            and not self._busy
+            self._writer is None
+            and self._write_frame is not None
             and not self.outbox
             and self._write_frame(message.encoded(framed(encoder)))
         ):
             return
-        self.outbox.put(message.encoded(encoder), message.size)
+        self._queue(message.encoded(encoder), message.size)
 
     def send_text(self, text: str) -> None:
         """Queue a text frame of this connection's own (a reply), behind what is queued."""
-        self.outbox.put({"type": "websocket.send", "text": text}, len(text))
+        self._queue({"type": "websocket.send", "text": text}, len(text))
+
+    def _queue(self, frame: Any, size: int) -> None:
+        """Queue ``frame`` behind the others, and start the writer if none runs (once started)."""
+        if self.outbox.put(frame, size) and self._writer is None and self._started:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def _overflowed(self, dropped: int) -> None:
         metrics.SLOW_DISCONNECTS.inc()
@@ -92,31 +102,34 @@ class Connection:
 
     def start(self) -> None:
         """Start sending; frames delivered before this call were queued and go first."""
-        self._writer = asyncio.get_running_loop().create_task(self._write())
+        self._started = True
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_ACCEPTED.inc()
+        if self.outbox:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def close(self) -> None:
         """Stop sending: drop what is queued and stop the writer, even if a send is stuck."""
         self.outbox.close()
-        writer = self._writer
-        if writer is not None:
-            self._writer = None
+        if self._started:
+            self._started = False
             metrics.CONNECTIONS.dec()
+        writer, self._writer = self._writer, None
         if writer is not None and not writer.done():
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
     async def _write(self) -> None:
+        """Send batches until the outbox is empty, then end (the next queued frame restarts it)."""
         send = self._send
-        while batch := await self.outbox.get_batch():
-            self._busy = True
-            for frame in batch:
-                try:
+        try:
+            while batch := self.outbox.take_batch():
+                for frame in batch:
                     await send(frame)
-                except Exception as exc:  # the peer is gone; the transport sees the close itself
-                    logger.debug("send failed, writer stops: %r", exc)
-                    self.outbox.close()
-                    return
-            self._busy = False
+        except Exception as exc:  # the peer is gone; the transport sees the close itself
+            logger.debug("send failed, writer stops: %r", exc)
+            self.outbox.close()
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
