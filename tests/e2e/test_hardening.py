@@ -133,23 +133,27 @@ async def test_a_client_that_never_reads_is_closed_4408_and_costs_nothing_after(
     healthy = await websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/", max_queue=None)
 
     async def burst(tag: str) -> list[float]:
-        """Publish COUNT messages of SIZE bytes as fast as the socket takes them; return the
-        healthy client's publish-to-receive latencies, checking it got every one in order."""
+        """Publish COUNT messages of SIZE bytes, as fast as the healthy client reads them (at
+        most 256 ahead of it: it shares this process's CPU with the publisher, and must not
+        become a slow consumer itself); return its publish-to-receive latencies, checking it got
+        every one in order."""
+        latencies: list[float] = []
 
-        async def receive() -> list[float]:
-            latencies = []
+        async def receive() -> None:
             for i in range(COUNT):
                 text = await asyncio.wait_for(healthy.recv(), timeout(30))
                 now = time.perf_counter()
                 got_tag, number, sent_at, _ = str(text).split(" ", 3)
                 assert (got_tag, int(number)) == (tag, i)
                 latencies.append(now - float(sent_at))
-            return latencies
 
         receiving = asyncio.ensure_future(receive())
         for i in range(COUNT):
+            while i - len(latencies) > 256 and not receiving.done():
+                await asyncio.sleep(0.001)
             await publisher.send(f"{tag} {i} {time.perf_counter()} ".ljust(SIZE, "x"))
-        return await receiving
+        await receiving
+        return latencies
 
     baseline = await burst("calm")  # also fills the topic's history: it stays in memory
     rss_before = rss_kib(pid)
