@@ -24,7 +24,7 @@ from .. import metrics
 from ..auth import TOKEN_EXPIRES, user_control_topic
 from ..backends import BackendUnavailable
 from ..closecodes import CloseCode
-from ..conf import get_config, topic_options
+from ..conf import Config, get_config, topic_options
 from ..message import Encoder, Message, raw_frame
 from ..node import Node, get_node
 from ..permissions import allowed
@@ -106,6 +106,8 @@ class _Endpoint(_DirectConsumer):
         watch, self._logout_watch = self._logout_watch, None
         if watch is not None:
             await self.node.unsubscribe(watch.topic, watch)
+        if self.connection is not None:
+            logger.info("closed %s: code %d", self.scope["path"], code)
         await self.disconnect(code)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -117,12 +119,26 @@ class _Endpoint(_DirectConsumer):
             raise ValueError(f"no handler for message type {message['type']}")
         await handler(message)
 
-    async def _setup(self, encoder: Encoder) -> Connection:
-        """Read the settings, find the node, build the connection (not started yet)."""
+    async def _refuse(self, reason: str, label: str) -> None:
+        """Refuse the handshake (HTTP 403), logging why and counting it by ``label``."""
+        logger.warning("refused WebSocket handshake on %s: %s", self.scope.get("path"), reason)
+        metrics.REFUSALS.labels(label).inc()
+        await self.close()
+
+    async def _setup(self, encoder: Encoder) -> Connection | None:
+        """Read the settings, find the node, build the connection (not started yet); None,
+        after refusing the handshake, when the backend cannot be reached."""
         self._main_task = asyncio.current_task()
         config = get_config()
         self.max_message_size = config.MAX_MESSAGE_SIZE
         self.publish_limit = TokenBucket(config.PUBLISH_RATE, config.PUBLISH_BURST)
+        try:
+            return await self._join_node(encoder, config)
+        except BackendUnavailable as exc:
+            await self._refuse(f"backend: {exc}", "backend")
+            return None
+
+    async def _join_node(self, encoder: Encoder, config: Config) -> Connection:
         self.node = await get_node()
         self.user = self.scope.get("user")
         expires = self.scope.get(TOKEN_EXPIRES)
@@ -227,22 +243,18 @@ class BroadcastConsumer(_Endpoint):
         try:
             self.topic = validate_topic(kwargs.get("topic") or DEFAULT_TOPIC)
         except InvalidTopic as exc:
-            logger.warning("refused WebSocket handshake on %s: %s", self.scope.get("path"), exc)
-            await self.close()
+            await self._refuse(str(exc), "invalid_topic")
             return
         connection = await self._setup(raw_frame)
+        if connection is None:
+            return
         if not allowed(self.user, "subscribe", self.topic):
-            logger.warning(
-                "refused WebSocket handshake on %s: may not subscribe", self.scope["path"]
-            )
-            metrics.REFUSALS.labels("forbidden").inc()
-            await self.close()
+            await self._refuse("may not subscribe", "forbidden")
             return
         try:
             await self.node.subscribe(self.topic, connection)
         except BackendUnavailable as exc:
-            logger.error("refused WebSocket handshake on %s: backend: %s", self.scope["path"], exc)
-            await self.close()
+            await self._refuse(f"backend: {exc}", "backend")
             return
         self.connection = connection
         await self.accept()
@@ -294,11 +306,12 @@ class ProtocolConsumer(_Endpoint):
 
     async def connect(self) -> None:
         connection = await self._setup(message_event)
+        if connection is None:
+            return
         try:
             await self.node.backend.ping()
         except BackendUnavailable as exc:
-            logger.error("refused WebSocket handshake on %s: backend: %s", self.scope["path"], exc)
-            await self.close()
+            await self._refuse(f"backend: {exc}", "backend")
             return
         self.connection = connection
         self.session = Session(
