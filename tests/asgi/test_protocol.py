@@ -194,15 +194,21 @@ async def test_recovery_fails_plainly_on_another_epoch_or_a_future_offset() -> N
     await client.close()
 
 
-@override_settings(MEGAPHONE={"TOPICS": {"short.*": {"history_size": 3}}})
-async def test_recovery_fails_when_the_gap_is_beyond_history() -> None:
-    topic = unique("short.h")
-    client = await connect()
+async def miss_four_messages(client: Client, topic: str) -> dict[str, object]:
+    """Subscribe and leave ``topic``, then publish 4 messages there; the position from before
+    them (offset 0 of the topic's epoch)."""
     start = await client.result(op="subscribe", topic=topic)
     await client.result(op="unsubscribe", topic=topic)
     for i in range(4):
         await client.result(op="publish", topic=topic, data=i)
-    since = {"offset": 0, "epoch": start["epoch"]}
+    return {"offset": 0, "epoch": start["epoch"]}
+
+
+@override_settings(MEGAPHONE={"TOPICS": {"short.*": {"history_size": 3}}})
+async def test_recovery_fails_when_the_gap_is_beyond_history() -> None:
+    topic = unique("short.h")
+    client = await connect()
+    since = await miss_four_messages(client, topic)
     result = await client.result(op="subscribe", topic=topic, since=since)
     assert result["recovered"] is False and result["offset"] == 4
     await client.send(op="publish", topic=topic, data="live")
@@ -221,11 +227,7 @@ async def test_recovery_fails_when_the_gap_is_beyond_history() -> None:
 async def test_recovery_fails_beyond_the_maximum_count() -> None:
     topic = unique("max")
     client = await connect()
-    start = await client.result(op="subscribe", topic=topic)
-    await client.result(op="unsubscribe", topic=topic)
-    for i in range(4):
-        await client.result(op="publish", topic=topic, data=i)
-    since = {"offset": 0, "epoch": start["epoch"]}
+    since = await miss_four_messages(client, topic)
     assert (await client.result(op="subscribe", topic=topic, since=since))["recovered"] is False
     assert await client.nothing()
     await client.close()
