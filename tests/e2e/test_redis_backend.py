@@ -17,6 +17,7 @@ import pytest
 
 from megaphone.backends import Backend, BackendUnavailable, backend_from_url
 from megaphone.backends.memory import MemoryBackend
+from megaphone.backends import redis as redis_backend
 from megaphone.backends.redis import RedisBackend
 from megaphone.message import Message
 from tests.conftest import timeout
@@ -165,6 +166,40 @@ async def test_fan_out_reaches_subscribed_processes_only_with_one_publish_per_me
     await until(lambda: len(got_b) == 52)
     await asyncio.sleep(0.1)
     assert len(got_a) == 50
+
+
+async def test_publishes_from_many_clients_on_a_busy_loop_never_wait_for_a_pooled_connection(
+    redis_server: RedisServer, start, monkeypatch
+) -> None:
+    """Thousands of clients publishing at once while fan-out keeps the event loop busy: Redis
+    answers in time, so every publish succeeds, in order per topic (one connection per publish
+    made the last ones time out waiting for a free connection, closing their clients)."""
+    monkeypatch.setattr(redis_backend, "SOCKET_TIMEOUT", 0.5)
+    backend, _ = await start(redis_server.url)
+    topics = [unique() for _ in range(100)]
+    busy = True
+
+    async def fan_out() -> None:
+        while busy:
+            time.sleep(0.01)  # every turn of the loop holds it 10 ms, as a large fan-out does
+            await asyncio.sleep(0)
+
+    hog = asyncio.ensure_future(fan_out())
+    try:
+        results = await asyncio.gather(
+            *(backend.publish(topic, f"m{i}") for i in range(20) for topic in topics),
+            return_exceptions=True,
+        )
+    finally:
+        busy = False
+        await hog
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    offsets: dict[str, list[int]] = {}
+    for message in results:
+        assert isinstance(message, Message)
+        offsets.setdefault(message.topic, []).append(message.offset)
+        assert message.payload == f"m{message.offset - 1}"
+    assert all(found == list(range(1, 21)) for found in offsets.values())
 
 
 async def test_forward_fans_out_a_message_numbered_elsewhere_without_storing_it(
