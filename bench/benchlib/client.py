@@ -80,6 +80,7 @@ class Worker:
         self.last_recv = 0
         self.lat = array.array("q")
         self.disconnects = 0
+        self.close_codes: dict[str, int] = {}  # why connections ended: close code, or "none"
 
     # -- frame path (hot) -------------------------------------------------------------------
     def on_message(self, sub: Any, payload: bytes, now: int) -> None:
@@ -128,7 +129,7 @@ class Worker:
         worker = self
 
         class Sub(WSListener):
-            __slots__ = ("mask", "maxseq", "topic", "topic_b", "transport")
+            __slots__ = ("close_code", "mask", "maxseq", "topic", "topic_b", "transport")
 
             def __init__(self, topic: str) -> None:
                 self.topic = topic
@@ -136,6 +137,7 @@ class Worker:
                 self.mask = 0
                 self.maxseq = -1
                 self.transport: Any = None
+                self.close_code: int | None = None
 
             def on_ws_connected(self, transport: Any) -> None:
                 self.transport = transport
@@ -145,11 +147,14 @@ class Worker:
                 if mt is WSMsgType.TEXT or mt is WSMsgType.BINARY:
                     worker.on_message(self, frame.get_payload_as_bytes(), time.monotonic_ns())
                 elif mt is WSMsgType.CLOSE:
+                    self.close_code = int(frame.get_close_code())
                     transport.send_close(frame.get_close_code())
                     transport.disconnect()
 
             def on_ws_disconnected(self, transport: Any) -> None:
                 worker.disconnects += 1
+                code = "none" if self.close_code is None else str(self.close_code)
+                worker.close_codes[code] = worker.close_codes.get(code, 0) + 1
 
         sem = asyncio.Semaphore(concurrency)
         errors: dict[str, int] = {}
@@ -242,6 +247,7 @@ class Worker:
             "first_recv": self.first_recv,
             "last_recv": self.last_recv,
             "disconnects": self.disconnects,
+            "close_codes": self.close_codes,
             "connections": len(self.subs),
         }
 

@@ -163,10 +163,7 @@ class Session:
         seconds = time.monotonic() - t0
         cpu1 = self.server_cpu()[0]
         ok = sum(r["ok"] for r in res)
-        errors: dict[str, int] = {}
-        for r in res:
-            for k, v in r["errors"].items():
-                errors[k] = errors.get(k, 0) + v
+        errors = _merge_counts(r["errors"] for r in res)
         return {
             "ok": ok,
             "failed": total - ok,
@@ -261,6 +258,7 @@ class Session:
             "stale": sum(r["stale"] for r in res),
             "wrong_topic": sum(r["wrong_topic"] for r in res),
             "disconnects": sum(r["disconnects"] for r in res),
+            "close_codes": _merge_counts(r["close_codes"] for r in res),
             "sent": sum(p.get("sent", 0) for p in pub_done.values()),
             "seconds": elapsed,
         }
@@ -282,6 +280,9 @@ class Session:
             faults.append(f"{out['reorders']} reordered")
         if out["wrong_topic"]:
             faults.append(f"{out['wrong_topic']} on the wrong topic")
+        if out["disconnects"]:
+            codes = ", ".join(f"{n}x {code}" for code, n in out["close_codes"].items())
+            faults.append(f"{out['disconnects']} disconnected (close codes: {codes})")
         if why == "complete" and not faults:
             out["status"], out["status_text"] = "ok", "ok"
         elif why == "complete":
@@ -335,6 +336,14 @@ def combine(reps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- scenario runners -------------------------------------------------------------------------
+def _merge_counts(counts: Any) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for one in counts:
+        for key, n in one.items():
+            merged[key] = merged.get(key, 0) + n
+    return merged
+
+
 def _connect_or_fail(s: Session, plans: list[list[tuple[str, int]]], n: int) -> dict[str, Any]:
     c = s.connect(plans)
     s.log(
