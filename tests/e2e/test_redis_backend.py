@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from megaphone.backends import Backend, BackendUnavailable, backend_from_url
-from megaphone.backends.memory import MemoryBackend
 from megaphone.backends import redis as redis_backend
+from megaphone.backends.memory import MemoryBackend
 from megaphone.backends.redis import RedisBackend
 from megaphone.message import Message
 from tests.conftest import timeout
@@ -168,12 +168,12 @@ async def test_fan_out_reaches_subscribed_processes_only_with_one_publish_per_me
     assert len(got_a) == 50
 
 
-async def test_publishes_from_many_clients_on_a_busy_loop_never_wait_for_a_pooled_connection(
+async def test_many_clients_publishing_on_a_busy_loop_never_wait_for_a_pooled_connection(
     redis_server: RedisServer, start, monkeypatch
 ) -> None:
-    """Thousands of clients publishing at once while fan-out keeps the event loop busy: Redis
-    answers in time, so every publish succeeds, in order per topic (one connection per publish
-    made the last ones time out waiting for a free connection, closing their clients)."""
+    """Thousands of clients publishing (then reading history) at once while fan-out keeps the
+    event loop busy: Redis answers in time, so every call succeeds, in order per topic (one
+    pooled connection per call made the last ones time out waiting for a free connection)."""
     monkeypatch.setattr(redis_backend, "SOCKET_TIMEOUT", 0.5)
     backend, _ = await start(redis_server.url)
     topics = [unique() for _ in range(100)]
@@ -190,10 +190,17 @@ async def test_publishes_from_many_clients_on_a_busy_loop_never_wait_for_a_poole
             *(backend.publish(topic, f"m{i}") for i in range(20) for topic in topics),
             return_exceptions=True,
         )
+        pages = await asyncio.gather(
+            *(backend.history(topic, 10) for topic in topics for _ in range(10)),
+            return_exceptions=True,
+        )
     finally:
         busy = False
         await hog
-    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert [r for r in results + pages if isinstance(r, BaseException)] == []
+    assert all(
+        [m.payload for m in page.messages] == [f"m{i}" for i in range(10, 20)] for page in pages
+    )
     offsets: dict[str, list[int]] = {}
     for message in results:
         assert isinstance(message, Message)

@@ -11,10 +11,10 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   message to the topic's stream (bounded by the history size, trimmed by age) and PUBLISHes it
   once on the topic's channel, whatever the number of processes and clients listening. The
   message's time is the Redis server's clock, so every machine numbers and dates alike.
-* **Publishes are pipelined.** The publishes made during one turn of the event loop go to Redis
-  as one pipeline on one pooled connection, in the order they were made. Many clients
-  publishing at once cost a few round trips, not a pooled connection each: a publish waits for
-  Redis, never for a free connection behind thousands of others.
+* **Publishes and history reads are pipelined.** Those made during one turn of the event loop
+  go to Redis as one pipeline on one pooled connection, in the order they were made. Many
+  clients publishing (or resubscribing) at once cost a few round trips, not a pooled connection
+  each: they wait for Redis, never for a free connection behind thousands of others.
 * **One pub/sub connection per backend instance** (per worker process), subscribed to exactly
   the topics the node asked for; a reader task hands their messages to ``on_message`` on the
   backend's loop, in the order Redis sent them (offset order).
@@ -48,13 +48,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import random
 import secrets
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
@@ -224,6 +225,17 @@ return out
 """
 
 _KINDS = {"text": b"t", "binary": b"b", "json": b"j"}
+_SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _HISTORY)}
+
+
+class _Queued(NamedTuple):
+    """A script call waiting for its pipeline: what it does (for errors), the script, the
+    EVALSHA command, and the future of its reply."""
+
+    what: str
+    script: str
+    command: tuple[Any, ...]
+    future: asyncio.Future[Any]
 
 
 def _keys(topic: str) -> list[str]:
@@ -273,13 +285,11 @@ class RedisBackend(Backend):
         self._client = aioredis.Redis(connection_pool=self._pool)
         # Pub/sub channels are shared by every database of a server: name the database in them.
         self._channel_prefix = f"megaphone:{self._pool.connection_kwargs.get('db', 0)}:"
-        self._publish_script = self._client.register_script(_PUBLISH)
-        self._history_script = self._client.register_script(_HISTORY)
         self._presence_add_script = self._client.register_script(_PRESENCE_ADD)
         self._presence_script = self._client.register_script(_PRESENCE)
         self._forget_script = self._client.register_script(_FORGET_ROLLED_BACK)
-        # Publishes waiting for the next pipeline: (topic, EVALSHA arguments, their future).
-        self._publishes: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        # Scripts waiting for the pipeline of this turn of the loop.
+        self._queued: list[_Queued] = []
         self._pipelines: set[asyncio.Task[None]] = set()
         self._on_message: MessageCallback | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -343,48 +353,56 @@ class RedisBackend(Backend):
         data = payload if isinstance(payload, bytes) else payload.encode()
         kind = b"b" if isinstance(payload, bytes) else (b"j" if json else b"t")
         args = [*self._script_args(topic), self._channel(topic), kind, msg_id or "", data]
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not self._publishes:
-            loop.call_soon(self._send_publishes)
-        self._publishes.append(
-            (topic, ("EVALSHA", self._publish_script.sha, 3, *_keys(topic), *args), future)
+        offset, epoch, time, stored_kind, stored = await self._topic_script(
+            f"publish on {topic!r}", _PUBLISH, topic, args
         )
-        offset, epoch, time, stored_kind, stored = await future
         return _message(topic, offset, epoch, time, stored_kind, stored)
 
-    def _send_publishes(self) -> None:
-        """Send the publishes made during this turn of the loop as one pipeline."""
-        publishes, self._publishes = self._publishes, []
-        task = asyncio.ensure_future(self._pipeline(publishes))
+    def _topic_script(
+        self, what: str, script: str, topic: str, args: list[Any]
+    ) -> asyncio.Future[Any]:
+        """Queue a script on ``topic``'s keys for the pipeline of this turn of the loop; a
+        future of its reply (:class:`BackendUnavailable` if Redis fails it)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._send_queued)
+        command = ("EVALSHA", _SHAS[script], 3, *_keys(topic), *args)
+        self._queued.append(_Queued(what, script, command, future))
+        return future
+
+    def _send_queued(self) -> None:
+        """Send the scripts queued during this turn of the loop as one pipeline."""
+        queued, self._queued = self._queued, []
+        task = asyncio.ensure_future(self._pipeline(queued))
         self._pipelines.add(task)
         task.add_done_callback(self._pipelines.discard)
 
-    async def _pipeline(
-        self, publishes: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]
-    ) -> None:
-        """Run ``publishes`` in one round trip, in order, and settle their futures. The pipeline
-        loads the script first (a no-op once Redis has it), so it never meets NOSCRIPT after a
-        Redis restart. A connection error fails every publish of the pipeline (some may have
+    async def _pipeline(self, queued: list[_Queued]) -> None:
+        """Run ``queued`` in one round trip, in order, and settle their futures. The pipeline
+        loads its scripts first (a no-op once Redis has them), so it never meets NOSCRIPT after
+        a Redis restart. A connection error fails every script of the pipeline (some may have
         been applied, as with any lost answer)."""
-        commands = [("SCRIPT", "LOAD", _PUBLISH), *(command for _, command, _ in publishes)]
+        loads = [("SCRIPT", "LOAD", script) for script in dict.fromkeys(q.script for q in queued)]
         try:
-            replies = await self._call("publish", self._run_pipeline(commands))
+            replies = await self._call(
+                "run scripts", self._run_pipeline([*loads, *(q.command for q in queued)])
+            )
         except BaseException as exc:
             error = exc if isinstance(exc, BackendUnavailable) else BackendUnavailable("stopped")
-            for _, _, future in publishes:
-                if not future.done():
-                    future.set_exception(error)
+            for q in queued:
+                if not q.future.done():
+                    q.future.set_exception(error)
             if not isinstance(exc, BackendUnavailable):
                 raise
             return
-        for (topic, _, future), reply in zip(publishes, replies[1:], strict=True):
-            if future.done():  # the publisher went away; the message was published all the same
+        for q, reply in zip(queued, replies[len(loads) :], strict=True):
+            if q.future.done():  # the caller went away; the script ran all the same
                 continue
             if isinstance(reply, ResponseError):
-                future.set_exception(self._redis_error(f"publish on {topic!r}", reply))
+                q.future.set_exception(self._redis_error(q.what, reply))
             else:
-                future.set_result(reply)
+                q.future.set_result(reply)
 
     async def _run_pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` at once on a pooled connection; their replies, errors included."""
@@ -412,8 +430,8 @@ class RedisBackend(Backend):
 
     async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
         args = [*self._script_args(topic), since, -1 if limit is None else limit]
-        offset, epoch, complete, entries = await self._call(
-            f"read the history of {topic!r}", self._history_script(keys=_keys(topic), args=args)
+        offset, epoch, complete, entries = await self._topic_script(
+            f"read the history of {topic!r}", _HISTORY, topic, args
         )
         messages = []
         for entry_id, fields in entries:
