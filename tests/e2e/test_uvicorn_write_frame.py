@@ -15,7 +15,8 @@ from tests.conftest import free_port, timeout
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     assert scope["type"] == "websocket"
     await receive()  # websocket.connect
-    write = scope["extensions"].get(WRITE_FRAME_EXTENSION, {}).get("write")
+    offer = scope["extensions"].get(WRITE_FRAME_EXTENSION, {})
+    write, drain = offer.get("write"), offer.get("drain")
     before_accept = write(b"\x81\x01x") if write else None
     await send({"type": "websocket.accept"})
     if write is None:
@@ -24,6 +25,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send(
             {"type": "websocket.send", "text": f"refused before accept: {not before_accept}"}
         )
+        await drain()  # an empty buffer: at once
         assert write(event_frame({"type": "websocket.send", "text": "direct text"}))
         assert write(event_frame({"type": "websocket.send", "bytes": b"\x00direct"}))
     await send({"type": "websocket.close", "code": 1000})

@@ -10,20 +10,28 @@ from websockets.streams import StreamReader
 
 from megaphone.message import Message, raw_frame
 from megaphone.transports.connection import Connection
-from megaphone.transports.frames import event_frame, frame_writer, framed
+from megaphone.transports.frames import FrameWriter, event_frame, frame_writer, framed
 
 
-def parse(data: bytes) -> Frame:
+def parse_all(data: bytes) -> list[Frame]:
     """Parse ``data`` with the websockets library's own client-side frame parser."""
     reader = StreamReader()
     reader.feed_data(data)
     reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False)
-    try:
-        while True:
-            next(parser)
-    except StopIteration as done:
-        return done.value
+    parsed = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            while True:
+                next(parser)
+        except StopIteration as done:
+            parsed.append(done.value)
+    return parsed
+
+
+def parse(data: bytes) -> Frame:
+    (frame,) = parse_all(data)
+    return frame
 
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -47,23 +55,45 @@ def test_frame_writer_is_found_only_when_offered() -> None:
     def write(frame: bytes) -> bool:
         return True
 
-    assert frame_writer({"extensions": {"megaphone.write_frame": {"write": write}}}) is write
+    async def drain() -> None:
+        pass
+
+    offer = {"megaphone.write_frame": {"write": write, "drain": drain}}
+    assert frame_writer({"extensions": offer}) == FrameWriter(write, drain)
     assert frame_writer({"extensions": {}}) is None
     assert frame_writer({}) is None
 
 
 class Socket:
-    """A fake server socket: takes direct writes while ``writable``, records ASGI sends."""
+    """A fake server socket: takes direct writes while ``writable`` (and not ``closing``),
+    records ASGI sends."""
 
     def __init__(self) -> None:
-        self.writable = True
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.closing = False
         self.wire: list[bytes] = []
         self.sent_via_asgi: list[dict[str, object]] = []
 
+    @property
+    def writable(self) -> bool:
+        return self._writable.is_set()
+
+    @writable.setter
+    def writable(self, value: bool) -> None:
+        if value:
+            self._writable.set()
+        else:
+            self._writable.clear()
+
     def write_frame(self, frame: bytes) -> bool:
-        if self.writable:
+        if self.writable and not self.closing:
             self.wire.append(frame)
-        return self.writable
+            return True
+        return False
+
+    async def drain(self) -> None:
+        await self._writable.wait()
 
     async def send(self, event: dict[str, object]) -> None:
         self.wire.append(event_frame(event))  # type: ignore[arg-type]
@@ -77,7 +107,7 @@ def connection(socket: Socket) -> Connection:
         lambda: None,
         max_messages=100,
         max_bytes=10_000,
-        write_frame=socket.write_frame,
+        frame_writer=FrameWriter(socket.write_frame, socket.drain),
     )
 
 
@@ -85,14 +115,37 @@ def message(offset: int) -> Message:
     return Message("t", f"m{offset}", offset, "e", 0.0)
 
 
-async def test_idle_connection_writes_directly_without_queueing() -> None:
+def frames(wire: list[bytes]) -> list[str]:
+    """The text of every frame written, whatever the writes they were cut into."""
+    return [frame.data.decode() for frame in parse_all(b"".join(wire))]
+
+
+async def test_frames_of_one_loop_turn_go_out_in_one_write_when_it_ends() -> None:
     socket = Socket()
     conn = connection(socket)
     conn.start()
     for offset in range(1, 4):
         conn.deliver(message(offset))
-    assert socket.wire == [b"\x81\x02m1", b"\x81\x02m2", b"\x81\x02m3"]
+    assert socket.wire == []  # held until this turn of the loop ends
+    await asyncio.sleep(0)
+    assert socket.wire == [b"\x81\x02m1\x81\x02m2\x81\x02m3"]
+    conn.deliver(message(4))
+    await asyncio.sleep(0)
+    assert socket.wire[1:] == [b"\x81\x02m4"]
     assert socket.sent_via_asgi == [] and len(conn.outbox) == 0
+    await conn.close()
+
+
+async def test_a_reply_queued_behind_held_frames_does_not_overtake_them() -> None:
+    socket = Socket()
+    conn = connection(socket)
+    conn.start()
+    conn.deliver(message(1))
+    conn.deliver(message(2))
+    conn.send_text("reply")
+    conn.deliver(message(3))
+    await asyncio.sleep(0.01)
+    assert frames(socket.wire) == ["m1", "m2", "reply", "m3"]
     await conn.close()
 
 
@@ -101,16 +154,34 @@ async def test_a_paused_socket_queues_and_order_is_kept_when_it_resumes() -> Non
     conn = connection(socket)
     conn.start()
     conn.deliver(message(1))
+    await asyncio.sleep(0)
     socket.writable = False
     conn.deliver(message(2))
     conn.deliver(message(3))
-    socket.writable = True  # resumed, but 2 and 3 are still queued: 4 must not overtake them
-    conn.deliver(message(4))
+    await asyncio.sleep(0)  # the socket could not take them: queued
+    conn.deliver(message(4))  # behind them in the queue
     await asyncio.sleep(0.01)
-    assert [parse(frame).data.decode() for frame in socket.wire] == ["m1", "m2", "m3", "m4"]
-    assert [e["text"] for e in socket.sent_via_asgi] == ["m2", "m3", "m4"]
-    conn.deliver(message(5))  # the queue is empty again: direct once more
-    assert socket.wire[-1] == b"\x81\x02m5" and len(socket.sent_via_asgi) == 3
+    assert socket.wire == [b"\x81\x02m1"]  # the writer waits for the socket to drain
+    socket.writable = True
+    conn.deliver(message(5))  # resumed, but 2 to 4 are still queued: 5 must not overtake them
+    await asyncio.sleep(0.01)
+    assert frames(socket.wire) == ["m1", "m2", "m3", "m4", "m5"]
+    assert len(socket.wire) == 2 and socket.sent_via_asgi == []  # the queue went in one write
+    conn.deliver(message(6))  # the queue is empty again: direct once more
+    await asyncio.sleep(0)
+    assert socket.wire[-1] == b"\x81\x02m6"
+    await conn.close()
+
+
+async def test_frames_go_through_asgi_sends_when_the_socket_refuses_direct_writes() -> None:
+    socket = Socket()
+    conn = connection(socket)
+    conn.start()
+    socket.closing = True  # the server is closing the socket: only ASGI knows what to do
+    conn.deliver(message(1))
+    conn.send_text("reply")
+    await asyncio.sleep(0.01)
+    assert [e["text"] for e in socket.sent_via_asgi] == ["m1", "reply"]
     await conn.close()
 
 
@@ -119,12 +190,14 @@ async def test_frames_delivered_before_start_wait_for_the_writer() -> None:
     socket.writable = False  # the handshake is not complete yet
     conn = connection(socket)
     conn.deliver(message(1))
+    await asyncio.sleep(0)
     socket.writable = True
     conn.deliver(message(2))
+    await asyncio.sleep(0)
     assert socket.wire == []
     conn.start()
     await asyncio.sleep(0.01)
-    assert [parse(frame).data.decode() for frame in socket.wire] == ["m1", "m2"]
+    assert frames(socket.wire) == ["m1", "m2"]
     await conn.close()
 
 
@@ -133,13 +206,31 @@ async def test_the_writer_task_exists_only_while_frames_wait() -> None:
     conn = connection(socket)
     tasks = len(asyncio.all_tasks())
     conn.start()
-    conn.deliver(message(1))  # straight to the socket: no task
+    conn.deliver(message(1))  # straight to the socket when the turn ends: no task
+    await asyncio.sleep(0)
     assert len(asyncio.all_tasks()) == tasks
     socket.writable = False
     conn.deliver(message(2))
+    await asyncio.sleep(0)
     assert len(asyncio.all_tasks()) == tasks + 1
     socket.writable = True
     await asyncio.sleep(0.01)
     assert len(asyncio.all_tasks()) == tasks  # the queue is empty: the writer ended
-    assert [parse(frame).data.decode() for frame in socket.wire] == ["m1", "m2"]
+    assert frames(socket.wire) == ["m1", "m2"]
     await conn.close()
+
+
+async def test_flush_hands_every_delivered_frame_to_the_socket_before_a_close() -> None:
+    socket = Socket()
+    conn = connection(socket)
+    conn.start()
+    conn.deliver(message(1))  # held for this turn
+    conn.send_text("reply")  # queued behind it
+    await conn.flush()
+    assert frames(socket.wire) == ["m1", "reply"]
+    socket.writable = False  # a client that stopped reading: flush waits, the caller bounds it
+    conn.deliver(message(2))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(conn.flush(), 0.05)
+    await conn.close()  # drops it, and the writer, however stuck
+    assert frames(socket.wire) == ["m1", "reply"] and conn.outbox.closed

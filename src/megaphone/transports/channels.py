@@ -11,6 +11,7 @@ each connection's bounded outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -39,6 +40,8 @@ logger = logging.getLogger("megaphone.transports.channels")
 
 #: The topic of ``/ws/broadcast/``.
 DEFAULT_TOPIC = "broadcast"
+#: Events a consumer handles (when they are already there) before it yields to the event loop.
+EVENTS_PER_TURN = 16
 #: How long a close frame may wait for a client that stopped reading before we drop the client.
 CLOSE_TIMEOUT = 5.0
 
@@ -55,9 +58,11 @@ class _DirectConsumer(AsyncWebsocketConsumer):
     with ``asyncio.wait``, so that it can listen to a channel layer at the same time. These
     consumers never join a channel layer, even if the project configures one (the hub does the
     fan-out), so they await ``receive()`` directly: events are dispatched one at a time, in the
-    order the server delivers them, in the consumer's own task, as before. Between two events the
-    consumer yields to the event loop, as Channels' version did, so that a client sending a flood
-    never holds the loop: its own writer and every other connection run in between.
+    order the server delivers them, in the consumer's own task, as before. The consumer yields
+    to the event loop every :data:`EVENTS_PER_TURN` events, so that a client
+    sending a flood never holds the loop for long: its own writer and every other connection run
+    in between. Handling a few events per turn lets a burst from one client fan out within one
+    turn, so each subscriber gets it in one write (see :mod:`.connection`).
     """
 
     channel_layer = None
@@ -66,10 +71,14 @@ class _DirectConsumer(AsyncWebsocketConsumer):
         self.scope = scope
         self.base_send = send
         dispatch = self.dispatch
+        handled = 0
         try:
             while True:
                 await dispatch(await receive())
-                await asyncio.sleep(0)
+                handled += 1
+                if handled == EVENTS_PER_TURN:
+                    handled = 0
+                    await asyncio.sleep(0)
         except StopConsumer:
             pass
 
@@ -156,7 +165,7 @@ class _Endpoint(_DirectConsumer):
             self._slow,
             max_messages=config.OUTBOX_MAX_MESSAGES,
             max_bytes=config.OUTBOX_MAX_BYTES,
-            write_frame=frame_writer(self.scope),
+            frame_writer=frame_writer(self.scope),
         )
 
     async def _payload(self, text_data: str | None, bytes_data: bytes | None) -> str | bytes | None:
@@ -196,13 +205,17 @@ class _Endpoint(_DirectConsumer):
         self._closing = asyncio.get_running_loop().create_task(self._close(CloseCode.SLOW_CONSUMER))
 
     async def _close(self, code: int) -> None:
-        """Stop sending queued frames, then close the socket with ``code``.
+        """Send what was delivered before the close (unless the outbox overflowed: a slow
+        consumer's frames are dropped), then close the socket with ``code``.
 
-        A client that stopped reading cannot take the close frame either: after
-        :data:`CLOSE_TIMEOUT` the consumer is cancelled and the server drops the connection.
+        A client that stopped reading cannot take its frames or the close frame: after
+        :data:`CLOSE_TIMEOUT` seconds for each, the consumer is cancelled and the server drops
+        the connection.
         """
         metrics.CLOSES.labels(str(code)).inc()
         if self.connection is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connection.flush(), CLOSE_TIMEOUT)
             await self.connection.close()
         try:
             await asyncio.wait_for(self.close(code), CLOSE_TIMEOUT)

@@ -3,14 +3,21 @@
 :class:`Connection` is transport-neutral: it sends through any ``send`` coroutine function (an ASGI
 ``send``, say). The hub calls :meth:`Connection.deliver`, which encodes the message once for every
 connection sharing the same encoder, queues the frame and returns at once. The writer task sends
-queued frames in order; when a burst has queued several, it sends them back to back with no
-wake-up in between. If the outbox bound is crossed, ``on_slow`` is called once and the transport
-closes the socket with 4408 (slow consumer).
+queued frames in order; with the server's frame writer, everything queued goes out in one write as
+soon as the socket can take more. If the outbox bound is crossed, ``on_slow`` is called once and
+the transport closes the socket with 4408 (slow consumer).
 
 The writer task exists only while frames wait: the first frame queued on an empty outbox starts
 it, and it ends once the outbox is empty. A frame written straight to the socket (the server's
 ``write_frame``) needs no task at all, so an idle connection, or one the fast path keeps up with,
 holds no task, no future and no coroutine.
+
+**Coalescing.** On the fast path, the frames a connection is handed during one turn of the event
+loop are held, then written with a single ``write_frame`` (one system call) when the turn ends: a
+burst of messages costs one write per connection, not one per message, and nothing waits longer
+than the turn that produced it. Order is kept: a frame queued behind held ones (a reply, or a
+socket that cannot take more) first sends the held ones on, and if the socket cannot take them
+they go to the outbox first.
 """
 
 from __future__ import annotations
@@ -24,21 +31,32 @@ from typing import Any
 from .. import metrics
 from ..message import Encoder, Message
 from ..outbox import Outbox
-from .frames import framed
+from .frames import FrameWriter, event_frame, framed
 
 logger = logging.getLogger("megaphone.connection")
 
 Send = Callable[[Any], Awaitable[None]]
 
+# Per event loop: the connections holding frames until the end of the loop's current turn.
+_holding: dict[asyncio.AbstractEventLoop, list[Connection]] = {}
+
+
+def _write_held(loop: asyncio.AbstractEventLoop) -> None:
+    """End of a loop turn: every connection writes the frames it held during it."""
+    for connection in _holding.pop(loop, ()):
+        connection.write_held()
+
 
 class Connection:
     __slots__ = (
+        "_direct",
         "_encoder",
-        "_frame_encoder",
+        "_held",
+        "_held_encoder",
+        "_held_more",
         "_on_slow",
         "_send",
         "_started",
-        "_write_frame",
         "_writer",
         "outbox",
     )
@@ -51,47 +69,72 @@ class Connection:
         *,
         max_messages: int,
         max_bytes: int,
-        write_frame: Callable[[bytes], bool] | None = None,
+        frame_writer: FrameWriter | None = None,
     ) -> None:
-        """``write_frame``, when the server offers it (see :mod:`.uvicorn`), writes a whole
-        WebSocket frame at once or returns False; frames then go through the outbox."""
+        """``frame_writer``, when the server offers one (see :mod:`.uvicorn`), writes whole
+        WebSocket frames at once; without it, every frame is an ASGI ``send``."""
         self._send = send
         self._encoder = encoder
-        self._write_frame = write_frame
-        self._frame_encoder = framed(encoder)
+        self._direct = frame_writer
+        # The first message held for the end of this loop turn (None: none), its encoder, and
+        # the next ones with theirs. One held message (the usual case) allocates nothing: a
+        # fan-out to thousands must not feed the garbage collector thousands of objects.
+        self._held: Message | None = None
+        self._held_encoder: Encoder = encoder
+        self._held_more: list[tuple[Message, Encoder]] | None = None
         self._writer: asyncio.Task[None] | None = None  # running while frames wait or go out
         self._started = False
         self.outbox = Outbox(max_messages, max_bytes, self._overflowed)
         self._on_slow = on_slow
 
     def deliver(self, message: Message) -> None:
-        # Straight to the socket when nothing is waiting ahead of this message; else queue it.
-        if (
-            self._writer is None
-            and self._write_frame is not None
-            and not self.outbox
-            and self._write_frame(message.encoded(self._frame_encoder))
-        ):
-            return
-        self._queue(message.encoded(self._encoder), message.size)
+        self.deliver_as(message, self._encoder)
 
     def deliver_as(self, message: Message, encoder: Encoder) -> None:
         """:meth:`deliver` with another encoder than the connection's (still encoded once)."""
-        if (
-            self._writer is None
-            and self._write_frame is not None
-            and not self.outbox
-            and self._write_frame(message.encoded(framed(encoder)))
-        ):
+        if self._held is not None:
+            if self._held_more is None:
+                self._held_more = [(message, encoder)]
+            else:
+                self._held_more.append((message, encoder))
+        elif self._writer is None and self._direct is not None and not self.outbox:
+            # Nothing waits ahead of it: hold it for the single write at the end of this turn.
+            self._held = message
+            self._held_encoder = encoder
+            loop = asyncio.get_running_loop()
+            holding = _holding.get(loop)
+            if holding is None:
+                holding = _holding[loop] = []
+                loop.call_soon(_write_held, loop)
+            holding.append(self)
+        else:
+            self._queue(message.encoded(encoder), message.size)
+
+    def write_held(self) -> None:
+        """Write the held frames in one write; queue them if the socket cannot take them now."""
+        first, encoder, more = self._held, self._held_encoder, self._held_more
+        if first is None:
             return
-        self._queue(message.encoded(encoder), message.size)
+        self._held = self._held_more = None
+        assert self._direct is not None
+        if more is None:
+            if not self._direct.write(first.encoded(framed(encoder))):
+                self._queue(first.encoded(encoder), first.size)
+            return
+        held = [(first, encoder), *more]
+        if not self._direct.write(b"".join(m.encoded(framed(e)) for m, e in held)):
+            for message, its_encoder in held:
+                self._queue(message.encoded(its_encoder), message.size)
 
     def send_text(self, text: str) -> None:
         """Queue a text frame of this connection's own (a reply), behind what is queued."""
         self._queue({"type": "websocket.send", "text": text}, len(text))
 
     def _queue(self, frame: Any, size: int) -> None:
-        """Queue ``frame`` behind the others, and start the writer if none runs (once started)."""
+        """Queue ``frame`` behind the others (held frames first), and start the writer if none
+        runs (once started)."""
+        if self._held is not None:
+            self.write_held()
         if self.outbox.put(frame, size) and self._writer is None and self._started:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
@@ -108,8 +151,18 @@ class Connection:
         if self.outbox:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
+    async def flush(self) -> None:
+        """Return once every frame delivered so far has been handed to the socket (none are left
+        held or queued), or the outbox was closed. A client that stops reading makes this wait
+        forever: bound it."""
+        if self._held is not None:
+            self.write_held()
+        while (writer := self._writer) is not None and not self.outbox.closed:
+            await asyncio.wait({writer})  # unlike awaiting it, never cancels the writer
+
     async def close(self) -> None:
         """Stop sending: drop what is queued and stop the writer, even if a send is stuck."""
+        self._held = self._held_more = None
         self.outbox.close()
         if self._started:
             self._started = False
@@ -122,10 +175,20 @@ class Connection:
 
     async def _write(self) -> None:
         """Send batches until the outbox is empty, then end (the next queued frame restarts it)."""
-        send = self._send
+        send, direct = self._send, self._direct
         try:
-            while batch := self.outbox.take_batch():
-                for frame in batch:
+            while True:
+                if direct is not None:
+                    # Once the socket can take more, everything queued by then goes in one
+                    # write: a client that fell behind costs a system call per batch, not per
+                    # frame.
+                    await direct.drain()
+                batch = self.outbox.take_batch()
+                if not batch:
+                    break
+                if direct is not None and direct.write(b"".join(map(event_frame, batch))):
+                    continue
+                for frame in batch:  # closing, or no direct writes: plain ASGI sends
                     await send(frame)
         except Exception as exc:  # the peer is gone; the transport sees the close itself
             logger.debug("send failed, writer stops: %r", exc)

@@ -7,8 +7,8 @@ client; :func:`framed` turns any message encoder into one that yields those byte
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 from ..message import Encoder, Message
 
@@ -16,10 +16,23 @@ from ..message import Encoder, Message
 WRITE_FRAME_EXTENSION = "megaphone.write_frame"
 
 
-def frame_writer(scope: dict[str, Any]) -> Callable[[bytes], bool] | None:
-    """The server's ``write_frame`` function for this connection, if it offers one."""
+class FrameWriter(NamedTuple):
+    """What a server offers through the extension, for one connection.
+
+    ``write(frame)`` writes complete frames at once and returns True, or writes nothing and
+    returns False when the socket cannot take them now (before the handshake, after a close, or
+    while its buffer is over the high-water mark). ``drain()`` returns once the buffer is below
+    the low-water mark again (or the connection is gone: ``write`` then says so).
+    """
+
+    write: Callable[[bytes], bool]
+    drain: Callable[[], Awaitable[None]]
+
+
+def frame_writer(scope: dict[str, Any]) -> FrameWriter | None:
+    """The server's frame writer for this connection, if it offers one."""
     offer = scope.get("extensions", {}).get(WRITE_FRAME_EXTENSION)
-    return offer["write"] if offer else None
+    return FrameWriter(offer["write"], offer["drain"]) if offer else None
 
 
 def event_frame(event: dict[str, Any]) -> bytes:

@@ -7,8 +7,10 @@ message again, for every client, and costs a coroutine round trip. :class:`WebSo
 it puts ``scope["extensions"]["megaphone.write_frame"]["write"]`` in every WebSocket scope, a
 plain function that writes pre-framed bytes to the socket at once and returns True, or returns
 False (writing nothing) when it cannot: before the handshake, after a close, or while the socket's
-buffer is over its high-water mark. The caller then falls back to ordinary ASGI sends through its
-bounded outbox, so backpressure and the slow-client policy are unchanged.
+buffer is over its high-water mark. The caller then queues them in its bounded outbox, so
+backpressure and the slow-client policy are unchanged; ``...["drain"]`` (a coroutine function that
+returns once the buffer is below its low-water mark) tells the outbox's writer when to write all
+it holds at once. If the socket still refuses (it is closing), the writer uses ASGI sends.
 
 Other ASGI servers never offer the extension, and Megaphone works there through ASGI alone.
 ``manage.py serve`` selects this protocol (``ws=megaphone.transports.uvicorn:WebSocketProtocol``).
@@ -71,7 +73,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         # The ASGI task is scheduled but has not run yet: the scope can still gain a key.
         if self.response.status_code == 101 and not self.config.ws_per_message_deflate:
-            self.scope["extensions"][WRITE_FRAME_EXTENSION] = {"write": self.write_frame}  # type: ignore[index]
+            self.scope["extensions"][WRITE_FRAME_EXTENSION] = {  # type: ignore[index]
+                "write": self.write_frame,
+                "drain": self.drain,
+            }
 
     def write_frame(self, frame: bytes) -> bool:
         """Write a complete WebSocket frame now; False if the socket cannot take it now."""
@@ -85,6 +90,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(frame)
             return True
         return False
+
+    async def drain(self) -> None:
+        """Return once the socket's buffer is below its low-water mark, or the client is gone."""
+        await self.writable.wait()
 
     def keepalive_timeout(self) -> None:
         if not (self.close_sent or self.transport.is_closing()):
