@@ -394,7 +394,11 @@ async def test_utf8_split_across_fragments_is_fine_and_invalid_utf8_closes_1007(
         frames, code = await asyncio.to_thread(client.read_until_close, timeout(5))
     assert (frames, code) == ([], 1007)
     assert value(await scrape(server), "megaphone_closes_total", code="1007") == 1
-    assert "with 1007" in server.log() and "Traceback" not in server.log()  # one line, no flood
+    log = server.log()
+    assert "with 1007" in log and "Traceback" not in log  # one line, no flood
+    # Per connection: uvicorn's [accepted] line and ours with the code; no "connection open".
+    assert '"WebSocket /ws/broadcast/utf8/" [accepted]' in log and "code 1007" in log
+    assert "connection open" not in log and "connection closed" not in log
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(other.recv(), 0.3)
     await assert_served(server)
