@@ -173,15 +173,16 @@ async def test_a_paused_socket_queues_and_order_is_kept_when_it_resumes() -> Non
     await conn.close()
 
 
-async def test_frames_go_through_asgi_sends_when_the_socket_refuses_direct_writes() -> None:
+async def test_a_closing_socket_gets_asgi_events_through_asgi_and_no_direct_frames() -> None:
     socket = Socket()
     conn = connection(socket)
     conn.start()
-    socket.closing = True  # the server is closing the socket: only ASGI knows what to do
+    socket.closing = True  # the server is closing the socket: direct writes are refused
     conn.deliver(message(1))
     conn.send_text("reply")
     await asyncio.sleep(0.01)
-    assert [e["text"] for e in socket.sent_via_asgi] == ["m1", "reply"]
+    assert socket.wire == [b"\x81\x05reply"]  # ASGI decides what a closing socket takes
+    assert [e["text"] for e in socket.sent_via_asgi] == ["reply"]
     await conn.close()
 
 

@@ -47,12 +47,18 @@ def _write_held(loop: asyncio.AbstractEventLoop) -> None:
         connection.write_held()
 
 
+def _frame_bytes(queued: Any) -> bytes:
+    """What the outbox holds, as frame bytes: ASGI events (replies, or messages that could not
+    be written directly) are framed; held frames that could not be written already are."""
+    return queued if queued.__class__ is bytes else event_frame(queued)
+
+
 class Connection:
     __slots__ = (
         "_direct",
         "_encoder",
+        "_frame_encoder",
         "_held",
-        "_held_encoder",
         "_held_more",
         "_on_slow",
         "_send",
@@ -76,31 +82,35 @@ class Connection:
         self._send = send
         self._encoder = encoder
         self._direct = frame_writer
-        # The first message held for the end of this loop turn (None: none), its encoder, and
-        # the next ones with theirs. One held message (the usual case) allocates nothing: a
-        # fan-out to thousands must not feed the garbage collector thousands of objects.
-        self._held: Message | None = None
-        self._held_encoder: Encoder = encoder
-        self._held_more: list[tuple[Message, Encoder]] | None = None
+        self._frame_encoder = framed(encoder)
+        # The frame held for the end of this loop turn (None: none), and the next ones. Frames
+        # are the bytes every subscriber of a message shares, so holding one (the usual case)
+        # allocates nothing, and each further one only grows a list: a fan-out to thousands
+        # must not feed the garbage collector thousands of objects (a full collection of a
+        # server's heap stalls every client for a few hundred milliseconds).
+        self._held: bytes | None = None
+        self._held_more: list[bytes] | None = None
         self._writer: asyncio.Task[None] | None = None  # running while frames wait or go out
         self._started = False
         self.outbox = Outbox(max_messages, max_bytes, self._overflowed)
         self._on_slow = on_slow
 
     def deliver(self, message: Message) -> None:
-        self.deliver_as(message, self._encoder)
+        self._deliver(message, self._encoder, self._frame_encoder)
 
     def deliver_as(self, message: Message, encoder: Encoder) -> None:
         """:meth:`deliver` with another encoder than the connection's (still encoded once)."""
+        self._deliver(message, encoder, framed(encoder))
+
+    def _deliver(self, message: Message, encoder: Encoder, frame_encoder: Encoder) -> None:
         if self._held is not None:
             if self._held_more is None:
-                self._held_more = [(message, encoder)]
+                self._held_more = [message.encoded(frame_encoder)]
             else:
-                self._held_more.append((message, encoder))
+                self._held_more.append(message.encoded(frame_encoder))
         elif self._writer is None and self._direct is not None and not self.outbox:
             # Nothing waits ahead of it: hold it for the single write at the end of this turn.
-            self._held = message
-            self._held_encoder = encoder
+            self._held = message.encoded(frame_encoder)
             loop = asyncio.get_running_loop()
             holding = _holding.get(loop)
             if holding is None:
@@ -112,19 +122,14 @@ class Connection:
 
     def write_held(self) -> None:
         """Write the held frames in one write; queue them if the socket cannot take them now."""
-        first, encoder, more = self._held, self._held_encoder, self._held_more
+        first, more = self._held, self._held_more
         if first is None:
             return
         self._held = self._held_more = None
+        data = first if more is None else first + b"".join(more)
         assert self._direct is not None
-        if more is None:
-            if not self._direct.write(first.encoded(framed(encoder))):
-                self._queue(first.encoded(encoder), first.size)
-            return
-        held = [(first, encoder), *more]
-        if not self._direct.write(b"".join(m.encoded(framed(e)) for m, e in held)):
-            for message, its_encoder in held:
-                self._queue(message.encoded(its_encoder), message.size)
+        if not self._direct.write(data):
+            self._queue(data, len(data))  # frames, for the writer's direct write
 
     def send_text(self, text: str) -> None:
         """Queue a text frame of this connection's own (a reply), behind what is queued."""
@@ -186,10 +191,11 @@ class Connection:
                 batch = self.outbox.take_batch()
                 if not batch:
                     break
-                if direct is not None and direct.write(b"".join(map(event_frame, batch))):
+                if direct is not None and direct.write(b"".join(map(_frame_bytes, batch))):
                     continue
                 for frame in batch:  # closing, or no direct writes: plain ASGI sends
-                    await send(frame)
+                    if frame.__class__ is not bytes:  # frames only ever go out directly
+                        await send(frame)
         except Exception as exc:  # the peer is gone; the transport sees the close itself
             logger.debug("send failed, writer stops: %r", exc)
             self.outbox.close()
