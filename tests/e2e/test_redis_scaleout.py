@@ -312,3 +312,28 @@ async def test_four_thousand_connections_at_once_are_all_accepted(
         assert set(received) == {"to all 4000"}
     finally:
         await asyncio.gather(*(s.close() for s in sockets))
+
+
+async def test_a_burst_from_one_raw_client_reaches_every_worker_in_order_once(
+    server_factory: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    """The raw endpoint does not wait for each publish before the next (a burst goes to Redis
+    in few round trips): the order of the client's frames must survive that, on every worker."""
+    server = start(server_factory, redis_server, 2)
+    topic = unique("rawburst")
+    url = f"{server.ws_url}/ws/broadcast/{topic}/"
+    sockets = [await websockets.connect(url, max_queue=None) for _ in range(20)]
+    try:
+        assert workers_subscribed(redis_server, topic) == 2
+        publishes_before = redis_server.command_calls("publish")
+        frames = [f"m{i}" for i in range(500)]
+        for text in frames:
+            await sockets[0].send(text)  # back to back: no waiting for anything in between
+
+        async def read_all(socket: websockets.ClientConnection) -> list[str]:
+            return [str(await asyncio.wait_for(socket.recv(), timeout(30))) for _ in frames]
+
+        assert await asyncio.gather(*(read_all(s) for s in sockets)) == [frames] * 20
+        assert redis_server.command_calls("publish") - publishes_before == 500
+    finally:
+        await asyncio.gather(*(s.close() for s in sockets))

@@ -62,6 +62,12 @@ class HistoryPage:
 class Backend(ABC):
     """One instance per process and event loop; see the module docstring for the guarantees."""
 
+    #: True when a publish waits for a network round trip, and the backend applies publishes in
+    #: the order they were *called*, even when the caller does not wait for one before making
+    #: the next (its coroutines started in that order). A client's burst can then be published
+    #: in one round trip instead of one per message (see ``BroadcastConsumer``).
+    pipelines_publishes = False
+
     def __init__(
         self,
         url: str,

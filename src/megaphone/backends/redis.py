@@ -11,8 +11,10 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   message to the topic's stream (bounded by the history size, trimmed by age) and PUBLISHes it
   once on the topic's channel, whatever the number of processes and clients listening. The
   message's time is the Redis server's clock, so every machine numbers and dates alike.
-* **Publishes and history reads are pipelined.** Those made during one turn of the event loop
-  go to Redis as one pipeline on one pooled connection, in the order they were made. Many
+* **Publishes and history reads are pipelined, in call order.** Those called while no pipeline
+  is in flight go to Redis as one pipeline, in the order they were called; those called
+  meanwhile go as the next one when it returns. So publishes are applied in call order, even
+  when the caller does not wait for one before the next (:attr:`pipelines_publishes`), and many
   clients publishing (or resubscribing) at once cost a few round trips, not a pooled connection
   each: they wait for Redis, never for a free connection behind thousands of others.
 * **One pub/sub connection per backend instance** (per worker process), subscribed to exactly
@@ -269,6 +271,8 @@ def _encode_wire(message: Message) -> bytes:
 class RedisBackend(Backend):
     """Backend on one Redis server; see the module docstring for what it guarantees."""
 
+    pipelines_publishes = True
+
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         try:
@@ -288,9 +292,9 @@ class RedisBackend(Backend):
         self._presence_add_script = self._client.register_script(_PRESENCE_ADD)
         self._presence_script = self._client.register_script(_PRESENCE)
         self._forget_script = self._client.register_script(_FORGET_ROLLED_BACK)
-        # Scripts waiting for the pipeline of this turn of the loop.
+        # Scripts waiting for the next pipeline, and the task sending pipelines one at a time.
         self._queued: list[_Queued] = []
-        self._pipelines: set[asyncio.Task[None]] = set()
+        self._pipelines: asyncio.Task[None] | None = None
         self._on_message: MessageCallback | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: AbstractConnection | None = None
@@ -332,11 +336,15 @@ class RedisBackend(Backend):
     async def stop(self) -> None:
         self._on_message = None
         reader, self._reader = self._reader, None
-        for task in (reader, *self._pipelines):
+        for task in (reader, self._pipelines):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        queued, self._queued = self._queued, []
+        for q in queued:
+            if not q.future.done():
+                q.future.set_exception(BackendUnavailable("the backend stopped"))
         await self._close_pubsub()
         await self._client.aclose()
         await self._pool.disconnect()
@@ -361,22 +369,26 @@ class RedisBackend(Backend):
     def _topic_script(
         self, what: str, script: str, topic: str, args: list[Any]
     ) -> asyncio.Future[Any]:
-        """Queue a script on ``topic``'s keys for the pipeline of this turn of the loop; a
-        future of its reply (:class:`BackendUnavailable` if Redis fails it)."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not self._queued:
-            loop.call_soon(self._send_queued)
+        """Queue a script on ``topic``'s keys for the next pipeline; a future of its reply
+        (:class:`BackendUnavailable` if Redis fails it)."""
+        future = asyncio.get_running_loop().create_future()
         command = ("EVALSHA", _SHAS[script], 3, *_keys(topic), *args)
         self._queued.append(_Queued(what, script, command, future))
+        if self._pipelines is None:
+            self._pipelines = asyncio.ensure_future(self._send_pipelines())
         return future
 
-    def _send_queued(self) -> None:
-        """Send the scripts queued during this turn of the loop as one pipeline."""
-        queued, self._queued = self._queued, []
-        task = asyncio.ensure_future(self._pipeline(queued))
-        self._pipelines.add(task)
-        task.add_done_callback(self._pipelines.discard)
+    async def _send_pipelines(self) -> None:
+        """Send what is queued as one pipeline, then what was queued meanwhile, until nothing
+        is: one pipeline in flight at a time, so scripts run in the order they were queued.
+        (The task's first step runs on the loop's next turn: everything queued during this one
+        goes in the first pipeline.)"""
+        try:
+            while self._queued:
+                queued, self._queued = self._queued, []
+                await self._pipeline(queued)
+        finally:
+            self._pipelines = None
 
     async def _pipeline(self, queued: list[_Queued]) -> None:
         """Run ``queued`` in one round trip, in order, and settle their futures. The pipeline

@@ -251,6 +251,11 @@ class BroadcastConsumer(_Endpoint):
 
     topic: str
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Publishes handed to a pipelining backend and not answered yet (see receive).
+        self._publishing: set[asyncio.Task[Message]] = set()
+
     async def connect(self) -> None:
         kwargs = self.scope.get("url_route", {}).get("kwargs", {})
         try:
@@ -285,11 +290,34 @@ class BroadcastConsumer(_Endpoint):
             logger.info("closing %s: clients may not publish on %s", self.scope["path"], self.topic)
             await self._close(CloseCode.FORBIDDEN)
             return
+        if self.node.backend.pipelines_publishes and not topic_options(self.topic).durable:
+            # Without waiting for the answer: the client's next frames are published behind it,
+            # in order, so a burst costs one round trip to the backend, not one per frame, and
+            # reaches the subscribers together (one write each).
+            task = asyncio.ensure_future(self.node.publish(self.topic, payload))
+            self._publishing.add(task)
+            task.add_done_callback(self._published)
+            return
         try:
             await self.node.publish(self.topic, payload)
         except BackendUnavailable as exc:
-            logger.error("publish on %s failed, closing: %s", self.topic, exc)
-            await self._close(CloseCode.TRY_AGAIN_LATER)
+            self._publish_failed(exc)
+
+    def _published(self, task: asyncio.Task[Message]) -> None:
+        self._publishing.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, BackendUnavailable):
+            self._publish_failed(error)
+        elif error is not None:  # a bug: as loud as if the consumer had awaited it
+            logger.error("publish on %s failed", self.topic, exc_info=error)
+
+    def _publish_failed(self, error: BackendUnavailable) -> None:
+        """The backend refused a message: close the client with 1013 (once); it may retry."""
+        logger.error("publish on %s failed, closing: %s", self.topic, error)
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(CloseCode.TRY_AGAIN_LATER)
+            )
 
     async def disconnect(self, code: int) -> None:
         connection, self.connection = self.connection, None
