@@ -141,3 +141,37 @@ async def test_connections_per_ip_are_capped_and_freed_on_close(caplog) -> None:
     again = await connect(path())
     for client in [*clients[1:], again]:
         await client.disconnect()
+
+
+@override_settings(MEGAPHONE={"PUBLISH_RATE": 0})
+async def test_a_client_cannot_queue_more_than_max_publishing_behind_a_slow_pipelining_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a backend that pipelines publishes, the raw endpoint does not wait for each answer,
+    but at most MAX_PUBLISHING of a client's frames wait at once, even with no rate limit."""
+    from megaphone.transports.channels import MAX_PUBLISHING
+
+    topic = f"pipe-{uuid.uuid4().hex[:8]}"
+    client = await connect(path(topic))
+    node = await get_node()
+    backend, publish = node.backend, node.backend.publish
+    gate, waiting, most = asyncio.Event(), 0, 0
+
+    async def slow_publish(*args, **kwargs):
+        nonlocal waiting, most
+        waiting += 1
+        most = max(most, waiting)
+        await gate.wait()
+        waiting -= 1
+        return await publish(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "pipelines_publishes", True)
+    monkeypatch.setattr(backend, "publish", slow_publish)
+    frames = [f"p{i}" for i in range(MAX_PUBLISHING + 100)]
+    for text in frames:
+        await client.send_to(text_data=text)
+    await asyncio.sleep(0.2)
+    assert most == MAX_PUBLISHING  # the client's frames wait in the socket, not in the server
+    gate.set()
+    assert [await client.receive_from(timeout=2) for _ in frames] == frames
+    await client.disconnect()

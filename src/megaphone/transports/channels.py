@@ -42,6 +42,8 @@ logger = logging.getLogger("megaphone.transports.channels")
 DEFAULT_TOPIC = "broadcast"
 #: Events a consumer handles (when they are already there) before it yields to the event loop.
 EVENTS_PER_TURN = 16
+#: Publishes of one raw-endpoint client that may wait for a pipelining backend at once.
+MAX_PUBLISHING = 256
 #: How long a close frame may wait for a client that stopped reading before we drop the client.
 CLOSE_TIMEOUT = 5.0
 
@@ -293,7 +295,10 @@ class BroadcastConsumer(_Endpoint):
         if self.node.backend.pipelines_publishes and not topic_options(self.topic).durable:
             # Without waiting for the answer: the client's next frames are published behind it,
             # in order, so a burst costs one round trip to the backend, not one per frame, and
-            # reaches the subscribers together (one write each).
+            # reaches the subscribers together (one write each). At most MAX_PUBLISHING wait at
+            # once, whatever the rate limit: a client cannot queue more while the backend is slow.
+            if len(self._publishing) >= MAX_PUBLISHING:
+                await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
             task = asyncio.ensure_future(self.node.publish(self.topic, payload))
             self._publishing.add(task)
             task.add_done_callback(self._published)
