@@ -61,10 +61,10 @@ class _DirectConsumer(AsyncWebsocketConsumer):
     consumers never join a channel layer, even if the project configures one (the hub does the
     fan-out), so they await ``receive()`` directly: events are dispatched one at a time, in the
     order the server delivers them, in the consumer's own task, as before. The consumer yields
-    to the event loop every :data:`EVENTS_PER_TURN` events, so that a client
-    sending a flood never holds the loop for long: its own writer and every other connection run
-    in between. Handling a few events per turn lets a burst from one client fan out within one
-    turn, so each subscriber gets it in one write (see :mod:`.connection`).
+    to the event loop every :data:`EVENTS_PER_TURN` events, so that a client sending a flood
+    never holds the loop for long: its own writer and every other connection run in between.
+    Handling a few events per turn lets a burst from one client fan out within one turn, so
+    each subscriber gets it in one write (see :mod:`.connection`).
     """
 
     channel_layer = None
