@@ -337,3 +337,21 @@ async def test_a_burst_from_one_raw_client_reaches_every_worker_in_order_once(
         assert redis_server.command_calls("publish") - publishes_before == 500
     finally:
         await asyncio.gather(*(s.close() for s in sockets))
+
+
+async def test_a_raw_client_whose_publish_redis_refuses_is_closed_1013(
+    server_factory: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    """The raw endpoint does not wait for each publish's answer, but a refused publish still
+    closes its client with 1013 (try again later), never silently."""
+    server = start(server_factory, redis_server, 1)
+    url = f"{server.ws_url}/ws/broadcast/{unique('refused')}/"
+    async with websockets.connect(url) as client:
+        await client.send("before")
+        assert await asyncio.wait_for(client.recv(), timeout(10)) == "before"
+        redis_server.stop()
+        await client.send("during the outage")
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(client.recv(), timeout(20))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    assert "publish on" in server.log() and "failed, closing" in server.log()
