@@ -76,8 +76,90 @@ class _LogNoise(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_LogNoise())
 
 
+class _Inbox:
+    """The received events waiting for the ASGI application: what uvicorn's protocol uses of an
+    ``asyncio.Queue`` (``put_nowait``, ``get``, ``empty``; one reader), without its four deques
+    and their dictionaries (3.7 KiB per connection, idle or not)."""
+
+    __slots__ = ("_head", "_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._head = 0  # items before it were taken (a list, not a deque: a deque is 760 bytes)
+        self._waiter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        return self._head == len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while self._head == len(self._items):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items[self._head]
+        self._head += 1
+        if self._head == len(self._items):
+            self._items.clear()
+            self._head = 0
+        return item
+
+
+class _Flag:
+    """What uvicorn's protocol uses of an ``asyncio.Event`` (``set``, ``clear``, ``is_set``,
+    ``wait``) for ``writable``, without a deque of waiters per connection (1.1 KiB): waiters
+    exist only while the socket's buffer is full."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol with the ``megaphone.write_frame`` extension."""
+    """uvicorn's sans-I/O WebSocket protocol with the ``megaphone.write_frame`` extension, and
+    a lighter received-events queue and ``writable`` flag (4.8 KiB less per connection)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
+        self.writable.set()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
