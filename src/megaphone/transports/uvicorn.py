@@ -10,7 +10,8 @@ False (writing nothing) when it cannot: before the handshake, after a close, or 
 buffer is over its high-water mark. The caller then queues them in its bounded outbox, so
 backpressure and the slow-client policy are unchanged; ``...["drain"]`` (a coroutine function that
 returns once the buffer is below its low-water mark) tells the outbox's writer when to write all
-it holds at once. If the socket still refuses (it is closing), the writer uses ASGI sends.
+it holds at once. If the socket still refuses (it is closing), the writer hands its ASGI events
+(replies) to ASGI, which knows what a closing socket takes, and drops the pre-framed messages.
 
 Other ASGI servers never offer the extension, and Megaphone works there through ASGI alone.
 ``manage.py serve`` selects this protocol (``ws=megaphone.transports.uvicorn:WebSocketProtocol``).
@@ -105,6 +106,7 @@ class _Inbox:
             finally:
                 self._waiter = None
         item = self._items[self._head]
+        self._items[self._head] = None  # a big message is freed once taken, not when all are
         self._head += 1
         if self._head == len(self._items):
             self._items.clear()
