@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import Page, expect
 from websockets.sync.client import connect
@@ -14,8 +16,14 @@ pytestmark = pytest.mark.browser
 
 
 def open_demo(page: Page, server: ServerProcess) -> None:
+    """Open the demo page and wait until it is subscribed: "connected" comes first, and a
+    message published before the subscription is not the page's to show."""
     page.goto(f"{server.http_url}/")
     expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=timeout(10_000))
+    # The page asks for presence once its subscription is confirmed.
+    expect(page.locator("#presence")).to_have_attribute(
+        "data-count", re.compile(r"^[1-9]"), timeout=timeout(10_000)
+    )
 
 
 def send(page: Page, text: str) -> None:
