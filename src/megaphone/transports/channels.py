@@ -288,11 +288,12 @@ class BroadcastConsumer(_Endpoint):
             logger.warning("closing a client on %s: publish rate over the limit", self.topic)
             await self._close(CloseCode.RATE_LIMITED)
             return
-        if not (topic_options(self.topic).publish and allowed(self.user, "publish", self.topic)):
+        options = topic_options(self.topic)
+        if not (options.publish and allowed(self.user, "publish", self.topic)):
             logger.info("closing %s: clients may not publish on %s", self.scope["path"], self.topic)
             await self._close(CloseCode.FORBIDDEN)
             return
-        if self.node.backend.pipelines_publishes and not topic_options(self.topic).durable:
+        if self.node.backend.pipelines_publishes and not options.durable:
             # Without waiting for the answer: the client's next frames are published behind it,
             # in order, so a burst costs one round trip to the backend, not one per frame, and
             # reaches the subscribers together (one write each). At most MAX_PUBLISHING wait at
