@@ -56,7 +56,7 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
@@ -240,6 +240,13 @@ class _Queued(NamedTuple):
     future: asyncio.Future[Any]
 
 
+def _settle(queued: list[_Queued], error: Callable[[_Queued], BackendUnavailable]) -> None:
+    """Fail the script calls of ``queued`` that still wait, each with ``error(call)``."""
+    for q in queued:
+        if not q.future.done():
+            q.future.set_exception(error(q))
+
+
 def _keys(topic: str) -> list[str]:
     return [
         f"megaphone:{{{topic}}}:meta",
@@ -342,9 +349,7 @@ class RedisBackend(Backend):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         queued, self._queued = self._queued, []
-        for q in queued:
-            if not q.future.done():
-                q.future.set_exception(BackendUnavailable("the backend stopped"))
+        _settle(queued, lambda q: BackendUnavailable("the backend stopped"))
         await self._close_pubsub()
         await self._client.aclose()
         await self._pool.disconnect()
@@ -397,17 +402,14 @@ class RedisBackend(Backend):
         been applied, as with any lost answer)."""
         loads = [("SCRIPT", "LOAD", script) for script in dict.fromkeys(q.script for q in queued)]
         try:
-            replies = await self._call(
-                "run scripts", self._run_pipeline([*loads, *(q.command for q in queued)])
-            )
-        except BaseException as exc:
-            error = exc if isinstance(exc, BackendUnavailable) else BackendUnavailable("stopped")
-            for q in queued:
-                if not q.future.done():
-                    q.future.set_exception(error)
-            if not isinstance(exc, BackendUnavailable):
-                raise
+            replies = await self._run_pipeline([*loads, *(q.command for q in queued)])
+        except (TimeoutError, RedisError, OSError) as exc:
+            cause = exc  # ``exc`` is unbound once the except clause ends
+            _settle(queued, lambda q: self._redis_error(q.what, cause))
             return
+        except BaseException:
+            _settle(queued, lambda q: BackendUnavailable("the backend stopped"))
+            raise
         for q, reply in zip(queued, replies[len(loads) :], strict=True):
             if q.future.done():  # the caller went away; the script ran all the same
                 continue
