@@ -171,7 +171,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/e2e/ is tier 3 and carries the ``e2e`` marker."""
+    """Everything under tests/e2e/ is tier 3 and carries the ``e2e`` marker; the security tier
+    (tests/security/) runs real servers too, and carries ``e2e`` and ``security``."""
     for item in items:
-        if "/tests/e2e/" in str(item.path):
+        path = str(item.path)
+        if "/tests/e2e/" in path:
             item.add_marker(pytest.mark.e2e)
+        elif "/tests/security/" in path:
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.security)
