@@ -278,8 +278,9 @@ export class Megaphone extends EventTarget {
       }
       const id = this._nextId++;
       const framed = { ...frame, id };
-      const entry = { frame: framed, text: JSON.stringify(framed), resolve, reject, retry };
-      entry.socket = null; // the socket it was last sent on
+      const text = JSON.stringify(framed);
+      // socket: the one it was last sent on (the close of that socket may be its refusal).
+      const entry = { frame: framed, text, resolve, reject, retry, socket: null };
       // The deadline runs from the call, never restarted by a reconnect.
       entry.timer = setTimeout(
         () => this._settle(entry).reject(new MegaphoneError("timeout", "no reply from the server")),
