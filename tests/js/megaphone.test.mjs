@@ -44,11 +44,24 @@ function setUp(t) {
   t.mock.method(Math, "random", () => 1);
 }
 
+/** Let promise callbacks run (real time does not pass: setImmediate is not mocked). */
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+
 /** A client on the fake WebSocket, connected (its `connected` frame received). */
 function connectedClient(options = {}) {
   const client = new Megaphone(options.url ?? URL, { WebSocket: FakeWebSocket, ...options });
   FakeWebSocket.last().accept();
   assert.equal(client.state, "open");
+  return client;
+}
+
+/** A connected client subscribed to `topic`, at `position` ({offset, epoch}) once the reply came. */
+async function subscribedClient(topic, position, callbacks = {}) {
+  const client = connectedClient();
+  client.subscribe(topic, callbacks);
+  const socket = FakeWebSocket.last();
+  socket.reply(socket.sent[0], { topic, ...position });
+  await flush(); // a browser runs the reply's promise callbacks before the next frame's event
   return client;
 }
 
@@ -61,9 +74,6 @@ function watch(promise) {
   );
   return outcome;
 }
-
-/** Let promise callbacks run (real time does not pass: setImmediate is not mocked). */
-const flush = () => new Promise((resolve) => setImmediate(resolve));
 
 const publishes = (socket) => socket.sent.filter((frame) => frame.op === "publish");
 
@@ -98,7 +108,7 @@ test("the backoff doubles up to maxDelay, and starts again only after a stable p
   assert.equal(client.nextRetryDelay, MIN_DELAY, "not reset after a stable connection");
 });
 
-test("the jitter keeps each delay between half its backoff and all of it", (t) => {
+test("the jitter takes at most half of a delay off (Math.random() = 0: half)", (t) => {
   t.mock.timers.enable({ apis: ["setTimeout"] });
   t.mock.method(Math, "random", () => 0);
   const client = connectedClient();
@@ -120,11 +130,7 @@ test("the close-code table is the documented one", () => {
 for (const code of [...codesWith("reconnect"), 4999]) {
   test(`after close ${code} the client reconnects, resubscribes and publishes again`, async (t) => {
     setUp(t);
-    const client = connectedClient();
-    client.subscribe("news");
-    const first = FakeWebSocket.last();
-    first.reply(first.sent[0], { topic: "news", offset: 3, epoch: "e1" });
-    await flush();
+    const client = await subscribedClient("news", { offset: 3, epoch: "e1" });
     const publish = watch(client.publish("news", "hello", { msgId: "m1" }));
 
     const second = reconnectAfter(t, client, code);
@@ -244,13 +250,9 @@ test("after close 4401 a client with a URL function reconnects with a new URL", 
 
 test("after close 4429 the publishes in flight are rejected and the client waits maxDelay", async (t) => {
   setUp(t);
-  const client = connectedClient();
-  client.subscribe("news");
-  const first = FakeWebSocket.last();
-  first.reply(first.sent[0], { topic: "news", offset: 1, epoch: "e1" });
-  await flush();
+  const client = await subscribedClient("news", { offset: 1, epoch: "e1" });
   const flood = [1, 2, 3].map((i) => watch(client.publish("news", `flood ${i}`)));
-  first.serverClose(4429);
+  FakeWebSocket.last().serverClose(4429);
   assert.equal(client.nextRetryDelay, MAX_DELAY);
   await flush();
   assert.deepEqual(
@@ -308,12 +310,9 @@ test("a publish's deadline runs from the call, not from each reconnection", asyn
 test("recovery: the client resubscribes once with since = the last message it saw", async (t) => {
   setUp(t);
   const received = [];
-  const client = connectedClient();
-  client.subscribe("news", { onMessage: (data, message) => received.push([message.offset, data]) });
-  const first = FakeWebSocket.last();
-  first.reply(first.sent[0], { topic: "news", offset: 5, epoch: "e1" });
-  await flush(); // a browser runs the reply's promise callbacks before the next frame's event
-  first.serverSend({ type: "message", topic: "news", offset: 6, epoch: "e1", data: "six" });
+  const onMessage = (data, message) => received.push([message.offset, data]);
+  const client = await subscribedClient("news", { offset: 5, epoch: "e1" }, { onMessage });
+  FakeWebSocket.last().serverSend({ type: "message", topic: "news", offset: 6, epoch: "e1", data: "six" });
   assert.deepEqual(received, [[6, "six"]]);
 
   const second = reconnectAfter(t, client, 1012);
