@@ -2,7 +2,9 @@
 
 1000-1015 are RFC 6455's; 4000-4999 are ours, numbered after the nearest HTTP status so they are
 easy to remember. A client should reconnect (with backoff) after 1001, 1011, 1012, 1013 and 4408,
-and should not retry 1008, 1009, 4400, 4401 and 4403 without changing something first.
+and should not retry 1008, 1009, 4400, 4401 and 4403 without changing something first. What
+megaphone.js does after each is its ``CLOSE_CODES`` table (docs/protocol.md, docs/clients.md); a
+test keeps that table's codes and names equal to :class:`CloseCode`'s.
 """
 
 from enum import IntEnum

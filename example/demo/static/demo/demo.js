@@ -1,7 +1,7 @@
 // The demo page: a live view of topic "broadcast" through megaphone.js and /ws/connect/.
 // Messages are inserted as text nodes, never as HTML: a "<script>" payload shows as text.
 
-import { Megaphone } from "../megaphone/megaphone.js";
+import { CLOSE_CODES, Megaphone } from "../megaphone/megaphone.js";
 
 const TOPIC = "broadcast";
 const MAX_SHOWN = 500;
@@ -58,7 +58,8 @@ megaphone.addEventListener("state", ({ detail }) => {
   else if (detail.state === "connecting") setStatus("connecting", "connecting…");
   else {
     const wait = megaphone.nextRetryDelay ? `, retrying in ${(megaphone.nextRetryDelay / 1000).toFixed(1)} s` : "";
-    setStatus("closed", `disconnected (${detail.code ?? "–"})${wait}`);
+    const name = CLOSE_CODES[detail.code]?.name;
+    setStatus("closed", `disconnected (${detail.code ?? "–"}${name ? ` ${name}` : ""})${wait}`);
   }
 });
 

@@ -14,12 +14,59 @@
 // The client reconnects by itself with jittered exponential backoff, resubscribes every topic from
 // the last offset it saw, and the server sends exactly the missed messages (or says it cannot:
 // onRecoveryFailed). Publishes carry a msg_id, so one retried after a reconnect is delivered once.
+// The backoff starts again from minDelay only once a connection has stayed open for stablePeriod,
+// so a server that accepts and then drops every connection is retried ever more slowly.
+//
+// What the client does after each close code is one table, CLOSE_CODES (the same as the one in
+// docs/protocol.md, "Close codes"): transient failures reconnect; a close that refuses something
+// the client sent (1009: a frame over the server's size limit) rejects the request to blame with
+// the close code and never sends it again; 4429 waits the longest backoff and drops the publishes
+// in flight. Every promise settles: a publish is rejected at the latest publishTimeout after the
+// call ("timeout"), and is never sent after that.
 //
 // Authentication: a page's session cookie goes with the socket. Other clients pass a function as
 // the URL, called before every connection attempt, e.g. to fetch a fresh token:
 //   new Megaphone(async () => `/ws/connect/?token=${(await (await fetch("/api/token")).json()).token}`);
 // After close code 4401 (logged out, token expired) a client with a fixed URL stops reconnecting
 // (state "closed", code 4401); one with a URL function reconnects with a new URL.
+
+/**
+ * What the client does after the server closes with each code (docs/protocol.md, "Close codes"):
+ * - "reconnect": a transient failure. Reconnect after the jittered backoff, resubscribe from the
+ *   last offsets, send again the publishes still waiting.
+ * - "refuse": the server refused something this client sent. The requests to blame are rejected
+ *   with a MegaphoneError whose code is the close code, and never sent again: for 1009, the
+ *   largest frame sent on that connection and not answered (the frame over the limit was one of
+ *   them, so the largest is over it too); for the others, every frame sent on it and not answered.
+ *   Then reconnect after the backoff. With nothing to blame, the refusal is the connection's own:
+ *   stop (state "closed" with the code).
+ * - "slow_down": rate limited. The publishes sent on that connection and not answered are rejected
+ *   with the close code; reconnect after the longest backoff (maxDelay, jittered).
+ * - "reauthenticate": the credentials are over. Stop, unless the URL is a function: then
+ *   reconnect (with backoff) with the URL it gives.
+ * A code not in the table is treated as "reconnect".
+ */
+export const CLOSE_CODES = Object.freeze({
+  1000: Object.freeze({ name: "normal", action: "reconnect" }),
+  1001: Object.freeze({ name: "going_away", action: "reconnect" }),
+  1006: Object.freeze({ name: "abnormal", action: "reconnect" }),
+  1007: Object.freeze({ name: "invalid_payload", action: "refuse" }),
+  1008: Object.freeze({ name: "policy_violation", action: "refuse" }),
+  1009: Object.freeze({ name: "message_too_big", action: "refuse" }),
+  1011: Object.freeze({ name: "internal_error", action: "reconnect" }),
+  1012: Object.freeze({ name: "service_restart", action: "reconnect" }),
+  1013: Object.freeze({ name: "try_again_later", action: "reconnect" }),
+  4400: Object.freeze({ name: "bad_request", action: "refuse" }),
+  4401: Object.freeze({ name: "unauthorized", action: "reauthenticate" }),
+  4403: Object.freeze({ name: "forbidden", action: "refuse" }),
+  4408: Object.freeze({ name: "slow_consumer", action: "reconnect" }),
+  4429: Object.freeze({ name: "rate_limited", action: "slow_down" }),
+});
+
+/** The action of CLOSE_CODES for `code`: "reconnect" for a code the table does not name. */
+export function closeAction(code) {
+  return CLOSE_CODES[code]?.action ?? "reconnect";
+}
 
 const STATES = ["connecting", "open", "closed"];
 
@@ -33,6 +80,10 @@ function base64ToBytes(text) {
   const bytes = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
   return bytes;
+}
+
+function utf8Size(text) {
+  return new TextEncoder().encode(text).length;
 }
 
 function bytesToBase64(bytes) {
@@ -91,6 +142,14 @@ export class Subscription {
 /**
  * A connection to a Megaphone protocol endpoint.
  * Events (EventTarget): "state" {state, code}, "connected" {client}, "error" {code, message}.
+ *
+ * Options (times in ms): minDelay (500) and maxDelay (10000): the reconnection backoff, doubling
+ * from minDelay up to maxDelay, each delay times a random 0.5 to 1; stablePeriod (15000): how long
+ * a connection must stay open before the backoff starts again from minDelay; requestTimeout
+ * (10000): how long a request other than publish waits for its answer once sent; publishTimeout
+ * (10000): how long a publish may wait, from the call, across reconnects, before it is rejected
+ * with "timeout" and dropped; autoConnect (true); WebSocket: the WebSocket class to use
+ * (globalThis.WebSocket by default; tests pass a fake one).
  */
 export class Megaphone extends EventTarget {
   constructor(url = "/ws/connect/", options = {}) {
@@ -98,16 +157,21 @@ export class Megaphone extends EventTarget {
     this.url = url;
     this.minDelay = options.minDelay ?? 500;
     this.maxDelay = options.maxDelay ?? 10000;
+    this.stablePeriod = options.stablePeriod ?? 15000;
     this.requestTimeout = options.requestTimeout ?? 10000;
+    this.publishTimeout = options.publishTimeout ?? 10000;
     this.state = "closed";
     this.clientId = null;
+    this.nextRetryDelay = null;
+    this._WebSocket = options.WebSocket ?? null;
     this._socket = null;
     this._attempt = 0;
     this._nextId = 1;
-    this._pending = new Map(); // id -> {frame, resolve, reject, timer}
+    this._pending = new Map(); // id -> {frame, text, resolve, reject, retry, timer, socket}
     this._subscriptions = new Map(); // topic -> Subscription
     this._stopped = false;
     this._retryTimer = null;
+    this._stableTimer = null;
     if (options.autoConnect ?? true) this.connect();
   }
 
@@ -132,15 +196,20 @@ export class Megaphone extends EventTarget {
       return;
     }
     if (this._stopped) return this._setState("closed");
-    const socket = (this._socket = new WebSocket(url));
+    const Socket = this._WebSocket ?? globalThis.WebSocket;
+    const socket = (this._socket = new Socket(url));
     socket.onmessage = (event) => this._onFrame(event.data);
     socket.onclose = (event) => this._onClose(socket, event.code);
   }
 
-  /** Close for good (no reconnect). Pending requests are rejected. */
+  /** Close for good (no reconnect). Pending requests, publishes included, are rejected now. */
   disconnect() {
     this._stopped = true;
     clearTimeout(this._retryTimer);
+    clearTimeout(this._stableTimer);
+    for (const entry of [...this._pending.values()]) {
+      this._settle(entry).reject(new MegaphoneError("disconnected", "disconnected"));
+    }
     if (this._socket) this._socket.close(1000);
     else this._setState("closed");
   }
@@ -162,6 +231,11 @@ export class Megaphone extends EventTarget {
    * Publish `data` (any JSON value; a Uint8Array/ArrayBuffer is sent as binary) on `topic`.
    * Resolves to {topic, offset, epoch} once the server accepted it. If the connection drops
    * first, the publish is sent again after reconnecting, with the same msg_id: delivered once.
+   * Rejects with a MegaphoneError: the error frame's code ("forbidden", "rate_limited"...) when
+   * the server refused it; the close code (1009...) when the server closed the connection over
+   * it (CLOSE_CODES); "timeout" when no answer came within publishTimeout of the call (it may
+   * still have been published: publish again with the same msgId to be sure, it counts once);
+   * "disconnected" after disconnect() or a close that stops the client.
    */
   publish(topic, data, { msgId = randomId() } = {}) {
     const frame = { op: "publish", topic, msg_id: msgId };
@@ -194,26 +268,39 @@ export class Megaphone extends EventTarget {
     this.dispatchEvent(new CustomEvent("state", { detail: { state, code } }));
   }
 
+  /** Send `frame` now (or, with `retry`, whenever connected) and wait for its answer. The entry
+   * leaves `_pending` exactly once, through `_settle`: answered, refused, timed out or dropped. */
   _request(frame, { retry = false } = {}) {
     return new Promise((resolve, reject) => {
+      if (this.state !== "open" && !retry) {
+        reject(new MegaphoneError("disconnected", "not connected"));
+        return;
+      }
       const id = this._nextId++;
-      const entry = { frame: { ...frame, id }, resolve, reject, retry, timer: null };
+      const framed = { ...frame, id };
+      const text = JSON.stringify(framed);
+      // socket: the one it was last sent on (the close of that socket may be its refusal).
+      const entry = { frame: framed, text, resolve, reject, retry, socket: null };
+      // The deadline runs from the call, never restarted by a reconnect.
+      entry.timer = setTimeout(
+        () => this._settle(entry).reject(new MegaphoneError("timeout", "no reply from the server")),
+        retry ? this.publishTimeout : this.requestTimeout,
+      );
       this._pending.set(id, entry);
       if (this.state === "open") this._sendPending(entry);
-      else if (!retry) {
-        this._pending.delete(id);
-        reject(new MegaphoneError("disconnected", "not connected"));
-      }
     });
   }
 
-  _sendPending(entry) {
+  /** Take `entry` out of the pending requests and return it, to resolve or reject it once. */
+  _settle(entry) {
+    this._pending.delete(entry.frame.id);
     clearTimeout(entry.timer);
-    entry.timer = setTimeout(() => {
-      this._pending.delete(entry.frame.id);
-      entry.reject(new MegaphoneError("timeout", "no reply from the server"));
-    }, this.requestTimeout);
-    this._socket.send(JSON.stringify(entry.frame));
+    return entry;
+  }
+
+  _sendPending(entry) {
+    entry.socket = this._socket;
+    this._socket.send(entry.text);
   }
 
   _subscribe(subscription) {
@@ -264,8 +351,7 @@ export class Megaphone extends EventTarget {
           if (frame.type === "error") this.dispatchEvent(new CustomEvent("error", { detail: frame }));
           return;
         }
-        this._pending.delete(frame.id);
-        clearTimeout(entry.timer);
+        this._settle(entry);
         if (frame.type === "error") entry.reject(new MegaphoneError(frame.code, frame.message));
         else entry.resolve(frame.type === "pong" ? {} : frame.result);
         return;
@@ -280,40 +366,63 @@ export class Megaphone extends EventTarget {
         if (subscription && this.state === "open") this._subscribe(subscription);
         return;
       }
-      case "connected":
+      case "connected": {
         this.clientId = frame.client;
-        this._attempt = 0;
+        clearTimeout(this._stableTimer);
+        this._stableTimer = setTimeout(() => (this._attempt = 0), this.stablePeriod);
+        const waiting = [...this._pending.values()]; // publishes made while not connected
         this._setState("open");
         this.dispatchEvent(new CustomEvent("connected", { detail: { client: frame.client } }));
         for (const subscription of this._subscriptions.values()) this._subscribe(subscription);
-        for (const entry of this._pending.values()) this._sendPending(entry);
+        for (const entry of waiting) if (this._pending.has(entry.frame.id)) this._sendPending(entry);
         return;
+      }
       default:
         return;
     }
   }
 
+  /** Act on the close as CLOSE_CODES says: reject what the server refused, then reconnect or
+   * stop. Requests not sent again (all but the waiting publishes) are rejected. */
   _onClose(socket, code) {
     if (socket !== this._socket) return;
     this._socket = null;
     this.clientId = null;
-    // 4401: these credentials are over; only a URL function can bring new ones.
-    if (code === 4401 && typeof this.url !== "function") this._stopped = true;
-    for (const [id, entry] of this._pending) {
-      clearTimeout(entry.timer);
-      if (!entry.retry || this._stopped) {
-        this._pending.delete(id);
-        entry.reject(new MegaphoneError("disconnected", `connection closed (${code})`));
-      }
+    clearTimeout(this._stableTimer);
+    const action = closeAction(code);
+    const refused = this._refusedBy(socket, code, action);
+    const reason = `connection closed (${code} ${CLOSE_CODES[code]?.name ?? "unknown"})`;
+    for (const entry of refused) {
+      this._settle(entry).reject(new MegaphoneError(code, `refused: ${reason}`));
     }
-    this._retry("closed", code);
+    // 4401: these credentials are over; only a URL function can bring new ones. A refusal with
+    // nothing to blame is the connection's own: connecting again would be refused again.
+    if (action === "reauthenticate" && typeof this.url !== "function") this._stopped = true;
+    if (action === "refuse" && refused.length === 0) this._stopped = true;
+    for (const entry of [...this._pending.values()]) {
+      if (entry.retry && !this._stopped) continue; // sent again once connected
+      this._settle(entry).reject(new MegaphoneError("disconnected", reason));
+    }
+    this._retry("closed", code, { longest: action === "slow_down" });
+  }
+
+  /** The requests that `socket`'s close with `code` refused (see CLOSE_CODES). */
+  _refusedBy(socket, code, action) {
+    const unanswered = [...this._pending.values()].filter((entry) => entry.socket === socket);
+    if (action === "slow_down") return unanswered.filter((entry) => entry.frame.op === "publish");
+    if (action !== "refuse") return [];
+    if (code !== 1009 || unanswered.length === 0) return unanswered;
+    const sizes = unanswered.map((entry) => utf8Size(entry.text));
+    return [unanswered[sizes.indexOf(Math.max(...sizes))]];
   }
 
   /** Announce `state` (with `code`), then reconnect after a jittered backoff unless stopped;
    * `nextRetryDelay` (ms, null when no retry comes) is set before the announcement. */
-  _retry(state, code) {
-    // Jittered exponential backoff: minDelay, 2x, 4x... up to maxDelay, times 0.5 to 1.
-    const delay = Math.min(this.maxDelay, this.minDelay * 2 ** this._attempt++);
+  _retry(state, code, { longest = false } = {}) {
+    // Jittered exponential backoff: minDelay, 2x, 4x... up to maxDelay (at once when `longest`),
+    // times 0.5 to 1. Only a connection open for stablePeriod brings it back to minDelay.
+    const backoff = Math.min(this.maxDelay, this.minDelay * 2 ** this._attempt++);
+    const delay = longest ? this.maxDelay : backoff;
     this.nextRetryDelay = this._stopped ? null : delay * (0.5 + Math.random() / 2);
     this._setState(state, code);
     if (this._stopped) return;
