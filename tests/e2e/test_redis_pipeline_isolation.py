@@ -60,3 +60,20 @@ async def test_a_failed_call_fails_alone_and_the_pipeline_goes_on(
     assert later.offset == 4
     page = await asyncio.wait_for(backend.history(topic), timeout(5))
     assert [m.payload for m in page.messages] == ["one", "two", "three", "four"]
+
+
+async def test_a_history_entry_that_is_not_valid_utf8_is_skipped_not_fatal(
+    backend: RedisBackend, redis_server: RedisServer
+) -> None:
+    """Only Megaphone writes valid text; an entry written by anything else (invalid UTF-8) must
+    not fail every read of the topic's history: it is skipped, leaving a gap readers report."""
+    topic = f"iso-{uuid.uuid4().hex[:8]}"
+    first = await backend.publish(topic, "one")
+    with redis_server.client() as client:
+        history, meta = f"megaphone:{{{topic}}}:history", f"megaphone:{{{topic}}}:meta"
+        client.xadd(history, {"t": "1.0", "k": "t", "p": b"\xed\xa0\x80"}, id="2-0")
+        client.hset(meta, "offset", 2)
+    await backend.publish(topic, "three")
+    page = await asyncio.wait_for(backend.history(topic), timeout(5))
+    assert [(m.offset, m.payload) for m in page.messages] == [(1, "one"), (3, "three")]
+    assert page.epoch == first.epoch

@@ -478,8 +478,13 @@ class RedisBackend(Backend):
         )
         messages = []
         for entry_id, fields in entries:
-            t, kind, payload = fields[1], fields[3], fields[5]
-            messages.append(_message(topic, int(entry_id.split(b"-")[0]), epoch, t, kind, payload))
+            try:
+                t, kind, payload = fields[1], fields[3], fields[5]
+                offset_of = int(entry_id.split(b"-")[0])
+                messages.append(_message(topic, offset_of, epoch, t, kind, payload))
+            except (ValueError, IndexError):  # not written by Megaphone: invalid UTF-8, say
+                # Never the body in the logs; readers see the gap it leaves, as for a lost one.
+                logger.error("undecodable history entry %r of %r skipped", entry_id, topic)
         return HistoryPage(messages, int(offset), epoch.decode(), bool(complete))
 
     async def ping(self) -> None:
@@ -619,6 +624,8 @@ class RedisBackend(Backend):
                     logger.warning("Redis pub/sub connection down: %s", exc)
                 else:
                     logger.debug("Redis pub/sub reconnect failed: %s", exc)
+            except Exception:  # a bug: logged, and the reader starts again (never a deaf one)
+                logger.exception("Redis pub/sub reader failed; reconnecting")
             self._ready.clear()
             await self._close_pubsub()
             delay = min(RECONNECT_MAX_DELAY, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
