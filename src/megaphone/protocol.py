@@ -252,9 +252,7 @@ def parse(text: str) -> Request:
     try:
         frame = decode_json(text)
     except InvalidText as exc:
-        raise ProtocolError(
-            Code.BAD_REQUEST, f"the frame is {exc}"[:200], _salvage_id(text)
-        ) from None
+        raise _undecodable(text, exc) from None
     if not isinstance(frame, dict):
         raise ProtocolError(Code.BAD_REQUEST, "a frame must be a JSON object")
     request_id = _parse_id(frame)
@@ -272,19 +270,28 @@ def parse(text: str) -> Request:
         raise ProtocolError(Code.BAD_REQUEST, str(exc)[:200], request_id) from None
 
 
-def _salvage_id(text: str) -> int | str | None:
-    """The ``id`` of a frame the strict decoder refused, if Python's lenient :mod:`json` can
-    read it and it is a valid id of valid Unicode (None otherwise), so that the client can tell
-    which request failed. Only the id is taken from the lenient decoding, and only for the error
-    frame; the request itself is refused."""
+def _undecodable(text: str, error: InvalidText) -> ProtocolError:
+    """The ``bad_request`` for a frame the strict decoder refused. If Python's lenient
+    :mod:`json` reads it, the frame is JSON whose text is not valid Unicode (a lone surrogate
+    escape) or whose number is out of range; its ``id``, if valid and of valid Unicode, goes in
+    the error so that the client can tell which request failed. Only the id is taken from the
+    lenient decoding, and only for the error frame: the request itself is refused."""
     try:
         frame = json.loads(text)
+    except (ValueError, RecursionError):
+        return ProtocolError(Code.BAD_REQUEST, f"the frame is {error}"[:200])
+    try:
+        utf8_size(text)  # the frame's text itself is valid: an escape or a number is not
+        message = "the frame is not valid Unicode (a lone surrogate escape) or a number is too big"
+    except InvalidText:
+        message = f"the frame is {error}"[:200]
+    try:
         request_id = _parse_id(frame) if isinstance(frame, dict) else None
         if isinstance(request_id, str):
             check_text(request_id, "id")
-    except (ProtocolError, ValueError, RecursionError):
-        return None
-    return request_id
+    except (ProtocolError, InvalidText):
+        request_id = None
+    return ProtocolError(Code.BAD_REQUEST, message, request_id)
 
 
 # Server frames ------------------------------------------------------------------------------
