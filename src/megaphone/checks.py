@@ -10,7 +10,8 @@ from typing import Any
 from django.core.checks import CheckMessage, Error, Warning, register
 
 from .backends import backend_from_url
-from .conf import TOPIC_OPTION_TYPES, get_config, unknown_keys
+from .conf import DEFAULTS, TOPIC_OPTION_TYPES, get_config, unknown_keys
+from .decoding import invalid_strings
 
 #: What a ``TOPICS`` pattern may hold: topic-name characters and the glob characters ``*?[]!``.
 _PATTERN = re.compile(r"[A-Za-z0-9_.:@=*?\[\]!-]{1,200}")
@@ -80,6 +81,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     return errors
+
+
+@register("megaphone")
+def check_text(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Every string in the settings is valid Unicode (``megaphone.E040``): a lone surrogate,
+    from a ``"\\ud800"`` escape or from undecodable bytes in an environment variable (Python
+    reads them with ``surrogateescape``), cannot be encoded for Redis, a database or a client."""
+    config = get_config()
+    return [
+        Error(
+            f"{where} holds text that is not valid Unicode (a lone surrogate).",
+            hint="Fix the setting, or the environment variable it comes from (REDIS_URL, for one):"
+            " it must be valid UTF-8.",
+            id="megaphone.E040",
+        )
+        for name in DEFAULTS
+        for where in invalid_strings(getattr(config, name), f"MEGAPHONE[{name!r}]")
+    ]
 
 
 def check_topics(topics: object) -> list[Error]:

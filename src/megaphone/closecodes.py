@@ -14,7 +14,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     ABNORMAL = 1006  # never sent: the code reported for a connection that ended without a close
-    INVALID_PAYLOAD = 1007  # text frame that is not UTF-8 (sent by the ASGI server)
+    INVALID_PAYLOAD = 1007  # a text frame that is not valid UTF-8 / Unicode
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009  # a message over MAX_MESSAGE_SIZE
     INTERNAL_ERROR = 1011

@@ -34,6 +34,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from .backends import Backend, BackendUnavailable
 from .conf import get_config, topic_options
+from .decoding import InvalidText, decode_json, strict_query
 from .message import Message
 from .node import get_node
 from .protocol import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_INT_ID, message_json
@@ -46,10 +47,10 @@ logger = logging.getLogger("megaphone.http_api")
 class Code:
     """Stable error codes of the HTTP API, each with its HTTP status."""
 
-    INVALID_JSON = "invalid_json"  # 400: the body is not JSON
+    INVALID_JSON = "invalid_json"  # 400: the body is not JSON, or not valid UTF-8 / Unicode
     INVALID_REQUEST = "invalid_request"  # 400: a field missing, of the wrong type or value
     INVALID_TOPIC = "invalid_topic"  # 400: a topic name outside the rules
-    INVALID_PARAMETER = "invalid_parameter"  # 400: a query parameter (since, limit) is bad
+    INVALID_PARAMETER = "invalid_parameter"  # 400: a query parameter is bad (or not UTF-8)
     MISSING_API_KEY = "missing_api_key"  # 401: no ``Authorization: Bearer`` header
     INVALID_API_KEY = "invalid_api_key"  # 401: a key that is not in API_KEYS
     FORBIDDEN_TOPIC = "forbidden_topic"  # 403: the key's topic patterns do not match
@@ -205,9 +206,9 @@ def read_json(request: HttpRequest) -> Any:
     if len(body) > limit:
         raise ApiError(Code.BODY_TOO_LARGE, f"the body is over {limit} bytes")
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise ApiError(Code.INVALID_JSON, "the body is not valid JSON") from None
+        return decode_json(body)
+    except InvalidText as exc:
+        raise ApiError(Code.INVALID_JSON, f"the body is {exc}"[:200]) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +256,15 @@ def parse_message(value: Any, where: str = "") -> _Publish:
 def require_topic(key: ApiKey, topic: str) -> None:
     if not key.allows(topic):
         raise ApiError(Code.FORBIDDEN_TOPIC, f"this API key may not use topic {topic!r}")
+
+
+def check_query(request: HttpRequest) -> None:
+    """Refuse a query string whose percent-escapes are not valid UTF-8 (``%FF``,
+    ``%ED%A0%80``), which Django's ``request.GET`` would silently turn into U+FFFD."""
+    try:
+        strict_query(request.META.get("QUERY_STRING", ""))
+    except InvalidText as exc:
+        raise ApiError(Code.INVALID_PARAMETER, str(exc)) from None
 
 
 def query_int(request: HttpRequest, name: str, default: int, maximum: int) -> int:
@@ -308,6 +318,7 @@ def endpoint(*methods: str, auth: bool = True) -> Callable[[View], View]:
                     )
                 if auth:
                     kwargs["key"] = authenticate(request)
+                check_query(request)
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
                 if exc.code in (Code.INVALID_API_KEY, Code.BACKEND_UNAVAILABLE):

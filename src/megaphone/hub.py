@@ -4,14 +4,18 @@ Pure logic: no Django, no sockets, no awaiting. The backend hands the hub each m
 process; the hub hands it to every local subscriber of the topic, in the order it came. A
 subscriber's :meth:`Subscriber.deliver` must not block: it queues the message (its outbox) and
 returns. Encoding is the subscriber's business, and :meth:`Message.encoded` makes it happen once
-per message, whatever the number of subscribers.
+per message, whatever the number of subscribers. A subscriber that raises does not keep the
+message from the others.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from .message import Message
+
+logger = logging.getLogger("megaphone.hub")
 
 
 class Subscriber(Protocol):
@@ -52,8 +56,12 @@ class Hub:
         if not subscribers:
             return 0
         # A subscriber may leave while we deliver (a full outbox closes it): iterate a snapshot.
+        # One subscriber failing (a bug) is logged and costs the others nothing.
         for subscriber in tuple(subscribers):
-            subscriber.deliver(message)
+            try:
+                subscriber.deliver(message)
+            except Exception:
+                logger.exception("a subscriber of %r failed to take %r", message.topic, message)
         return len(subscribers)
 
     def subscribers(self, topic: str) -> int:

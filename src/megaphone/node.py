@@ -22,6 +22,7 @@ from . import metrics
 from .backends import Backend, BackendUnavailable, backend_from_url
 from .backends.base import HistoryPage
 from .conf import get_config, topic_options
+from .decoding import check_text
 from .hub import Hub, Subscriber
 from .message import Message
 
@@ -85,7 +86,16 @@ class Node:
 
         With ``msg_id``, a message already accepted with that id is returned instead (see
         :meth:`Backend.publish`).
+
+        The last gate of the decoding boundary (:mod:`megaphone.decoding`): text ``payload`` or
+        a ``msg_id`` that is not valid Unicode raises :class:`~megaphone.decoding.InvalidText`
+        here, before the backend, the history or any subscriber sees it, whatever path it came
+        by. (Every entry point refuses it earlier with its own documented error.)
         """
+        if isinstance(payload, str):
+            check_text(payload, "the payload")
+        if msg_id is not None:
+            check_text(msg_id, "msg_id")
         try:
             if _durable(topic):
                 size, ttl = history_limits(topic)

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .decoding import InvalidText, check_text, decode_json, encode_json, utf8_size
 from .message import Message
 from .topics import InvalidTopic, validate_topic
 
@@ -119,14 +120,6 @@ class Ping:
 Request = Subscribe | Unsubscribe | Publish | History | Presence | Ping
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json(text: str) -> Any:
-    return json.loads(text, parse_constant=_refuse_constant)
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -214,8 +207,7 @@ def _publish(fields: _Fields) -> Publish:
         return Publish(fields.id, topic, payload, msg_id=msg_id)
     if isinstance(data, str):
         return Publish(fields.id, topic, data, msg_id=msg_id)
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return Publish(fields.id, topic, text, json=True, msg_id=msg_id)
+    return Publish(fields.id, topic, encode_json(data), json=True, msg_id=msg_id)
 
 
 def _subscribe(fields: _Fields) -> Subscribe:
@@ -225,7 +217,7 @@ def _subscribe(fields: _Fields) -> Subscribe:
     if info is not None:
         if not isinstance(info, dict):
             raise fields.fail("info must be an object")
-        if len(json.dumps(info, separators=(",", ":"))) > MAX_INFO_SIZE:
+        if utf8_size(encode_json(info)) > MAX_INFO_SIZE:
             raise fields.fail(f"info is over {MAX_INFO_SIZE} bytes of JSON", Code.TOO_LARGE)
     return Subscribe(fields.id, topic, since, info)
 
@@ -249,11 +241,18 @@ _OPS = {
 
 
 def parse(text: str) -> Request:
-    """The request in one client text frame; :class:`ProtocolError` if it is not one."""
+    """The request in one client text frame; :class:`ProtocolError` if it is not one.
+
+    The frame is decoded strictly (:func:`megaphone.decoding.decode_json`): a frame that is not
+    JSON, or holds text that is not valid Unicode anywhere (a lone surrogate such as
+    ``"\\ud800"`` in ``data``, ``info``, ``msg_id``, ``id``, ``topic``, ``epoch``...), is
+    refused as a whole with ``bad_request``, so every string of a parsed request is valid
+    Unicode. The error carries the request's ``id`` when that alone can still be read.
+    """
     try:
-        frame = _json(text)
-    except (ValueError, RecursionError):
-        raise ProtocolError(Code.BAD_REQUEST, "the frame is not valid JSON") from None
+        frame = decode_json(text)
+    except InvalidText as exc:
+        raise _undecodable(text, exc) from None
     if not isinstance(frame, dict):
         raise ProtocolError(Code.BAD_REQUEST, "a frame must be a JSON object")
     request_id = _parse_id(frame)
@@ -265,10 +264,34 @@ def parse(text: str) -> Request:
         raise ProtocolError(Code.UNKNOWN_OP, f"unknown op {op[:40]!r}", request_id)
     try:
         return handler(_Fields(frame, request_id))  # type: ignore[no-any-return]
-    except (ValueError, RecursionError) as exc:  # e.g. a value json.dumps refuses
+    except (ValueError, RecursionError) as exc:
         if isinstance(exc, ProtocolError):
             raise
         raise ProtocolError(Code.BAD_REQUEST, str(exc)[:200], request_id) from None
+
+
+def _undecodable(text: str, error: InvalidText) -> ProtocolError:
+    """The ``bad_request`` for a frame the strict decoder refused. If Python's lenient
+    :mod:`json` reads it, the frame is JSON whose text is not valid Unicode (a lone surrogate
+    escape) or whose number is out of range; its ``id``, if valid and of valid Unicode, goes in
+    the error so that the client can tell which request failed. Only the id is taken from the
+    lenient decoding, and only for the error frame: the request itself is refused."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        return ProtocolError(Code.BAD_REQUEST, f"the frame is {error}"[:200])
+    try:
+        utf8_size(text)  # the frame's text itself is valid: an escape or a number is not
+        message = "the frame is not valid Unicode (a lone surrogate escape) or a number is too big"
+    except InvalidText:
+        message = f"the frame is {error}"[:200]
+    try:
+        request_id = _parse_id(frame) if isinstance(frame, dict) else None
+        if isinstance(request_id, str):
+            check_text(request_id, "id")
+    except (ProtocolError, InvalidText):
+        request_id = None
+    return ProtocolError(Code.BAD_REQUEST, message, request_id)
 
 
 # Server frames ------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ What is sent, by the type of ``data``:
   UUIDs are fine), sent as a text message marked as JSON, so clients of the protocol endpoint
   receive the value itself, as if a protocol client had published it.
 
+Text must be valid Unicode: a ``str`` (or a string inside a JSON value) or a ``msg_id`` holding a
+lone surrogate (``"\\ud800"``, or undecodable bytes read with ``surrogateescape``) raises
+:class:`InvalidMessage` before anything is sent.
+
 Both return the :class:`~megaphone.message.Message` with its ``offset`` and ``epoch`` once the
 backend has accepted it, or raise a :class:`PublishError`; they never pretend.
 """
@@ -35,6 +39,7 @@ from typing import Any
 
 from .backends import BackendUnavailable
 from .conf import get_config
+from .decoding import InvalidText, check_text, utf8_size
 from .message import Message
 from .node import Node, get_node, start_node
 from .topics import InvalidTopic, validate_topic
@@ -88,10 +93,14 @@ class PublishUnavailable(PublishError, BackendUnavailable):
 
 
 def encoded_size(payload: str | bytes) -> int:
-    """Size of ``payload`` on the wire, in bytes (text counted UTF-8 encoded)."""
-    if isinstance(payload, bytes) or payload.isascii():
+    """Size of ``payload`` on the wire, in bytes (text counted UTF-8 encoded); raises
+    :class:`InvalidMessage` (``invalid_data``) for text that is not valid Unicode."""
+    if isinstance(payload, bytes):
         return len(payload)
-    return len(payload.encode("utf-8", "surrogatepass"))
+    try:
+        return utf8_size(payload)
+    except InvalidText as exc:
+        raise InvalidMessage(f"data is {exc}", "invalid_data") from None
 
 
 def encode_data(data: Any) -> tuple[str | bytes, bool]:
@@ -117,7 +126,9 @@ MAX_MSG_ID_LENGTH = 64
 
 def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str | bytes, bool]:
     """Validate ``topic`` and ``msg_id`` and encode ``data``; raise :class:`InvalidMessage` if
-    one is bad."""
+    one is bad: codes ``invalid_topic``, ``invalid_msg_id`` (also for a ``msg_id`` that is not
+    valid Unicode), ``invalid_data`` (data JSON cannot encode, or text, a JSON string
+    included, that is not valid Unicode: a lone surrogate), ``message_too_large``."""
     try:
         validate_topic(topic)
     except InvalidTopic as exc:
@@ -128,6 +139,11 @@ def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str 
         raise InvalidMessage(
             f"msg_id must be a string of 1 to {MAX_MSG_ID_LENGTH} characters", "invalid_msg_id"
         )
+    if msg_id is not None:
+        try:
+            check_text(msg_id, "msg_id")
+        except InvalidText as exc:
+            raise InvalidMessage(str(exc), "invalid_msg_id") from None
     payload, is_json = encode_data(data)
     size, limit = encoded_size(payload), get_config().MAX_MESSAGE_SIZE
     if size > limit:

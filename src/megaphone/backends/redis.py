@@ -17,6 +17,12 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   when the caller does not wait for one before the next (:attr:`pipelines_publishes`), and many
   clients publishing (or resubscribing) at once cost a few round trips, not a pooled connection
   each: they wait for Redis, never for a free connection behind thousands of others.
+* **A failed call fails alone.** Each call is encoded before it joins a pipeline, so an argument
+  Redis cannot take (text that is not valid Unicode) fails that call alone
+  (:class:`~megaphone.decoding.InvalidText`); Redis answering one script with an error fails
+  that script's call alone; only a lost connection fails the whole pipeline. Nothing is
+  stranded: an unexpected error fails its own pipeline's calls, is logged, and the next
+  pipeline goes out.
 * **One pub/sub connection per backend instance** (per worker process), subscribed to exactly
   the topics the node asked for; a reader task hands their messages to ``on_message`` on the
   backend's loop, in the order Redis sent them (offset order).
@@ -63,6 +69,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
+from ..decoding import InvalidText
 from ..message import Message
 from .base import Backend, BackendUnavailable, HistoryPage, MessageCallback
 
@@ -294,6 +301,9 @@ class RedisBackend(Backend):
         except ValueError as exc:
             raise ValueError(f"invalid Redis URL {url!r}: {exc}") from None
         self._client = aioredis.Redis(connection_pool=self._pool)
+        # str -> UTF-8 (strict), int and float -> their digits, bytes as they are.
+        encoder = self._pool.get_encoder()  # type: ignore[no-untyped-call]
+        self._encode_arg: Callable[[Any], bytes] = encoder.encode
         # Pub/sub channels are shared by every database of a server: name the database in them.
         self._channel_prefix = f"megaphone:{self._pool.connection_kwargs.get('db', 0)}:"
         self._presence_add_script = self._client.register_script(_PRESENCE_ADD)
@@ -363,9 +373,10 @@ class RedisBackend(Backend):
     async def publish(
         self, topic: str, payload: str | bytes, *, json: bool = False, msg_id: str | None = None
     ) -> Message:
-        data = payload if isinstance(payload, bytes) else payload.encode()
+        """Text ``payload`` or a ``msg_id`` that is not valid Unicode raises
+        :class:`~megaphone.decoding.InvalidText` for this call alone (see :meth:`_topic_script`)."""
         kind = b"b" if isinstance(payload, bytes) else (b"j" if json else b"t")
-        args = [*self._script_args(topic), self._channel(topic), kind, msg_id or "", data]
+        args = [*self._script_args(topic), self._channel(topic), kind, msg_id or "", payload]
         offset, epoch, time, stored_kind, stored = await self._topic_script(
             f"publish on {topic!r}", _PUBLISH, topic, args
         )
@@ -375,19 +386,34 @@ class RedisBackend(Backend):
         self, what: str, script: str, topic: str, args: list[Any]
     ) -> asyncio.Future[Any]:
         """Queue a script on ``topic``'s keys for the next pipeline; a future of its reply
-        (:class:`BackendUnavailable` if Redis fails it)."""
+        (:class:`BackendUnavailable` if Redis fails it).
+
+        The command is encoded here, in the caller's own call, so that an argument Redis cannot
+        take fails that call alone (:class:`~megaphone.decoding.InvalidText` for text that is
+        not valid Unicode) and never joins a pipeline: the pipeline holds only bytes."""
+        command = self._encode(what, ("EVALSHA", _SHAS[script], 3, *_keys(topic), *args))
         future = asyncio.get_running_loop().create_future()
-        command = ("EVALSHA", _SHAS[script], 3, *_keys(topic), *args)
         self._queued.append(_Queued(what, script, command, future))
         if self._pipelines is None:
             self._pipelines = asyncio.ensure_future(self._send_pipelines())
         return future
 
+    def _encode(self, what: str, command: tuple[Any, ...]) -> tuple[bytes, ...]:
+        """``command``'s arguments as the bytes Redis receives (text strictly UTF-8)."""
+        encode = self._encode_arg
+        try:
+            return tuple(encode(arg) for arg in command)
+        except UnicodeEncodeError as exc:
+            raise InvalidText(f"cannot {what}: an argument is not valid Unicode") from exc
+
     async def _send_pipelines(self) -> None:
         """Send what is queued as one pipeline, then what was queued meanwhile, until nothing
         is: one pipeline in flight at a time, so scripts run in the order they were queued.
         (The task's first step runs on the loop's next turn: everything queued during this one
-        goes in the first pipeline.)"""
+        goes in the first pipeline.)
+
+        :meth:`_pipeline` settles every call it is given and raises only when cancelled, so
+        no call queued meanwhile is stranded behind a pipeline that failed."""
         try:
             while self._queued:
                 queued, self._queued = self._queued, []
@@ -399,17 +425,20 @@ class RedisBackend(Backend):
         """Run ``queued`` in one round trip, in order, and settle their futures. The pipeline
         loads its scripts first (a no-op once Redis has them), so it never meets NOSCRIPT after
         a Redis restart. A connection error fails every script of the pipeline (some may have
-        been applied, as with any lost answer)."""
+        been applied, as with any lost answer). Any other error (a bug) fails them the same way,
+        and is logged with its traceback."""
         loads = [("SCRIPT", "LOAD", script) for script in dict.fromkeys(q.script for q in queued)]
         try:
             replies = await self._run_pipeline([*loads, *(q.command for q in queued)])
-        except (TimeoutError, RedisError, OSError) as exc:
+        except asyncio.CancelledError:
+            _settle(queued, lambda q: BackendUnavailable("the backend stopped"))
+            raise
+        except Exception as exc:
+            if not isinstance(exc, TimeoutError | RedisError | OSError):
+                logger.exception("a Redis pipeline of %d script calls failed", len(queued))
             cause = exc  # ``exc`` is unbound once the except clause ends
             _settle(queued, lambda q: self._redis_error(q.what, cause))
             return
-        except BaseException:
-            _settle(queued, lambda q: BackendUnavailable("the backend stopped"))
-            raise
         for q, reply in zip(queued, replies[len(loads) :], strict=True):
             if q.future.done():  # the caller went away; the script ran all the same
                 continue
@@ -449,8 +478,13 @@ class RedisBackend(Backend):
         )
         messages = []
         for entry_id, fields in entries:
-            t, kind, payload = fields[1], fields[3], fields[5]
-            messages.append(_message(topic, int(entry_id.split(b"-")[0]), epoch, t, kind, payload))
+            try:
+                t, kind, payload = fields[1], fields[3], fields[5]
+                offset_of = int(entry_id.split(b"-")[0])
+                messages.append(_message(topic, offset_of, epoch, t, kind, payload))
+            except (ValueError, IndexError):  # not written by Megaphone: invalid UTF-8, say
+                # Never the body in the logs; readers see the gap it leaves, as for a lost one.
+                logger.error("undecodable history entry %r of %r skipped", entry_id, topic)
         return HistoryPage(messages, int(offset), epoch.decode(), bool(complete))
 
     async def ping(self) -> None:
@@ -590,6 +624,8 @@ class RedisBackend(Backend):
                     logger.warning("Redis pub/sub connection down: %s", exc)
                 else:
                     logger.debug("Redis pub/sub reconnect failed: %s", exc)
+            except Exception:  # a bug: logged, and the reader starts again (never a deaf one)
+                logger.exception("Redis pub/sub reader failed; reconnecting")
             self._ready.clear()
             await self._close_pubsub()
             delay = min(RECONNECT_MAX_DELAY, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)

@@ -26,6 +26,7 @@ from ..auth import TOKEN_EXPIRES, user_control_topic
 from ..backends import BackendUnavailable
 from ..closecodes import CloseCode
 from ..conf import Config, get_config, topic_options
+from ..decoding import InvalidText, utf8_size
 from ..message import Encoder, Message, raw_frame
 from ..node import Node, get_node
 from ..permissions import allowed
@@ -46,11 +47,6 @@ EVENTS_PER_TURN = 16
 MAX_PUBLISHING = 256
 #: How long a close frame may wait for a client that stopped reading before we drop the client.
 CLOSE_TIMEOUT = 5.0
-
-
-def encoded_size(text: str) -> int:
-    """UTF-8 size of ``text``, without encoding it when its length alone settles the question."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class _DirectConsumer(AsyncWebsocketConsumer):
@@ -171,10 +167,17 @@ class _Endpoint(_DirectConsumer):
         )
 
     async def _payload(self, text_data: str | None, bytes_data: bytes | None) -> str | bytes | None:
-        """The frame's payload, or None after closing the client with 1009 if it is too big."""
+        """The frame's payload, or None after closing the client with 1009 if it is too big, or
+        with 1007 if its text is not valid Unicode (a server that decodes UTF-8 strictly, as
+        uvicorn does, closes with 1007 before this; other ASGI servers may hand over anything)."""
         payload: str | bytes
         if text_data is not None:
-            payload, size = text_data, encoded_size(text_data)
+            try:
+                payload, size = text_data, utf8_size(text_data)
+            except InvalidText as exc:
+                logger.info("closing %s: a text frame %s", self.scope["path"], exc)
+                await self._close(CloseCode.INVALID_PAYLOAD)
+                return None
         else:
             payload = bytes_data if bytes_data is not None else b""
             size = len(payload)

@@ -39,7 +39,7 @@ def event_frame(event: dict[str, Any]) -> bytes:
     """The final, unmasked, uncompressed frame of an ASGI ``websocket.send`` event."""
     data = event.get("bytes")
     if data is None:
-        opcode, data = 0x81, event["text"].encode("utf-8", "surrogatepass")
+        opcode, data = 0x81, event["text"].encode()  # strict: every text entered valid
     else:
         opcode = 0x82
     length = len(data)

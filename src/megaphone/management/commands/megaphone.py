@@ -24,6 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from megaphone.backends import Backend, BackendUnavailable
 from megaphone.conf import get_config
+from megaphone.decoding import InvalidText, decode_json
 from megaphone.message import Message
 from megaphone.node import Node, start_node
 from megaphone.protocol import MAX_HISTORY_LIMIT, message_json
@@ -112,9 +113,9 @@ class Command(BaseCommand):
         data: Any = options["data"]
         if options["json"]:
             try:
-                data = json.loads(data)
-            except ValueError as exc:
-                raise CommandError(f"--json: the data is not JSON: {exc}") from None
+                data = decode_json(data)
+            except InvalidText as exc:
+                raise CommandError(f"--json: the data is not JSON ({exc})") from None
         try:
             message = publish(options["topic"], data, msg_id=options["msg_id"])
         except PublishError as exc:
