@@ -147,9 +147,12 @@ def run_suite(port: int, cases: list[str], outdir: Path, seconds: float) -> dict
     for case in cases:
         command += ["-i", case]
     # kosoku's own exit status counts UNIMPLEMENTED as a failure: the verdicts are judged below.
-    completed = subprocess.run(
-        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=seconds
-    )
+    try:
+        completed = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=seconds
+        )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"the suite did not finish within {seconds:.0f} s") from None
     index = outdir / "index.json"
     if not index.exists():
         raise SystemExit(f"the suite wrote no report:\n{completed.stdout}{completed.stderr}")
