@@ -8,7 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MANAGE := $(PY) example/manage.py
 
-.PHONY: run test test-fast lint bench bench-quick soak clean
+AUTOBAHN_VENV := .venv-autobahn
+AUTOBAHN_STAMP := $(AUTOBAHN_VENV)/.installed
+
+.PHONY: run test test-fast lint bench bench-quick soak autobahn autobahn-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +41,18 @@ bench-quick: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) bench/soak.py
+
+# Autobahn|Testsuite against `manage.py serve` (bench/autobahn.py); its runner has its own venv.
+$(AUTOBAHN_STAMP): bench/autobahn-requirements.txt
+	test -x $(AUTOBAHN_VENV)/bin/python || $(PYTHON) -m venv $(AUTOBAHN_VENV)
+	$(AUTOBAHN_VENV)/bin/python -m pip install -q -r bench/autobahn-requirements.txt
+	touch $(AUTOBAHN_STAMP)
+
+autobahn: $(STAMP) $(AUTOBAHN_STAMP)
+	$(PY) bench/autobahn.py
+
+autobahn-quick: $(STAMP) $(AUTOBAHN_STAMP)
+	$(PY) bench/autobahn.py --quick
 
 clean:
 	rm -rf $(VENV) .venv-* example/db.sqlite3

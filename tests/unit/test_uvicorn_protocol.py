@@ -1,12 +1,17 @@
-"""Tier 1: the light queue and flag Megaphone's uvicorn protocol uses instead of asyncio's."""
+"""Tier 1: the light queue and flag Megaphone's uvicorn protocol uses instead of asyncio's, and its
+sans-I/O WebSocket core (bytes in, events and bytes out)."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import State
 
-from megaphone.transports.uvicorn import _Flag, _Inbox
+from megaphone.transports.uvicorn import _Flag, _Inbox, _ServerProtocol
+from tests.e2e.rawws import CLOSE, CONTINUATION, TEXT, frame
 
 
 async def test_the_inbox_hands_out_events_in_order_and_waits_when_empty() -> None:
@@ -43,3 +48,29 @@ async def test_the_flag_wakes_every_waiter_when_set_and_not_before() -> None:
     assert flag.is_set() and await flag.wait()
     flag.clear()
     assert not flag.is_set()
+
+
+@pytest.mark.parametrize(
+    ("close", "answer", "events"),
+    [
+        # Echoed, as a close frame anywhere else; the last fragment is never read.
+        (struct.pack("!H", 1000), Close(1000, ""), [Opcode.TEXT, Opcode.CLOSE]),
+        (struct.pack("!H", 4000) + b"bye", Close(4000, "bye"), [Opcode.TEXT, Opcode.CLOSE]),
+        # A close frame that is itself invalid still fails the connection.
+        (struct.pack("!H", 999), Close(1002, "invalid status code"), [Opcode.TEXT]),
+    ],
+    ids=["normal", "own-code", "invalid-code"],
+)
+def test_a_close_between_fragments_is_answered_as_any_close(
+    close: bytes, answer: Close, events: list[Opcode]
+) -> None:
+    protocol = _ServerProtocol(state=State.OPEN)
+    protocol.receive_data(
+        frame(TEXT, b"fragment1", fin=False)
+        + frame(CLOSE, close)
+        + frame(CONTINUATION, b"fragment2")
+    )
+    assert [event.opcode for event in protocol.events_received()] == events
+    assert protocol.close_sent == answer
+    written = protocol.data_to_send()[0]
+    assert written == Frame(Opcode.CLOSE, answer.serialize()).serialize(mask=False)

@@ -23,6 +23,12 @@ client that has not completed the closing handshake :data:`CLOSE_TIMEOUT` second
 server's close frame is dropped (``transport.abort()``; uvicorn's ``close()`` would wait forever
 for it to read its buffer).
 
+It answers a close frame that comes in the middle of a fragmented message as it answers any
+close frame, by echoing it (RFC 6455 5.4: control frames may come between fragments; 5.5.1: a
+close is answered with a close), and drops the unfinished message: ``websockets`` fails such a
+connection with 1002 ("incomplete fragmented message"), a protocol error the client did not make
+(Autobahn|Testsuite case 7.1.5).
+
 And it holds a fragmented message in one growing buffer: uvicorn keeps a list of fragments, which a
 client could grow without bound with empty continuation frames (6 bytes each on the wire), since
 they add nothing to the message size that ``ws_max_size`` bounds.
@@ -42,8 +48,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from .. import metrics
 from ..conf import get_config
@@ -153,12 +160,31 @@ class _Flag:
         return True
 
 
+class _ServerProtocol(ServerProtocol):
+    """``websockets``' sans-I/O server protocol, except that a close frame received in the middle
+    of a fragmented message closes the connection normally: it is echoed, and the unfinished
+    message is never delivered. A close frame that is itself invalid still fails the connection
+    (1002, or 1007 for a reason that is not UTF-8), as ``websockets`` parses it first."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None  # the message being received ends here, undelivered
+        super().recv_frame(frame)
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol with the ``megaphone.write_frame`` extension, and
-    a lighter received-events queue and ``writable`` flag (4.8 KiB less per connection)."""
+    """uvicorn's sans-I/O WebSocket protocol with the ``megaphone.write_frame`` extension, a
+    lighter received-events queue and ``writable`` flag (4.8 KiB less per connection), and a
+    close frame between fragments answered as any other (see :class:`_ServerProtocol`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        built = self.conn  # as uvicorn configured it: extensions, size limits, logger
+        self.conn = _ServerProtocol(
+            extensions=built.available_extensions,
+            max_size=(built.max_message_size, built.max_fragment_size),
+            logger=built.logger,
+        )
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
         self.writable.set()
