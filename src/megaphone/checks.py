@@ -11,6 +11,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 
 from .backends import backend_from_url
 from .conf import TOPIC_OPTION_TYPES, get_config, unknown_keys
+from .origins import parse_pattern
 
 #: What a ``TOPICS`` pattern may hold: topic-name characters and the glob characters ``*?[]!``.
 _PATTERN = re.compile(r"[A-Za-z0-9_.:@=*?\[\]!-]{1,200}")
@@ -200,4 +201,61 @@ def check_publishing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                     id="megaphone.E031",
                 )
             )
+    return messages
+
+
+_ORIGIN_HINT = (
+    "List full origins, scheme and host (and port if not the default), no path, as in "
+    "CSRF_TRUSTED_ORIGINS: e.g. ['https://app.example.com', 'https://*.example.com', "
+    "'http://localhost:3000']."
+)
+
+
+@register("megaphone")
+def check_request_guards(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``ALLOWED_ORIGINS`` (``megaphone.E040``) and ``MAX_REQUEST_BODY`` (``megaphone.E041``,
+    ``megaphone.W041``)."""
+    messages: list[CheckMessage] = []
+    config = get_config()
+    origins = config.ALLOWED_ORIGINS
+    if not isinstance(origins, tuple):
+        messages.append(
+            Error(
+                f"MEGAPHONE['ALLOWED_ORIGINS'] must be a list of origins, not {origins!r}.",
+                hint=_ORIGIN_HINT,
+                id="megaphone.E040",
+            )
+        )
+    else:
+        for origin in origins:
+            if origin != "*" and (not isinstance(origin, str) or parse_pattern(origin) is None):
+                messages.append(
+                    Error(
+                        f"MEGAPHONE['ALLOWED_ORIGINS'] has {origin!r}, which is not a full origin.",
+                        hint=_ORIGIN_HINT,
+                        id="megaphone.E040",
+                    )
+                )
+    limit = config.MAX_REQUEST_BODY
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        messages.append(
+            Error(
+                f"MEGAPHONE['MAX_REQUEST_BODY'] must be a positive integer or None, not {limit!r}.",
+                id="megaphone.E041",
+            )
+        )
+    elif (
+        limit is not None
+        and isinstance(config.API_MAX_BODY_SIZE, int)
+        and (limit < config.API_MAX_BODY_SIZE)
+    ):
+        messages.append(
+            Warning(
+                f"MEGAPHONE['API_MAX_BODY_SIZE'] ({config.API_MAX_BODY_SIZE}) is over "
+                f"MAX_REQUEST_BODY ({limit}): HTTP API bodies between the two are refused "
+                "(413) before the API sees them.",
+                hint="Raise MAX_REQUEST_BODY, or lower API_MAX_BODY_SIZE to it.",
+                id="megaphone.W041",
+            )
+        )
     return messages

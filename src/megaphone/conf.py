@@ -61,9 +61,12 @@ class Config:
     DASHBOARD_INTERVAL: float = 2.0
     #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.tokens`.
     TOKEN_TTL: float = 300.0
-    #: Origins a browser page may connect from. ``None`` means the hosts in ``ALLOWED_HOSTS``.
-    #: A client that sends no Origin header (wscat, scripts, servers) is always accepted.
-    ALLOWED_ORIGINS: tuple[str, ...] | None = None
+    #: Origins a browser page may connect from besides the handshake's own (same scheme, host
+    #: and port, the host in ``ALLOWED_HOSTS``) and Django's ``CSRF_TRUSTED_ORIGINS``: full
+    #: origins as in the latter, e.g. ``["https://app.example.com", "https://*.example.com"]``;
+    #: ``["*"]`` allows every origin. A client that sends no Origin header (wscat, scripts,
+    #: servers) is always accepted. See :mod:`megaphone.origins`.
+    ALLOWED_ORIGINS: tuple[str, ...] = ()
     #: Seconds ``megaphone.publish()`` / ``apublish()`` wait for the backend to accept a message
     #: before raising :class:`megaphone.PublishUnavailable` (the message may still go out).
     PUBLISH_TIMEOUT: float = 5.0
@@ -79,6 +82,12 @@ class Config:
     #: HTTP API in bytes (each message is also held to ``MAX_MESSAGE_SIZE``).
     API_BATCH_MAX: int = 100
     API_MAX_BODY_SIZE: int = 4 * 1024 * 1024
+    #: Largest HTTP request body, in bytes, on every path of the application that
+    #: :func:`megaphone.asgi.application` builds (:class:`megaphone.bodylimit.RequestBodyLimit`):
+    #: over it, 413 before the body is read. As large as the HTTP API's ``API_MAX_BODY_SIZE``, the
+    #: largest body Megaphone's own views take; raise it if your views take larger uploads.
+    #: None: no limit (Django then reads, and spools to disk, any body).
+    MAX_REQUEST_BODY: int | None = 4 * 1024 * 1024
     #: Presence (who is subscribed) is tracked on every topic when True; ``TOPICS`` may turn it
     #: on or off per topic. Join/leave events are sent to subscribers when ``JOIN_LEAVE`` is True
     #: (they need presence on too).
@@ -117,8 +126,9 @@ def get_config() -> Config:
     """The effective configuration: defaults, then ``REDIS_URL``, then ``settings.MEGAPHONE``."""
     user = dict(getattr(settings, "MEGAPHONE", {}))
     values = {**DEFAULTS, **_defaults_from_environment(), **user}
-    if values["ALLOWED_ORIGINS"] is not None:
-        values["ALLOWED_ORIGINS"] = tuple(values["ALLOWED_ORIGINS"])
+    origins = values["ALLOWED_ORIGINS"]
+    if origins is None or isinstance(origins, list | set | frozenset):
+        values["ALLOWED_ORIGINS"] = tuple(origins or ())  # a string is left for the checks
     keys = values["API_KEYS"]
     if isinstance(keys, dict):
         values["API_KEYS"] = {key: tuple(patterns) for key, patterns in keys.items()}
