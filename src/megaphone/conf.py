@@ -79,15 +79,17 @@ class Config:
     API_RATE_LIMIT: float | None = 100.0
     API_RATE_BURST: int = 500
     #: Most messages in one ``POST api/publish/batch`` request, and largest request body of the
-    #: HTTP API in bytes (each message is also held to ``MAX_MESSAGE_SIZE``).
+    #: HTTP API in bytes (each message is also held to ``MAX_MESSAGE_SIZE``; a body is also held
+    #: to ``MAX_REQUEST_BODY``, before the API reads it).
     API_BATCH_MAX: int = 100
-    API_MAX_BODY_SIZE: int = 4 * 1024 * 1024
+    API_MAX_BODY_SIZE: int = 2621440
     #: Largest HTTP request body, in bytes, on every path of the application that
     #: :func:`megaphone.asgi.application` builds (:class:`megaphone.bodylimit.RequestBodyLimit`):
-    #: over it, 413 before the body is read. As large as the HTTP API's ``API_MAX_BODY_SIZE``, the
-    #: largest body Megaphone's own views take; raise it if your views take larger uploads.
-    #: None: no limit (Django then reads, and spools to disk, any body).
-    MAX_REQUEST_BODY: int | None = 4 * 1024 * 1024
+    #: over it, 413 before the body is read. 2.5 MiB, Django's ``FILE_UPLOAD_MAX_MEMORY_SIZE``
+    #: and ``DATA_UPLOAD_MAX_MEMORY_SIZE``: a body Django takes stays in memory, so no request
+    #: body touches the disk. Raise it if your views take larger uploads (Django spools those to
+    #: temporary files). None: no limit (Django reads, and spools to disk, any body).
+    MAX_REQUEST_BODY: int | None = 2621440
     #: Presence (who is subscribed) is tracked on every topic when True; ``TOPICS`` may turn it
     #: on or off per topic. Join/leave events are sent to subscribers when ``JOIN_LEAVE`` is True
     #: (they need presence on too).

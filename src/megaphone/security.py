@@ -28,6 +28,7 @@ from .origins import header, origin_allowed
 
 logger = get_logger("megaphone.security")
 
+
 async def refuse_handshake(
     scope: dict[str, Any],
     receive: Any,
