@@ -43,45 +43,47 @@ def reads_private_topic(socket: ClientConnection) -> bool:
     return any(f.get("type") == "message" and f.get("data") == "secret" for f in frames)
 
 
-@pytest.fixture
-def session(attacked: Start) -> tuple[ServerProcess, str, int]:
-    """A server that also trusts ``http://localhost:<listed>``, and alice's session cookie."""
-    listed = free_port()
-    server = attacked(ALLOWED_ORIGINS=[f"http://localhost:{listed}"])
+def alice_on(attacked: Start, **settings: object) -> tuple[ServerProcess, str]:
+    """A server with those ``MEGAPHONE`` settings, and the session cookie of alice (user 1)."""
+    server = attacked(**settings)
     create_superuser(server, "alice")
     alice = Browser(server)
     alice.log_in("alice")
-    return server, alice.cookie("sessionid"), listed
+    return server, alice.cookie("sessionid")
 
 
-def test_other_origins_of_the_same_host_are_refused_403(
-    session: tuple[ServerProcess, str, int],
-) -> None:
-    server, cookie, listed = session
+def assert_refused(server: ServerProcess, cookie: str, origin: str) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        open_with_cookie(server, cookie, origin)
+    assert refused.value.response.status_code == 403, origin
+
+
+def test_other_origins_of_the_same_host_are_refused_403(attacked: Start) -> None:
+    server, cookie = alice_on(attacked)
     port = server.port
     for origin in (
         f"http://127.0.0.1:{free_port()}",  # another port: another app on the same host
-        f"http://127.0.0.1:{listed}",  # the listed origin's port, on another host
         f"https://127.0.0.1:{port}",  # another scheme
         f"http://localhost:{port}",  # another host name (in ALLOWED_HOSTS) of the same machine
         "http://127.0.0.1",  # the default port
         f"http://127.0.0.1:{port}.evil.com",
         "null",  # a sandboxed frame or a file:// page
     ):
-        with pytest.raises(InvalidStatus) as refused:
-            open_with_cookie(server, cookie, origin)
-        assert refused.value.response.status_code == 403, origin
+        assert_refused(server, cookie, origin)
     assert "is not allowed" in server.log()
+    with open_with_cookie(server, cookie, f"http://127.0.0.1:{port}") as socket:
+        assert reads_private_topic(socket)  # the page's own origin: the user's socket
 
 
-def test_the_same_origin_and_a_listed_origin_read_the_private_topic(
-    session: tuple[ServerProcess, str, int],
-) -> None:
-    server, cookie, listed = session
+def test_a_listed_origin_reads_the_private_topic_and_only_it(attacked: Start) -> None:
+    listed = free_port()
+    server, cookie = alice_on(attacked, ALLOWED_ORIGINS=[f"http://localhost:{listed}"])
     for origin in (f"http://127.0.0.1:{server.port}", f"http://localhost:{listed}"):
         with open_with_cookie(server, cookie, origin) as socket:
             assert reads_private_topic(socket), origin
-    # The check proves the cookie matters: without it, the same page cannot read user:1.
+    assert_refused(server, cookie, f"http://127.0.0.1:{listed}")  # the listed port, another host
+    assert_refused(server, cookie, f"https://localhost:{listed}")
+    # The cookie is what the check protects: without it, the same page cannot read user:1.
     own = Origin(f"http://127.0.0.1:{server.port}")
     with connect(f"{server.ws_url}/ws/connect/", origin=own) as anonymous:
         assert not reads_private_topic(anonymous)
