@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from channels.routing import URLRouter
+from channels.routing import URLRouter  # type: ignore[import-untyped]
 from django.urls import URLPattern, re_path
 
 from .logs import get_logger
@@ -53,4 +53,5 @@ class WebSocketNotFound:
 def websocket_router(patterns: Sequence[URLPattern] = websocket_urlpatterns) -> URLRouter:
     """Channels' ``URLRouter`` over ``patterns``, then :class:`WebSocketNotFound` for any other
     path."""
-    return URLRouter([*patterns, re_path(r"", WebSocketNotFound())])
+    not_found = re_path(r"", WebSocketNotFound())  # type: ignore[arg-type]  # an ASGI app
+    return URLRouter([*patterns, not_found])
