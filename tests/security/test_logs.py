@@ -123,7 +123,7 @@ def test_a_token_is_never_logged_however_the_query_encodes_it(attacked: Start) -
     token = alice.token()
     for query in (
         f"token={token}",
-        f"%74oken={token}",  # the auth middleware decodes the name: it authenticates
+        f"%74oken={token}",  # the name percent-encoded: decoded, it is "token"
         f"a=1&%54OKEN={token}&b=2",
         f"to%6Ben={token}",
         f"api_key={token}",
