@@ -213,8 +213,8 @@ _ORIGIN_HINT = (
 
 @register("megaphone")
 def check_request_guards(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """``ALLOWED_ORIGINS`` (``megaphone.E040``) and ``MAX_REQUEST_BODY`` (``megaphone.E041``,
-    ``megaphone.W041``)."""
+    """``ALLOWED_ORIGINS`` (``megaphone.E040``, ``megaphone.W040``) and ``MAX_REQUEST_BODY``
+    (``megaphone.E041``, ``megaphone.W041``)."""
     messages: list[CheckMessage] = []
     config = get_config()
     origins = config.ALLOWED_ORIGINS
@@ -227,6 +227,15 @@ def check_request_guards(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             )
         )
     else:
+        if "*" in origins:
+            messages.append(
+                Warning(
+                    "MEGAPHONE['ALLOWED_ORIGINS'] has '*': a page on any site can open a "
+                    "WebSocket with your users' cookies and read what they may read.",
+                    hint="List the origins of your pages instead. " + _ORIGIN_HINT,
+                    id="megaphone.W040",
+                )
+            )
         for origin in origins:
             if origin != "*" and (not isinstance(origin, str) or parse_pattern(origin) is None):
                 messages.append(
