@@ -1,8 +1,9 @@
 """Who is connecting: Django sessions for browser pages, signed tokens for other clients.
 
-Wrap the WebSocket routes in :func:`AuthMiddlewareStack`::
+:func:`megaphone.asgi.application` wraps the WebSocket routes in :func:`AuthMiddlewareStack`,
+behind the Origin check and the connection limit::
 
-    "websocket": OriginValidator(ConnectionLimiter(AuthMiddlewareStack(URLRouter(routes)))),
+    "websocket": OriginValidator(ConnectionLimiter(AuthMiddlewareStack(websocket_router()))),
 
 A browser page sends the session cookie, and ``scope["user"]`` is its user (Channels'
 ``AuthMiddlewareStack``). A client with ``?token=<token>`` in its URL (see
