@@ -11,5 +11,10 @@ class MegaphoneConfig(AppConfig):
 
         from . import checks  # noqa: F401  (registers the system checks)
         from .auth import on_user_logged_out
+        from .logs import ensure_request_errors_logged, install_server_log_filters
 
         user_logged_out.connect(on_user_logged_out, dispatch_uid="megaphone.logout")
+        # Whatever serves the project: server log lines escaped and without secrets, and HTTP
+        # 500s logged (see megaphone.logs).
+        install_server_log_filters()
+        ensure_request_errors_logged()

@@ -1,8 +1,9 @@
 """Who is connecting: Django sessions for browser pages, signed tokens for other clients.
 
-Wrap the WebSocket routes in :func:`AuthMiddlewareStack`::
+:func:`megaphone.asgi.application` wraps the WebSocket routes in :func:`AuthMiddlewareStack`,
+behind the Origin check and the connection limit::
 
-    "websocket": OriginValidator(ConnectionLimiter(AuthMiddlewareStack(URLRouter(routes)))),
+    "websocket": OriginValidator(ConnectionLimiter(AuthMiddlewareStack(websocket_router()))),
 
 A browser page sends the session cookie, and ``scope["user"]`` is its user (Channels'
 ``AuthMiddlewareStack``). A client with ``?token=<token>`` in its URL (see
@@ -18,14 +19,12 @@ keep ``TOKEN_TTL`` short.
 
 from __future__ import annotations
 
-import logging
 from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack as ChannelsAuthMiddlewareStack
 from channels.db import database_sync_to_async
-from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest, JsonResponse
@@ -33,11 +32,12 @@ from django.http.cookie import parse_cookie
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from . import metrics
 from .conf import get_config
+from .logs import get_logger
+from .security import refuse_handshake
 from .tokens import InvalidToken, issue_token, verify_token
 
-logger = logging.getLogger("megaphone.auth")
+logger = get_logger("megaphone.auth")
 
 #: The scope key holding a token-authenticated connection's expiry (seconds since the epoch).
 TOKEN_EXPIRES = "megaphone.token_expires"
@@ -122,9 +122,9 @@ class TokenAuthMiddleware:
                     else:
                         scope = {**scope, "user": user, TOKEN_EXPIRES: claims.expires_at}
                 if refusal is not None:
-                    logger.warning("refused WebSocket handshake on %s: %s", scope["path"], refusal)
-                    metrics.REFUSALS.labels("token").inc()
-                    return await WebsocketDenier()(scope, receive, send)
+                    return await refuse_handshake(
+                        scope, receive, send, reason=refusal, label="token", log=logger
+                    )
         return await self.inner(scope, receive, send)
 
 

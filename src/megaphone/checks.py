@@ -12,6 +12,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from .backends import backend_from_url
 from .conf import DEFAULTS, TOPIC_OPTION_TYPES, get_config, unknown_keys
 from .decoding import invalid_strings
+from .origins import parse_pattern
 
 #: What a ``TOPICS`` pattern may hold: topic-name characters and the glob characters ``*?[]!``.
 _PATTERN = re.compile(r"[A-Za-z0-9_.:@=*?\[\]!-]{1,200}")
@@ -85,7 +86,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 @register("megaphone")
 def check_text(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Every string in the settings is valid Unicode (``megaphone.E040``): a lone surrogate,
+    """Every string in the settings is valid Unicode (``megaphone.E042``): a lone surrogate,
     from a ``"\\ud800"`` escape or from undecodable bytes in an environment variable (Python
     reads them with ``surrogateescape``), cannot be encoded for Redis, a database or a client."""
     config = get_config()
@@ -94,7 +95,7 @@ def check_text(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             f"{where} holds text that is not valid Unicode (a lone surrogate).",
             hint="Fix the setting, or the environment variable it comes from (REDIS_URL, for one):"
             " it must be valid UTF-8.",
-            id="megaphone.E040",
+            id="megaphone.E042",
         )
         for name in DEFAULTS
         for where in invalid_strings(getattr(config, name), f"MEGAPHONE[{name!r}]")
@@ -219,4 +220,70 @@ def check_publishing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                     id="megaphone.E031",
                 )
             )
+    return messages
+
+
+_ORIGIN_HINT = (
+    "List full origins, scheme and host (and port if not the default), no path, as in "
+    "CSRF_TRUSTED_ORIGINS: e.g. ['https://app.example.com', 'https://*.example.com', "
+    "'http://localhost:3000']."
+)
+
+
+@register("megaphone")
+def check_request_guards(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``ALLOWED_ORIGINS`` (``megaphone.E040``, ``megaphone.W040``) and ``MAX_REQUEST_BODY``
+    (``megaphone.E041``, ``megaphone.W041``)."""
+    messages: list[CheckMessage] = []
+    config = get_config()
+    origins = config.ALLOWED_ORIGINS
+    if not isinstance(origins, tuple):
+        messages.append(
+            Error(
+                f"MEGAPHONE['ALLOWED_ORIGINS'] must be a list of origins, not {origins!r}.",
+                hint=_ORIGIN_HINT,
+                id="megaphone.E040",
+            )
+        )
+    else:
+        if "*" in origins:
+            messages.append(
+                Warning(
+                    "MEGAPHONE['ALLOWED_ORIGINS'] has '*': a page on any site can open a "
+                    "WebSocket with your users' cookies and read what they may read.",
+                    hint="List the origins of your pages instead. " + _ORIGIN_HINT,
+                    id="megaphone.W040",
+                )
+            )
+        for origin in origins:
+            if origin != "*" and (not isinstance(origin, str) or parse_pattern(origin) is None):
+                messages.append(
+                    Error(
+                        f"MEGAPHONE['ALLOWED_ORIGINS'] has {origin!r}, which is not a full origin.",
+                        hint=_ORIGIN_HINT,
+                        id="megaphone.E040",
+                    )
+                )
+    limit = config.MAX_REQUEST_BODY
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        messages.append(
+            Error(
+                f"MEGAPHONE['MAX_REQUEST_BODY'] must be a positive integer or None, not {limit!r}.",
+                id="megaphone.E041",
+            )
+        )
+    elif (
+        limit is not None
+        and isinstance(config.API_MAX_BODY_SIZE, int)
+        and (limit < config.API_MAX_BODY_SIZE)
+    ):
+        messages.append(
+            Warning(
+                f"MEGAPHONE['API_MAX_BODY_SIZE'] ({config.API_MAX_BODY_SIZE}) is over "
+                f"MAX_REQUEST_BODY ({limit}): HTTP API bodies between the two are refused "
+                "(413) before the API sees them.",
+                hint="Raise MAX_REQUEST_BODY, or lower API_MAX_BODY_SIZE to it.",
+                id="megaphone.W041",
+            )
+        )
     return messages

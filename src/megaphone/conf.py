@@ -61,9 +61,12 @@ class Config:
     DASHBOARD_INTERVAL: float = 2.0
     #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.tokens`.
     TOKEN_TTL: float = 300.0
-    #: Origins a browser page may connect from. ``None`` means the hosts in ``ALLOWED_HOSTS``.
-    #: A client that sends no Origin header (wscat, scripts, servers) is always accepted.
-    ALLOWED_ORIGINS: tuple[str, ...] | None = None
+    #: Origins a browser page may connect from besides the handshake's own (same scheme, host
+    #: and port, the host in ``ALLOWED_HOSTS``) and Django's ``CSRF_TRUSTED_ORIGINS``: full
+    #: origins as in the latter, e.g. ``["https://app.example.com", "https://*.example.com"]``;
+    #: ``["*"]`` allows every origin. A client that sends no Origin header (wscat, scripts,
+    #: servers) is always accepted. See :mod:`megaphone.origins`.
+    ALLOWED_ORIGINS: tuple[str, ...] = ()
     #: Seconds ``megaphone.publish()`` / ``apublish()`` wait for the backend to accept a message
     #: before raising :class:`megaphone.PublishUnavailable` (the message may still go out).
     PUBLISH_TIMEOUT: float = 5.0
@@ -76,9 +79,17 @@ class Config:
     API_RATE_LIMIT: float | None = 100.0
     API_RATE_BURST: int = 500
     #: Most messages in one ``POST api/publish/batch`` request, and largest request body of the
-    #: HTTP API in bytes (each message is also held to ``MAX_MESSAGE_SIZE``).
+    #: HTTP API in bytes (each message is also held to ``MAX_MESSAGE_SIZE``; a body is also held
+    #: to ``MAX_REQUEST_BODY``, before the API reads it).
     API_BATCH_MAX: int = 100
-    API_MAX_BODY_SIZE: int = 4 * 1024 * 1024
+    API_MAX_BODY_SIZE: int = 2621440
+    #: Largest HTTP request body, in bytes, on every path of the application that
+    #: :func:`megaphone.asgi.application` builds (:class:`megaphone.bodylimit.RequestBodyLimit`):
+    #: over it, 413 before the body is read. 2.5 MiB, Django's ``FILE_UPLOAD_MAX_MEMORY_SIZE``
+    #: and ``DATA_UPLOAD_MAX_MEMORY_SIZE``: a body Django takes stays in memory, so no request
+    #: body touches the disk. Raise it if your views take larger uploads (Django spools those to
+    #: temporary files). None: no limit (Django reads, and spools to disk, any body).
+    MAX_REQUEST_BODY: int | None = 2621440
     #: Presence (who is subscribed) is tracked on every topic when True; ``TOPICS`` may turn it
     #: on or off per topic. Join/leave events are sent to subscribers when ``JOIN_LEAVE`` is True
     #: (they need presence on too).
@@ -117,8 +128,9 @@ def get_config() -> Config:
     """The effective configuration: defaults, then ``REDIS_URL``, then ``settings.MEGAPHONE``."""
     user = dict(getattr(settings, "MEGAPHONE", {}))
     values = {**DEFAULTS, **_defaults_from_environment(), **user}
-    if values["ALLOWED_ORIGINS"] is not None:
-        values["ALLOWED_ORIGINS"] = tuple(values["ALLOWED_ORIGINS"])
+    origins = values["ALLOWED_ORIGINS"]
+    if origins is None or isinstance(origins, list | set | frozenset):
+        values["ALLOWED_ORIGINS"] = tuple(origins or ())  # a string is left for the checks
     keys = values["API_KEYS"]
     if isinstance(keys, dict):
         values["API_KEYS"] = {key: tuple(patterns) for key, patterns in keys.items()}

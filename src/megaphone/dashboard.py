@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import socket
 from typing import TYPE_CHECKING
@@ -23,11 +22,12 @@ from django.shortcuts import render
 from prometheus_client import REGISTRY
 
 from .backends import BackendUnavailable
+from .logs import get_logger
 
 if TYPE_CHECKING:
     from .node import Node
 
-logger = logging.getLogger("megaphone.dashboard")
+logger = get_logger("megaphone.dashboard")
 
 STATS_TOPIC = "_megaphone.stats"
 BUSIEST = 10

@@ -21,7 +21,6 @@ import base64
 import binascii
 import hmac
 import json
-import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -35,13 +34,14 @@ from django.views.decorators.csrf import csrf_exempt
 from .backends import Backend, BackendUnavailable
 from .conf import get_config, topic_options
 from .decoding import InvalidText, decode_json, strict_query
+from .logs import get_logger
 from .message import Message
 from .node import get_node
 from .protocol import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_INT_ID, message_json
 from .publishing import InvalidMessage, PublishError, apublish, prepare
 from .topics import InvalidTopic, validate_topic
 
-logger = logging.getLogger("megaphone.http_api")
+logger = get_logger("megaphone.http_api")
 
 
 class Code:

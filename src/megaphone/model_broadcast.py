@@ -25,7 +25,6 @@ either.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -33,9 +32,10 @@ from typing import Any, TypeVar
 from django.db import models, transaction
 from django.db.models.signals import post_delete, post_save
 
+from .logs import get_logger
 from .publishing import PublishError, apublish_prepared, prepare, publish_prepared
 
-logger = logging.getLogger("megaphone.model_broadcast")
+logger = get_logger("megaphone.model_broadcast")
 
 EVENTS = ("created", "updated", "deleted")
 ModelT = TypeVar("ModelT", bound=type[models.Model])

@@ -1,30 +1,57 @@
-"""WebSocket URL patterns. Route them in your ASGI ``ProtocolTypeRouter``, not in ``urls.py``::
+"""WebSocket URL patterns. Route them in your ASGI ``ProtocolTypeRouter``, not in ``urls.py``.
 
-    from channels.routing import ProtocolTypeRouter, URLRouter
-    from django.core.asgi import get_asgi_application
+:func:`megaphone.asgi.application` builds the whole recommended stack, these routes included::
 
-    django_asgi_app = get_asgi_application()  # first: it sets Django up
+    # mysite/asgi.py
+    import os
 
-    from megaphone.routing import websocket_urlpatterns
-    from megaphone.auth import AuthMiddlewareStack
-from megaphone.security import ConnectionLimiter, OriginValidator
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
 
-    application = ProtocolTypeRouter({
-        "http": django_asgi_app,
-        "websocket": OriginValidator(
-        ConnectionLimiter(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
-    ),
-    })
+    import megaphone.asgi
 
-``OriginValidator`` refuses browser pages from foreign sites; see :mod:`megaphone.security`.
+    application = megaphone.asgi.application()
+
+To add routes of your own, pass ``websocket_urlpatterns=[*websocket_urlpatterns, *yours]``.
+:func:`websocket_router` is the router it uses: those patterns, then :class:`WebSocketNotFound`
+for any other path, so an unknown path is refused with HTTP 403 and one log line (Channels'
+``URLRouter`` alone raises, and the server answers 500 with a traceback in the log). 403, not
+404: a handshake closed before it is accepted is a 403 on every ASGI server, and the log line
+says why.
 """
 
-from django.urls import re_path
+from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from channels.routing import URLRouter  # type: ignore[import-untyped]
+from django.urls import URLPattern, re_path
+
+from .logs import get_logger
+from .security import refuse_handshake
 from .transports.channels import BroadcastConsumer, ProtocolConsumer
+
+logger = get_logger("megaphone.routing")
 
 websocket_urlpatterns = [
     re_path(r"^ws/broadcast/$", BroadcastConsumer.as_asgi()),
     re_path(r"^ws/broadcast/(?P<topic>[^/]+)/$", BroadcastConsumer.as_asgi()),
     re_path(r"^ws/connect/$", ProtocolConsumer.as_asgi()),
 ]
+
+
+class WebSocketNotFound:
+    """ASGI application: refuses any WebSocket handshake with HTTP 403, logging one line:
+    ``refused WebSocket handshake on <path>: no such endpoint``."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await refuse_handshake(
+            scope, receive, send, reason="no such endpoint", label="not_found", log=logger
+        )
+
+
+def websocket_router(patterns: Sequence[URLPattern] = websocket_urlpatterns) -> URLRouter:
+    """Channels' ``URLRouter`` over ``patterns``, then :class:`WebSocketNotFound` for any other
+    path."""
+    not_found = re_path(r"", WebSocketNotFound())  # type: ignore[arg-type]  # an ASGI app
+    return URLRouter([*patterns, not_found])

@@ -2,11 +2,17 @@
 
 :class:`ConnectionLimiter` caps open connections per client address (``MAX_CONNECTIONS_PER_IP``).
 
-:class:`OriginValidator` refuses (HTTP 403) a handshake whose ``Origin`` header names a site that
-is not allowed, so a page on a foreign site cannot open a socket with the visitor's cookies
-(cross-site WebSocket hijacking). Unlike Channels' ``AllowedHostsOriginValidator``, a handshake
-with *no* Origin header is accepted: browsers always send one, so its absence means a non-browser
-client (wscat, a script, a server), which cookies do not follow.
+:class:`OriginValidator` refuses (HTTP 403) a handshake whose ``Origin`` header names another
+origin than the handshake's own (scheme, host and port) and than those the settings list, so a
+page on a foreign site, or on another port or scheme of the same host, cannot open a socket with
+the visitor's cookies (cross-site WebSocket hijacking); the rule is in :mod:`megaphone.origins`.
+Unlike Channels' ``AllowedHostsOriginValidator``, a handshake with *no* Origin header is accepted:
+browsers always send one, so its absence means a non-browser client (wscat, a script, a server),
+which cookies do not follow.
+
+:func:`refuse_handshake` is how every Megaphone check refuses a handshake: one log line with the
+reason (see :func:`megaphone.logs.log_refusal`), a count in ``megaphone_refusals_total``, and
+HTTP 403 (what the ASGI spec gives a handshake closed before it is accepted, on every server).
 """
 
 from __future__ import annotations
@@ -14,43 +20,31 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from typing import Any
-from urllib.parse import urlsplit
-
-from channels.security.websocket import WebsocketDenier
-from django.conf import settings
-from django.http.request import validate_host
 
 from . import metrics
 from .conf import get_config
+from .logs import get_logger, log_refusal
+from .origins import header, origin_allowed
 
-logger = logging.getLogger("megaphone.security")
-
-# What Django's own host check allows when DEBUG is on and ALLOWED_HOSTS is empty.
-_DEBUG_HOSTS = [".localhost", "127.0.0.1", "[::1]"]
-
-
-def origin_allowed(origin: str) -> bool:
-    """Whether a browser page from ``origin`` (e.g. ``https://example.com:8443``) may connect."""
-    allowed_origins = get_config().ALLOWED_ORIGINS
-    if allowed_origins is not None:
-        return "*" in allowed_origins or origin in allowed_origins
-    try:
-        host = urlsplit(origin).hostname
-    except ValueError:
-        return False
-    if not host:  # "null" (sandboxed pages, file://) and other non-URLs
-        return False
-    if ":" in host:
-        host = f"[{host}]"
-    allowed_hosts = settings.ALLOWED_HOSTS or (_DEBUG_HOSTS if settings.DEBUG else [])
-    return validate_host(host, allowed_hosts)
+logger = get_logger("megaphone.security")
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
+async def refuse_handshake(
+    scope: dict[str, Any],
+    receive: Any,
+    send: Any,
+    *,
+    reason: str,
+    label: str,
+    log: logging.Logger = logger,
+) -> None:
+    """Refuse the WebSocket handshake of ``scope`` before accepting it (HTTP 403): log
+    ``reason`` once on ``log`` and count it under ``label``."""
+    log_refusal(log, scope, reason)
+    metrics.REFUSALS.labels(label).inc()
+    message = await receive()
+    if message["type"] == "websocket.connect":  # else the client left already
+        await send({"type": "websocket.close"})
 
 
 class OriginValidator:
@@ -61,15 +55,11 @@ class OriginValidator:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] == "websocket":
-            origin = _header(scope, b"origin")
-            if origin is not None and not origin_allowed(origin):
-                logger.warning(
-                    "refused WebSocket handshake on %s: Origin %r is not allowed",
-                    scope.get("path"),
-                    origin[:200],
-                )
-                metrics.REFUSALS.labels("origin").inc()
-                return await WebsocketDenier()(scope, receive, send)
+            origin = header(scope, b"origin")
+            if origin is not None and not origin_allowed(origin, scope):
+                host = header(scope, b"host")
+                reason = f"Origin {origin!r} is not allowed (Host {host!r})"
+                return await refuse_handshake(scope, receive, send, reason=reason, label="origin")
         return await self.application(scope, receive, send)
 
 
@@ -87,14 +77,10 @@ class ConnectionLimiter:
         address = (scope.get("client") or ("unknown",))[0]
         limit = get_config().MAX_CONNECTIONS_PER_IP
         if limit and self.open[address] >= limit:
-            logger.warning(
-                "refused WebSocket handshake on %s: %s already has %d connections",
-                scope.get("path"),
-                address,
-                limit,
+            reason = f"{address} already has {limit} connections"
+            return await refuse_handshake(
+                scope, receive, send, reason=reason, label="connections_per_ip"
             )
-            metrics.REFUSALS.labels("connections_per_ip").inc()
-            return await WebsocketDenier()(scope, receive, send)
         self.open[address] += 1
         try:
             return await self.application(scope, receive, send)

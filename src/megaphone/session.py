@@ -16,11 +16,11 @@ resubscribes from its position, which answers ``recovered: false`` if the gap is
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from .backends import BackendUnavailable, HistoryPage
 from .conf import get_config, topic_options
+from .logs import get_logger
 from .message import Message, raw_frame
 from .node import Node
 from .permissions import Action, allowed
@@ -46,7 +46,7 @@ from .protocol import (
 from .ratelimit import TokenBucket
 from .transports.connection import Connection
 
-logger = logging.getLogger("megaphone.session")
+logger = get_logger("megaphone.session")
 
 
 class Subscription:

@@ -87,7 +87,12 @@ async def test_foreign_origin_is_refused_no_origin_and_own_origin_accepted() -> 
     communicator = WebsocketCommunicator(application, path(), [(b"origin", b"https://evil.com")])
     connected, _ = await communicator.connect(timeout=5)
     assert not connected
-    own = await connect(path(), [(b"origin", b"http://127.0.0.1:8000")])
+    own_origin = [(b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8000")]
+    own = await connect(path(), own_origin)
+    other_port = [(b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8001")]
+    communicator = WebsocketCommunicator(application, path(), other_port)
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
     none = await connect(path())
     await own.disconnect()
     await none.disconnect()

@@ -20,19 +20,27 @@ Start = Callable[..., ServerProcess]
 
 @pytest.fixture
 def attacked(server_factory: Callable[..., ServerProcess]) -> Start:
-    """``attacked(workers=1, backend=None, **settings)`` starts the example project with those
-    ``MEGAPHONE`` settings on top of its own (and no dashboard publisher, so counters count only
-    what the test does); ``backend`` is a backend URL (a private Redis's, say)."""
+    """``attacked(workers=1, backend=None, env=None, **settings)`` starts the example project
+    with those ``MEGAPHONE`` settings on top of its own (and no dashboard publisher, so counters
+    count only what the test does); ``backend`` is a backend URL (a private Redis's, say);
+    ``env``, more environment variables for the server (``DJANGO_SETTINGS_MODULE`` too)."""
 
-    def start(*, workers: int = 1, backend: str | None = None, **settings: object) -> ServerProcess:
+    def start(
+        *,
+        workers: int = 1,
+        backend: str | None = None,
+        env: dict[str, str] | None = None,
+        **settings: object,
+    ) -> ServerProcess:
         overrides = {"DASHBOARD_INTERVAL": 0, **settings}
         if backend is not None:
             overrides["BACKEND"] = backend
-        env = {
+        environment = {
             "DJANGO_SETTINGS_MODULE": "tests.e2e.hardening_settings",
             "PYTHONPATH": str(ROOT),
             "MEGAPHONE_OVERRIDES": json.dumps(overrides),
+            **(env or {}),
         }
-        return server_factory(workers=workers, env=env)
+        return server_factory(workers=workers, env=environment)
 
     return start

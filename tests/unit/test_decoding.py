@@ -2,7 +2,7 @@
 
 Text that is not valid Unicode (a lone surrogate, which Python's ``json`` decodes from a
 ``"\\ud800"`` escape) is refused where it enters: protocol frames (``bad_request``), Python-side
-publishes (``InvalidMessage``), the node (``InvalidText``), settings (``megaphone.E040``).
+publishes (``InvalidMessage``), the node (``InvalidText``), settings (``megaphone.E042``).
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def test_settings_holding_invalid_text_are_a_system_error() -> None:
     settings = {"API_KEYS": {"key-\udcff-0123456789": ["*"]}, "TOPICS": {"a\ud800*": {}}}
     assert list(invalid_strings(settings, "S")) == ["S['API_KEYS'] (a key)", "S['TOPICS'] (a key)"]
     with override_settings(MEGAPHONE=settings):
-        errors = [e for e in run_checks() if e.id == "megaphone.E040"]
+        errors = [e for e in run_checks() if e.id == "megaphone.E042"]
     assert len(errors) == 2
     assert "MEGAPHONE['API_KEYS']" in errors[0].msg and "MEGAPHONE['TOPICS']" in errors[1].msg
     with override_settings(MEGAPHONE={"API_KEYS": ["fine-é-0123456789abcdef"]}):
-        assert not [e for e in run_checks() if e.id == "megaphone.E040"]
+        assert not [e for e in run_checks() if e.id == "megaphone.E042"]

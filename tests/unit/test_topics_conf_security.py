@@ -1,4 +1,4 @@
-"""Tier 1: topic names, settings, the Origin policy and the system checks."""
+"""Tier 1: topic names, settings, the Origin policy (megaphone.origins) and the system checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from django.core.checks import run_checks
 from django.test import override_settings
 
 from megaphone.conf import DEFAULTS, get_config
-from megaphone.security import origin_allowed
+from megaphone.origins import origin_allowed
 from megaphone.topics import InvalidTopic, validate_topic
 
 
@@ -51,28 +51,114 @@ def test_redis_url_environment_selects_the_backend(monkeypatch: pytest.MonkeyPat
     assert get_config().BACKEND == "memory://"
 
 
+def scope(host: str, scheme: str = "ws", **headers: str) -> dict[str, object]:
+    """A WebSocket handshake's scope with that Host (and headers)."""
+    pairs = [(b"host", host.encode())] + [
+        (name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()
+    ]
+    return {"type": "websocket", "scheme": scheme, "headers": pairs}
+
+
 @override_settings(ALLOWED_HOSTS=["example.com", ".example.org"], DEBUG=False)
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme", "allowed"),
+    [
+        ("https://example.com", "example.com", "wss", True),
+        ("https://example.com", "example.com:443", "wss", True),  # default port
+        ("https://example.com:443", "example.com", "wss", True),
+        ("http://example.com:8000", "example.com:8000", "ws", True),
+        ("HTTPS://EXAMPLE.COM", "Example.com", "wss", True),
+        ("https://www.example.org", "www.example.org", "wss", True),
+        ("http://example.com:8001", "example.com:8000", "ws", False),  # another port
+        ("http://example.com", "example.com", "wss", False),  # another scheme
+        ("https://example.com", "example.com", "ws", False),
+        ("https://www.example.org", "example.org", "wss", False),  # another host
+        ("https://evil.com", "evil.com", "wss", False),  # Host not in ALLOWED_HOSTS
+        ("https://example.com.evil.com", "example.com", "wss", False),
+        ("https://user@example.com", "example.com", "wss", False),
+        ("https://example.com/", "example.com", "wss", False),
+        ("null", "example.com", "wss", False),
+        ("", "example.com", "wss", False),
+        ("not a url", "example.com", "wss", False),
+        ("https://example.com", "", "wss", False),
+    ],
+)
+def test_origin_is_the_handshakes_own(origin: str, host: str, scheme: str, allowed: bool) -> None:
+    assert origin_allowed(origin, scope(host, scheme)) is allowed
+
+
+@override_settings(
+    ALLOWED_HOSTS=["example.com"],
+    SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"),
+    USE_X_FORWARDED_HOST=True,
+)
+def test_origin_behind_a_proxy_follows_djangos_proxy_settings() -> None:
+    proxied = scope("backend:8000", "ws", x_forwarded_proto="https", x_forwarded_host="example.com")
+    assert origin_allowed("https://example.com", proxied)
+    assert not origin_allowed("http://example.com", proxied)
+
+
+@override_settings(
+    ALLOWED_HOSTS=["example.com"],
+    CSRF_TRUSTED_ORIGINS=["https://*.trusted.org"],
+    MEGAPHONE={"ALLOWED_ORIGINS": ["https://app.example.net", "http://localhost:3000"]},
+)
 @pytest.mark.parametrize(
     ("origin", "allowed"),
     [
-        ("https://example.com", True),
-        ("http://example.com:8000", True),
-        ("https://www.example.org", True),
-        ("https://evil.com", False),
-        ("https://example.com.evil.com", False),
-        ("null", False),
-        ("", False),
-        ("not a url", False),
+        ("https://app.example.net", True),
+        ("https://app.example.net:443", True),
+        ("http://app.example.net", False),
+        ("https://app.example.net:8443", False),
+        ("http://localhost:3000", True),
+        ("http://localhost:3001", False),
+        ("https://trusted.org", True),
+        ("https://a.b.trusted.org", True),
+        ("https://untrusted.org", False),
+        ("http://a.trusted.org", False),
     ],
 )
-def test_origin_follows_allowed_hosts(origin: str, allowed: bool) -> None:
-    assert origin_allowed(origin) is allowed
+def test_listed_origins(origin: str, allowed: bool) -> None:
+    assert origin_allowed(origin, scope("example.com", "wss")) is allowed
 
 
-@override_settings(MEGAPHONE={"ALLOWED_ORIGINS": ["https://app.example.com"]})
-def test_explicit_allowed_origins_win() -> None:
-    assert origin_allowed("https://app.example.com")
-    assert not origin_allowed("http://app.example.com")
+@override_settings(MEGAPHONE={"ALLOWED_ORIGINS": "https://*.example.com"})
+def test_allowed_origins_as_a_string_allows_nothing_and_is_reported() -> None:
+    assert not origin_allowed("https://evil.com", scope("example.com"))
+    assert "megaphone.E040" in ids()
+
+
+@pytest.mark.parametrize(
+    ("origins", "error"),
+    [
+        (["https://app.example.com", "https://*.example.com", "http://[::1]:8000"], False),
+        (["*"], False),
+        (["app.example.com"], True),
+        (["https://app.example.com/"], True),
+        (["https://app.example.com/path"], True),
+        (["ftp://app.example.com"], True),
+        (["null"], True),
+    ],
+)
+def test_check_allowed_origins_wants_full_origins(origins: list[str], error: bool) -> None:
+    with override_settings(MEGAPHONE={"ALLOWED_ORIGINS": origins}):
+        assert ("megaphone.E040" in ids()) is error
+        assert ("megaphone.W040" in ids()) is ("*" in origins)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"MAX_REQUEST_BODY": None}, set()),
+        ({"MAX_REQUEST_BODY": 0}, {"megaphone.E041"}),
+        ({"MAX_REQUEST_BODY": "big"}, {"megaphone.E041"}),
+        ({"MAX_REQUEST_BODY": 1024}, {"megaphone.W041"}),  # under API_MAX_BODY_SIZE
+        ({"MAX_REQUEST_BODY": 1024, "API_MAX_BODY_SIZE": 1024}, set()),
+    ],
+)
+def test_check_max_request_body(settings: dict[str, object], expected: set[str]) -> None:
+    with override_settings(MEGAPHONE=settings):
+        assert ids() & {"megaphone.E041", "megaphone.W041"} == expected
 
 
 def ids() -> set[str]:

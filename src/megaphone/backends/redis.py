@@ -58,7 +58,6 @@ import collections
 import contextlib
 import hashlib
 import json
-import logging
 import math
 import random
 import secrets
@@ -70,10 +69,11 @@ from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
 from ..decoding import InvalidText
+from ..logs import get_logger
 from ..message import Message
 from .base import Backend, BackendUnavailable, HistoryPage, MessageCallback
 
-logger = logging.getLogger("megaphone.backends.redis")
+logger = get_logger("megaphone.backends.redis")
 
 #: Most connections one backend instance opens for commands (the pub/sub one is extra).
 MAX_CONNECTIONS = 20

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 import time
 from typing import Any
@@ -27,6 +26,7 @@ from ..backends import BackendUnavailable
 from ..closecodes import CloseCode
 from ..conf import Config, get_config, topic_options
 from ..decoding import InvalidText, utf8_size
+from ..logs import get_logger, log_refusal
 from ..message import Encoder, Message, raw_frame
 from ..node import Node, get_node
 from ..permissions import allowed
@@ -37,7 +37,7 @@ from ..topics import InvalidTopic, validate_topic
 from .connection import Connection
 from .frames import frame_writer
 
-logger = logging.getLogger("megaphone.transports.channels")
+logger = get_logger("megaphone.transports.channels")
 
 #: The topic of ``/ws/broadcast/``.
 DEFAULT_TOPIC = "broadcast"
@@ -128,7 +128,7 @@ class _Endpoint(_DirectConsumer):
 
     async def _refuse(self, reason: str, label: str) -> None:
         """Refuse the handshake (HTTP 403), logging why and counting it by ``label``."""
-        logger.warning("refused WebSocket handshake on %s: %s", self.scope.get("path"), reason)
+        log_refusal(logger, self.scope, reason)
         metrics.REFUSALS.labels(label).inc()
         await self.close()
 

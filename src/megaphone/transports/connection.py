@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import metrics
+from ..logs import get_logger
 from ..message import Encoder, Message
 from ..outbox import Outbox
 from .frames import FrameWriter, event_frame, framed
 
-logger = logging.getLogger("megaphone.connection")
+logger = get_logger("megaphone.connection")
 
 Send = Callable[[Any], Awaitable[None]]
 

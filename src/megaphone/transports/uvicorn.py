@@ -36,14 +36,14 @@ they add nothing to the message size that ``ws_max_size`` bounds.
 :class:`HttpProtocol` (uvicorn's httptools protocol) drops a client that has not sent a whole
 request head (a WebSocket handshake, say) ``HANDSHAKE_TIMEOUT`` seconds after connecting or after
 starting a request: uvicorn alone keeps a silent socket, or half a request, open forever. And the
-handshake lines uvicorn logs never show a connection token (``?token=`` is redacted).
+lines uvicorn logs are escaped and never show a secret of the query string, such as a connection
+token, however it is encoded (``?%74oken=`` is redacted too; see :mod:`megaphone.logs`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -54,9 +54,10 @@ from websockets.server import ServerProtocol
 
 from .. import metrics
 from ..conf import get_config
+from ..logs import get_logger, install_server_log_filters
 from .frames import WRITE_FRAME_EXTENSION
 
-logger = logging.getLogger("megaphone.transports.uvicorn")
+logger = get_logger("megaphone.transports.uvicorn")
 
 #: Seconds a client has to answer the server's close frame before its socket is dropped.
 CLOSE_TIMEOUT = 10.0
@@ -71,10 +72,17 @@ class _LogNoise(logging.Filter):
     * ``websockets`` logs "connection open" and "connection closed", with no client, path or
       code, for every connection (uvicorn's ``[accepted]`` line and Megaphone's ``closed ...:
       code N`` line say who and why). At 1,000 connections per second they were half the log.
+      Likewise its "connection rejected (403 Forbidden)" for every refused handshake (Megaphone's
+      refusal line, or uvicorn's ``"WebSocket /path" 403``, says which and why).
     """
 
     NOISE = frozenset(
-        {"Invalid UTF-8 sequence received from client.", "connection open", "connection closed"}
+        {
+            "Invalid UTF-8 sequence received from client.",
+            "connection open",
+            "connection closed",
+            "connection rejected (%d %s)",
+        }
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -303,19 +311,6 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-_TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
-
-
-class _RedactTokens(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        return True
-
-
-# uvicorn logs each handshake (uvicorn.error) and request (uvicorn.access) with its query string.
-for _name in ("uvicorn.error", "uvicorn.access"):
-    logging.getLogger(_name).addFilter(_RedactTokens())
+# uvicorn logs each handshake (uvicorn.error) and request (uvicorn.access) with its path and
+# query string: escaped, secrets redacted, and a refusal Megaphone logged already dropped.
+install_server_log_filters()
