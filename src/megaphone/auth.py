@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack as ChannelsAuthMiddlewareStack
 from channels.db import database_sync_to_async
@@ -33,6 +32,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from .conf import get_config
+from .decoding import InvalidText, strict_query
 from .logs import get_logger
 from .security import refuse_handshake
 from .tokens import InvalidToken, issue_token, verify_token
@@ -108,7 +108,14 @@ class TokenAuthMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] == "websocket":
             query = scope.get("query_string", b"")
-            tokens = b"token=" in query and parse_qs(query.decode("latin-1")).get("token")
+            # Decoded as every other query (percent escapes in names too: ``?%74oken=``), so
+            # the parameter that authenticates is the one the logs redact.
+            try:
+                tokens = [v for k, v in strict_query(query.decode("latin-1")) if k == "token"]
+            except InvalidText as exc:
+                return await refuse_handshake(
+                    scope, receive, send, reason=str(exc), label="query", log=logger
+                )
             if tokens:
                 refusal = None
                 try:

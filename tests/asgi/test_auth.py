@@ -77,6 +77,18 @@ async def test_a_token_opens_its_owners_private_topic_only() -> None:
     assert not connected
 
 
+async def test_a_token_is_read_from_the_decoded_query_as_the_logs_redact_it() -> None:
+    """``?%74oken=`` is ``?token=``: one decoding decides both who connects and what is redacted;
+    a query that is not UTF-8 once decoded refuses the handshake."""
+    alice = await make_user("alice")
+    token = await database_sync_to_async(issue_token)(alice)
+    connected, own = await attempt(f"/ws/broadcast/user:{alice.pk}/?%74oken={token}")
+    assert connected
+    await own.disconnect()
+    connected, _ = await attempt(f"/ws/broadcast/?token={token}&x=%ED%A0%80")
+    assert not connected
+
+
 async def test_protocol_refuses_private_topics_with_forbidden_and_sends_nothing() -> None:
     alice = await make_user("alice")
     owner = await protocol(f"/ws/connect/?token={await database_sync_to_async(issue_token)(alice)}")
