@@ -388,8 +388,11 @@ class ProtocolConsumer(_Endpoint):
         try:
             await self.session.handle_text(payload)
         except RateLimitIgnored as exc:
-            logger.warning("closing a client on %s: %s", self.scope["path"], exc)
-            await self._close(CloseCode.RATE_LIMITED)
+            if self._closing is None:  # once: frames it sent before the close may follow
+                logger.warning("closing a client on %s: %s", self.scope["path"], exc)
+                self._closing = asyncio.get_running_loop().create_task(
+                    self._close(CloseCode.RATE_LIMITED)
+                )
 
     async def disconnect(self, code: int) -> None:
         session, self.session = self.session, None

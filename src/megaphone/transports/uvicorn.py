@@ -32,7 +32,10 @@ the application's own frames do: those written while the socket's buffer is over
 mark (the client is not reading) are counted, and past ``OUTBOX_MAX_MESSAGES`` pongs or
 ``OUTBOX_MAX_BYTES`` bytes the client is closed as a slow consumer (4408). uvicorn writes each
 pong at once, whatever the buffer holds: a client pinging without reading grew it without bound.
-After the server's close frame, pongs are dropped (nothing may follow a close frame).
+After the server's close frame, pongs are dropped (nothing may follow a close frame). And a
+connection the server closes for any reason (a dead connection, a broken frame, the client's own
+close) while its buffer holds what the client has not read is dropped :data:`CLOSE_TIMEOUT`
+seconds later: uvicorn would wait for the client to read it, forever.
 
 And it holds a fragmented message in one growing buffer: uvicorn keeps a list of fragments, which a
 client could grow without bound with empty continuation frames (6 bytes each on the wire), since
@@ -282,6 +285,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             logger.info("closing %s: no pong in time (dead connection)", self.client)
             metrics.CLOSES.labels("1011").inc()
         super().keepalive_timeout()
+        self._drop_if_stuck()
 
     def handle_parser_exception(self) -> None:
         # A frame the server refused before the application saw it: too big, not UTF-8, broken.
@@ -290,6 +294,26 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             logger.info("closing %s with %d: %s", self.client, code, reason)
             metrics.CLOSES.labels(str(code)).inc()
         super().handle_parser_exception()
+        self._drop_if_stuck()
+
+    def handle_close(self, event: Frame) -> None:
+        super().handle_close(event)
+        self._drop_if_stuck()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        self._drop_if_stuck()
+
+    def _drop_if_stuck(self) -> None:
+        """uvicorn's ``transport.close()`` waits for the client to read what the socket's buffer
+        holds first: for a client that stopped reading, forever, and the connection (its
+        application task too) is never released. Drop it :data:`CLOSE_TIMEOUT` seconds later."""
+        if (
+            self.close_timer is None  # else the server's close frame has its own deadline
+            and self.transport.is_closing()
+            and self.transport.get_write_buffer_size()
+        ):
+            self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
 
     def handle_cont(self, event: Frame) -> None:
         if event.data:
