@@ -108,6 +108,10 @@ class _Inbox:
         self._head = 0  # items before it were taken (a list, not a deque: a deque is 760 bytes)
         self._waiter: asyncio.Future[None] | None = None
 
+    def __len__(self) -> int:
+        """Events waiting to be taken."""
+        return len(self._items) - self._head
+
     def empty(self) -> bool:
         return self._head == len(self._items)
 
