@@ -30,7 +30,7 @@ from megaphone.closecodes import CloseCode
 from tests.conftest import ServerProcess, timeout
 from tests.e2e.browser import chromium
 from tests.e2e.rawws import PING, TEXT, RawClient, frame, rss_kib
-from tests.e2e.test_hardening import assert_served, peak_rss, scrape, value
+from tests.e2e.test_hardening import assert_served, metric_becomes, peak_rss, scrape, value
 
 from .conftest import Start
 
@@ -106,6 +106,25 @@ async def test_a_million_websocket_pings_never_read_close_4408_in_bounded_memory
     print(f"WebSocket pings: peak RSS growth {growth} KiB")
     assert growth < RSS_MARGIN
     assert "pongs unread" in server.log()
+
+
+async def test_a_dead_connection_with_unread_frames_is_released(attacked: Start) -> None:
+    # It does not answer the server's pings (closed with 1011) and has not read 6 MB of
+    # messages: uvicorn alone would wait forever for it to read them before letting it go.
+    server = attacked(PING_INTERVAL=1, PING_TIMEOUT=1)
+    url = f"{server.ws_url}/ws/broadcast/big/"
+    dead = RawClient(server.port, rcvbuf=4096)
+    assert dead.handshake("/ws/broadcast/big/") == 101
+    async with websockets.connect(url, max_queue=None) as publisher:
+        await metric_becomes(server, 2, "megaphone_connections")
+        for i in range(100):  # more than the socket buffers hold, less than an outbox
+            await publisher.send(f"{i} ".ljust(60_000, "x"))
+            await asyncio.wait_for(publisher.recv(), timeout(5))
+        await metric_becomes(server, 1, "megaphone_closes_total", seconds=10, code="1011")
+        await metric_becomes(server, 1, "megaphone_connections", seconds=30)
+        assert await asyncio.to_thread(dead.closed_by_server, timeout(5))
+        await assert_served(server)
+    dead.close()
 
 
 async def next_message(client: websockets.ClientConnection) -> dict[str, object]:
