@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from megaphone.transports.uvicorn import PARSE_SLICE, WebSocketProtocol
+from megaphone.transports.uvicorn import PARSE_SLICE, WebSocketProtocol, _Inbox
 from tests.conftest import free_port, timeout
 
 from .rawws import CLOSE, TEXT, RawClient, frame
@@ -47,14 +47,16 @@ async def test_received_frames_wait_unparsed_while_the_application_has_events_to
         assert await asyncio.to_thread(client.handshake, "/") == 101
         (protocol,) = server.server_state.connections
         assert isinstance(protocol, WebSocketProtocol)
+        inbox = protocol.queue
+        assert isinstance(inbox, _Inbox)
         # 700 KiB of small frames: the server reads some, then stops reading this socket.
         flood = b"".join(frame(TEXT, str(i).encode()) for i in range(COUNT))
         sending = asyncio.ensure_future(asyncio.to_thread(client.send, flood))
         deadline = time.monotonic() + timeout(10)
-        while not (protocol.read_paused and len(protocol.queue) > 1):
+        while not (protocol.read_paused and len(inbox) > 1):
             assert time.monotonic() < deadline, "the server read nothing"
             await asyncio.sleep(0.01)
-        assert len(protocol.queue) <= PARSE_SLICE // 6 + 1  # a frame is at least 6 bytes
+        assert len(inbox) <= PARSE_SLICE // 6 + 1  # a frame is at least 6 bytes
         release.set()  # the application takes them all: every frame, in order
         await asyncio.wait_for(sending, timeout(10))
         closing = await asyncio.to_thread(client.recv_frame, timeout(10))
