@@ -287,3 +287,50 @@ def check_request_guards(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             )
         )
     return messages
+
+
+@register("megaphone")
+def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The token buckets of each WebSocket connection: publishing, and subscribing."""
+    messages: list[CheckMessage] = []
+    config = get_config()
+    valid = True
+    for rate_name, burst_name in (
+        ("PUBLISH_RATE", "PUBLISH_BURST"),
+        ("SUBSCRIBE_RATE", "SUBSCRIBE_BURST"),
+    ):
+        rate, burst = getattr(config, rate_name), getattr(config, burst_name)
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate >= 0:
+            valid = False
+            messages.append(
+                Error(
+                    f"MEGAPHONE[{rate_name!r}] must be a number of requests per second, 0 for "
+                    f"no limit, not {rate!r}.",
+                    id="megaphone.E050",
+                )
+            )
+        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
+            valid = False
+            messages.append(
+                Error(
+                    f"MEGAPHONE[{burst_name!r}] must be a positive integer, not {burst!r}.",
+                    id="megaphone.E050",
+                )
+            )
+    subscriptions = config.MAX_SUBSCRIPTIONS
+    if (
+        valid
+        and config.SUBSCRIBE_RATE
+        and isinstance(subscriptions, int)
+        and subscriptions > config.SUBSCRIBE_BURST
+    ):
+        messages.append(
+            Warning(
+                f"MEGAPHONE['SUBSCRIBE_BURST'] ({config.SUBSCRIBE_BURST}) is below "
+                f"MAX_SUBSCRIPTIONS ({subscriptions}): a client resubscribing to all its "
+                "topics after a reconnect would get rate_limited.",
+                hint="Set SUBSCRIBE_BURST to at least MAX_SUBSCRIPTIONS.",
+                id="megaphone.W050",
+            )
+        )
+    return messages

@@ -24,4 +24,4 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4401  # missing, bad or expired credentials
     FORBIDDEN = 4403  # not allowed on this topic
     SLOW_CONSUMER = 4408  # the client fell more than the outbox bound behind
-    RATE_LIMITED = 4429  # published faster than allowed
+    RATE_LIMITED = 4429  # published (raw endpoint), or subscribed past rate_limited, too fast

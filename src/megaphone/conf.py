@@ -103,6 +103,13 @@ class Config:
     RECOVERY_MAX_MESSAGES: int = 1000
     #: Most topics one connection of the protocol endpoint (``/ws/connect/``) may subscribe to.
     MAX_SUBSCRIPTIONS: int = 256
+    #: Subscribe/unsubscribe-rate limit per connection of ``/ws/connect/``: a token bucket
+    #: refilled at SUBSCRIBE_RATE requests per second, holding at most SUBSCRIBE_BURST (enough
+    #: to resubscribe every topic after a reconnect). Over it, the request gets ``rate_limited``;
+    #: refusals are limited by a bucket of the same rate and burst, and a client past that one
+    #: too (it went on without waiting) is closed with 4429. 0 disables the limit.
+    SUBSCRIBE_RATE: float = 20.0
+    SUBSCRIBE_BURST: int = 512
     #: Per-topic overrides by glob pattern (``fnmatch``, case-sensitive), the first matching
     #: pattern in order wins, e.g. ``{"chat.*": {"history_size": 100, "presence": True}}``.
     #: Options: see :class:`TopicOptions`. Stored as a tuple of ``(pattern, options)`` pairs.

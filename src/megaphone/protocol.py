@@ -51,7 +51,7 @@ class Code:
     NOT_SUBSCRIBED = "not_subscribed"  # unsubscribe from a topic this connection is not on
     ALREADY_SUBSCRIBED = "already_subscribed"  # subscribe twice to one topic
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"  # over MAX_SUBSCRIPTIONS
-    RATE_LIMITED = "rate_limited"  # publishing faster than PUBLISH_RATE / PUBLISH_BURST
+    RATE_LIMITED = "rate_limited"  # over PUBLISH_RATE/PUBLISH_BURST or SUBSCRIBE_RATE/_BURST
     BACKEND_UNAVAILABLE = "backend_unavailable"  # try again later
     INSUFFICIENT_STATE = "insufficient_state"  # a live gap could not be filled: resubscribe
 

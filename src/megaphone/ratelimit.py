@@ -12,14 +12,14 @@ class TokenBucket:
     A ``rate`` of 0 disables the limit: every event is allowed.
     """
 
-    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
+    __slots__ = ("_stamp", "_tokens", "burst", "clock", "rate")
 
     def __init__(
         self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
-        self._clock = clock
+        self.clock = clock
         self._tokens = self.burst
         self._stamp = clock()
 
@@ -27,7 +27,7 @@ class TokenBucket:
         """Take one token if there is one; False means over the limit."""
         if not self.rate:
             return True
-        now = self._clock()
+        now = self.clock()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         if self._tokens >= 1.0:

@@ -96,6 +96,11 @@ class _PresenceListener:
         self.connection.deliver_as(message, raw_frame)
 
 
+class RateLimitIgnored(Exception):
+    """The client went on subscribing or unsubscribing through its ``rate_limited`` errors: the
+    transport closes its connection with 4429."""
+
+
 class Session:
     def __init__(
         self,
@@ -106,12 +111,22 @@ class Session:
         user: str | None = None,
         principal: Any = None,
         publish_limit: TokenBucket | None = None,
+        subscribe_limit: TokenBucket | None = None,
     ) -> None:
         """``user`` is the name shown in presence; ``principal`` the user object the permission
-        policy (:mod:`megaphone.permissions`) decides for (None or AnonymousUser: anonymous)."""
+        policy (:mod:`megaphone.permissions`) decides for (None or AnonymousUser: anonymous).
+        ``subscribe_limit`` is taken by every subscribe and unsubscribe request; the requests it
+        refuses are limited by a bucket of the same rate and burst, and past that the client is
+        to be closed (:class:`RateLimitIgnored`)."""
         self.node = node
         self.principal = principal
         self.publish_limit = publish_limit
+        self.subscribe_limit = subscribe_limit
+        self._refusals = (
+            None
+            if subscribe_limit is None
+            else TokenBucket(subscribe_limit.rate, subscribe_limit.burst, subscribe_limit.clock)
+        )
         self.connection = connection
         self.client = client
         self.user = user
@@ -129,7 +144,8 @@ class Session:
         self.connection.send_text(text)
 
     async def handle_text(self, text: str) -> None:
-        """Answer one client frame: a reply, or an ``error`` frame."""
+        """Answer one client frame: a reply, or an ``error`` frame. Raises
+        :class:`RateLimitIgnored` when the client must be closed for its subscribe rate."""
         request_id: int | str | None = None
         try:
             request = parse(text)
@@ -153,6 +169,8 @@ class Session:
             )
 
     async def _handle(self, request: Request) -> None:
+        if isinstance(request, (Subscribe, Unsubscribe)):
+            self._limit_subscribes(request.id)
         if isinstance(request, Publish):
             await self._publish(request)
         elif isinstance(request, Subscribe):
@@ -168,6 +186,16 @@ class Session:
             await self._presence(request)
         elif isinstance(request, Ping):
             self.send(frame("pong", id=request.id))
+
+    def _limit_subscribes(self, request_id: int | str | None) -> None:
+        """Take a token of the subscribe limit, or refuse the request with ``rate_limited``, or,
+        once refusals are over their own limit, give up on the client."""
+        if self.subscribe_limit is None or self.subscribe_limit.allow():
+            return
+        assert self._refusals is not None
+        if not self._refusals.allow():
+            raise RateLimitIgnored("subscribing and unsubscribing on through rate_limited errors")
+        raise ProtocolError(Code.RATE_LIMITED, "subscribing or unsubscribing too fast", request_id)
 
     async def _publish(self, request: Publish) -> None:
         if self.publish_limit is not None and not self.publish_limit.allow():

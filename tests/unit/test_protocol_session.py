@@ -7,10 +7,13 @@ import json
 import uuid
 from typing import Any
 
+import pytest
+
 from megaphone.backends.memory import MemoryBackend
 from megaphone.node import Node
 from megaphone.protocol import message_event
-from megaphone.session import Session
+from megaphone.ratelimit import TokenBucket
+from megaphone.session import RateLimitIgnored, Session
 from megaphone.transports.connection import Connection
 from tests.conftest import timeout
 
@@ -148,3 +151,37 @@ async def test_every_protocol_subscriber_is_handed_the_same_event_object() -> No
         await session.close()
         await session.connection.close()
     await node.stop()
+
+
+async def test_subscribes_over_the_rate_are_refused_and_a_client_going_on_is_closed() -> None:
+    h = Harness()
+    now = [0.0]
+    limit = TokenBucket(1.0, 3, clock=lambda: now[0])
+    h.session = Session(h.node, h.connection, client="c1", subscribe_limit=limit)
+    await h.start()
+    await h.request(op="subscribe", id=1, topic=h.topic)
+    await h.request(op="unsubscribe", id=2, topic=h.topic)
+    await h.request(op="subscribe", id=3, topic=h.topic)
+    await h.request(op="unsubscribe", id=4, topic=h.topic)  # over the burst: not done
+    await h.request(op="ping", id=5)  # other requests are not limited
+    frames = await h.frames(5)
+    assert [f["type"] for f in frames[:3]] == ["reply"] * 3
+    assert frames[3] == {
+        "type": "error",
+        "id": 4,
+        "code": "rate_limited",
+        "message": "subscribing or unsubscribing too fast",
+    }
+    assert frames[4]["type"] == "pong"
+    assert h.topic in h.session.subscriptions
+    now[0] = 1.0  # a token back for requests; the refusals' bucket (2 left) is full again
+    await h.request(op="unsubscribe", id=6, topic=h.topic)
+    for i in (7, 8, 9):
+        await h.request(op="subscribe", id=i, topic=h.topic)
+    with pytest.raises(RateLimitIgnored):  # the refusals' own bucket is empty too
+        await h.request(op="subscribe", id=10, topic=h.topic)
+    frames = await h.frames(9)
+    assert frames[5]["type"] == "reply"
+    assert [(f["id"], f["code"]) for f in frames[6:]] == [(i, "rate_limited") for i in (7, 8, 9)]
+    assert h.session.subscriptions == {}
+    await h.stop()

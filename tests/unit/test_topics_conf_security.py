@@ -184,6 +184,29 @@ def test_check_bad_bound() -> None:
     assert "megaphone.E003" in ids()
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"SUBSCRIBE_RATE": -1},
+        {"SUBSCRIBE_RATE": float("nan")},
+        {"SUBSCRIBE_RATE": "10"},
+        {"SUBSCRIBE_BURST": 0},
+        {"PUBLISH_RATE": None},
+        {"PUBLISH_BURST": 1.5},
+    ],
+)
+def test_check_bad_rate_limit(settings: dict[str, object]) -> None:
+    with override_settings(MEGAPHONE=settings):
+        assert ids() == {"megaphone.E050"}
+
+
+def test_check_subscribe_burst_below_max_subscriptions() -> None:
+    with override_settings(MEGAPHONE={"SUBSCRIBE_BURST": 10, "MAX_SUBSCRIPTIONS": 100}):
+        assert ids() == {"megaphone.W050"}
+    with override_settings(MEGAPHONE={"SUBSCRIBE_BURST": 10, "SUBSCRIBE_RATE": 0}):
+        assert ids() == set()  # no limit
+
+
 def test_check_several_workers_on_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEGAPHONE_WORKERS", "4")
     assert "megaphone.E004" in ids()

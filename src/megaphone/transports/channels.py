@@ -32,7 +32,7 @@ from ..node import Node, get_node
 from ..permissions import allowed
 from ..protocol import message_event
 from ..ratelimit import TokenBucket
-from ..session import Session
+from ..session import RateLimitIgnored, Session
 from ..topics import InvalidTopic, validate_topic
 from .connection import Connection
 from .frames import frame_writer
@@ -347,9 +347,12 @@ class ProtocolConsumer(_Endpoint):
     """``/ws/connect/``: the multiplexed JSON protocol (``docs/protocol.md``).
 
     Every request gets a reply or an ``error`` frame with a stable code; the connection stays
-    open (a publish over ``PUBLISH_RATE``/``PUBLISH_BURST`` gets ``rate_limited``). Close codes:
-    1009 for a frame over ``MAX_MESSAGE_SIZE``, 4408 for a slow consumer, 1013 when the backend
-    is unavailable at connect.
+    open (a publish over ``PUBLISH_RATE``/``PUBLISH_BURST``, or a subscribe or unsubscribe over
+    ``SUBSCRIBE_RATE``/``SUBSCRIBE_BURST``, gets ``rate_limited``). Close codes: 1009 for a frame
+    over ``MAX_MESSAGE_SIZE``, 4408 for a slow consumer, 4429 for a client that went on
+    subscribing or unsubscribing through its ``rate_limited`` errors (more of them than
+    ``SUBSCRIBE_RATE``/``SUBSCRIBE_BURST`` allow), 1013 when the backend is unavailable at
+    connect.
     """
 
     session: Session | None = None
@@ -364,6 +367,7 @@ class ProtocolConsumer(_Endpoint):
             await self._refuse(f"backend: {exc}", "backend")
             return
         self.connection = connection
+        config = get_config()
         self.session = Session(
             self.node,
             connection,
@@ -371,6 +375,7 @@ class ProtocolConsumer(_Endpoint):
             user=_user_name(self.scope),
             principal=self.user,
             publish_limit=self.publish_limit,
+            subscribe_limit=TokenBucket(config.SUBSCRIBE_RATE, config.SUBSCRIBE_BURST),
         )
         await self.accept()
         self.session.send(self.session.hello())
@@ -382,8 +387,15 @@ class ProtocolConsumer(_Endpoint):
             return
         if isinstance(payload, bytes):
             self.session.handle_bytes(payload)
-        else:
+            return
+        try:
             await self.session.handle_text(payload)
+        except RateLimitIgnored as exc:
+            if self._closing is None:  # once: frames it sent before the close may follow
+                logger.warning("closing a client on %s: %s", self.scope["path"], exc)
+                self._closing = asyncio.get_running_loop().create_task(
+                    self._close(CloseCode.RATE_LIMITED)
+                )
 
     async def disconnect(self, code: int) -> None:
         session, self.session = self.session, None

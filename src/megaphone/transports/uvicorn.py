@@ -29,6 +29,20 @@ close is answered with a close), and drops the unfinished message: ``websockets`
 connection with 1002 ("incomplete fragmented message"), a protocol error the client did not make
 (Autobahn|Testsuite case 7.1.5).
 
+It bounds what a flooding client costs, on both sides of the socket. Received bytes go to the
+WebSocket parser :data:`PARSE_SLICE` bytes at a time; once the application has received events
+it has not taken, the rest waits unparsed (raw bytes, not events) and the socket is not read
+until the application has taken them (uvicorn parses a whole read, up to 256 KiB: 40,000 empty
+frames). And the pongs that answer a client's WebSocket pings count toward the outbox bound, as
+the application's own frames do: those written while the socket's buffer is over its high-water
+mark (the client is not reading) are counted, and past ``OUTBOX_MAX_MESSAGES`` pongs or
+``OUTBOX_MAX_BYTES`` bytes the client is closed as a slow consumer (4408). uvicorn writes each
+pong at once, whatever the buffer holds: a client pinging without reading grew it without bound.
+After the server's close frame, pongs are dropped (nothing may follow a close frame). And a
+connection the server closes for any reason (a dead connection, a broken frame, the client's own
+close) while its buffer holds what the client has not read is dropped :data:`CLOSE_TIMEOUT`
+seconds later: uvicorn would wait for the client to read it, forever.
+
 And it holds a fragmented message in one growing buffer: uvicorn keeps a list of fragments, which a
 client could grow without bound with empty continuation frames (6 bytes each on the wire), since
 they add nothing to the message size that ``ws_max_size`` bounds.
@@ -53,6 +67,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from .. import metrics
+from ..closecodes import CloseCode
 from ..conf import get_config
 from ..logs import get_logger, install_server_log_filters
 from .frames import WRITE_FRAME_EXTENSION
@@ -61,6 +76,10 @@ logger = get_logger("megaphone.transports.uvicorn")
 
 #: Seconds a client has to answer the server's close frame before its socket is dropped.
 CLOSE_TIMEOUT = 10.0
+#: Received bytes handed to the WebSocket parser at once; between two slices, the protocol stops
+#: if the application has events waiting. Events waiting for it are therefore at most what one
+#: slice holds (a frame is at least 6 bytes: about 700 events of a few hundred bytes each).
+PARSE_SLICE = 4096
 
 
 class _LogNoise(logging.Filter):
@@ -103,6 +122,10 @@ class _Inbox:
         self._items: list[Any] = []
         self._head = 0  # items before it were taken (a list, not a deque: a deque is 760 bytes)
         self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        """Events waiting to be taken."""
+        return len(self._items) - self._head
 
     def empty(self) -> bool:
         return self._head == len(self._items)
@@ -182,8 +205,17 @@ class _ServerProtocol(ServerProtocol):
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with the ``megaphone.write_frame`` extension, a
-    lighter received-events queue and ``writable`` flag (4.8 KiB less per connection), and a
-    close frame between fragments answered as any other (see :class:`_ServerProtocol`)."""
+    lighter received-events queue and ``writable`` flag (4.8 KiB less per connection), a
+    close frame between fragments answered as any other (see :class:`_ServerProtocol`), and
+    bounds on what a client that floods it without reading costs (see the module docstring)."""
+
+    # Received bytes not handed to the parser yet (from _unparsed_at on): the application has
+    # events to take first.
+    _unparsed = b""
+    _unparsed_at = 0
+    # Pongs written (and their bytes) since the socket's buffer went over its high-water mark.
+    _pongs_unread = 0
+    _pong_bytes_unread = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -196,6 +228,69 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
         self.writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self._unparsed:  # reading went on while closing, to see the client's close frame
+            data = self._unparsed[self._unparsed_at :] + data
+            self._unparsed = b""
+        self._parse(data, 0)
+
+    def _parse(self, data: bytes, start: int) -> None:
+        """Hand ``data[start:]`` to the parser a slice at a time, while the application keeps
+        up: once it has an event to take (and no close frame was sent: then nothing more is
+        queued for it), keep the rest for :meth:`receive` and stop reading the socket."""
+        size = len(data)
+        while True:
+            chunk = data if size <= PARSE_SLICE else data[start : start + PARSE_SLICE]
+            super().data_received(chunk)
+            start += PARSE_SLICE
+            if start >= size or self.transport.is_closing():
+                return
+            if not self.close_sent and not self.queue.empty():
+                self._unparsed, self._unparsed_at = data, start
+                if not self.read_paused:
+                    self.read_paused = True
+                    self.transport.pause_reading()
+                return
+
+    def _parse_unparsed(self) -> None:
+        data, self._unparsed = self._unparsed, b""
+        self._parse(data, self._unparsed_at)
+
+    async def receive(self) -> Any:
+        message = await self.queue.get()
+        if self.queue.empty():
+            if self._unparsed:
+                self._parse_unparsed()
+            if self.read_paused and self.queue.empty() and not self._unparsed:
+                self.read_paused = False
+                self.transport.resume_reading()
+        return message
+
+    def handle_ping(self) -> None:
+        """Write the pongs the parser queued; while the client is not reading, count them
+        toward the outbox bound, and close it as a slow consumer past the bound."""
+        pongs = b"".join(self.conn.data_to_send())
+        if self.close_sent:
+            return  # nothing follows the server's close frame
+        if not self.writable.is_set():
+            config = get_config()
+            self._pongs_unread += 1
+            self._pong_bytes_unread += len(pongs)
+            if (
+                self._pongs_unread > config.OUTBOX_MAX_MESSAGES
+                or self._pong_bytes_unread > config.OUTBOX_MAX_BYTES
+            ):
+                logger.warning("closing a slow consumer %s: pongs unread", self.client)
+                metrics.SLOW_DISCONNECTS.inc()
+                metrics.CLOSES.labels(str(CloseCode.SLOW_CONSUMER)).inc()
+                self._close_behind(CloseCode.SLOW_CONSUMER, "slow consumer")
+                return
+        self.transport.write(pongs)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._pongs_unread = self._pong_bytes_unread = 0
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -228,6 +323,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             logger.info("closing %s: no pong in time (dead connection)", self.client)
             metrics.CLOSES.labels("1011").inc()
         super().keepalive_timeout()
+        self._drop_if_stuck()
 
     def handle_parser_exception(self) -> None:
         # A frame the server refused before the application saw it: too big, not UTF-8, broken.
@@ -236,6 +332,26 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             logger.info("closing %s with %d: %s", self.client, code, reason)
             metrics.CLOSES.labels(str(code)).inc()
         super().handle_parser_exception()
+        self._drop_if_stuck()
+
+    def handle_close(self, event: Frame) -> None:
+        super().handle_close(event)
+        self._drop_if_stuck()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        self._drop_if_stuck()
+
+    def _drop_if_stuck(self) -> None:
+        """uvicorn's ``transport.close()`` waits for the client to read what the socket's buffer
+        holds first: for a client that stopped reading, forever, and the connection (its
+        application task too) is never released. Drop it :data:`CLOSE_TIMEOUT` seconds later."""
+        if (
+            self.close_timer is None  # else the server's close frame has its own deadline
+            and self.transport.is_closing()
+            and self.transport.get_write_buffer_size()
+        ):
+            self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
 
     def handle_cont(self, event: Frame) -> None:
         if event.data:
@@ -257,20 +373,37 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if closing and not self.writable.is_set():
             # uvicorn would wait for the client to read its buffer first: never, for a client
             # that stopped reading. Queue the close frame behind what it has not read yet.
-            code, reason = message.get("code", 1000), message.get("reason") or ""
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self._close_behind(message.get("code", 1000), message.get("reason") or "")
+        elif closing:
+            await super().send(message)
+            if self.close_sent:
+                self._read_until_closed()
+        elif not (message["type"] == "websocket.close" and self.close_sent):
+            await super().send(message)
+        # else: a close after the server's close frame (its own, or one the protocol sent for
+        # a slow consumer) is a no-op.
+
+    def _close_behind(self, code: int, reason: str) -> None:
+        """Send a close frame now, behind whatever the socket's buffer holds, and tell the
+        application the connection is closed (``websocket.disconnect`` with ``code``)."""
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if self.conn.state is State.OPEN:
             self.conn.send_close(code, reason)
             self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            if self.read_paused:  # read on, to see the client's answering close frame
-                self.read_paused = False
-                self.transport.resume_reading()
-        else:
-            await super().send(message)
-        if closing and self.close_sent:
-            if self.close_timer is not None:
-                self.close_timer.cancel()
-            self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+        self.close_sent = True
+        self._read_until_closed()
+
+    def _read_until_closed(self) -> None:
+        """After the server's close frame: read on (what waits unparsed too), to see the client's
+        answering close frame; drop the client :data:`CLOSE_TIMEOUT` seconds later."""
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if self._unparsed:
+            self._parse_unparsed()
 
 
 class HttpProtocol(HttpToolsProtocol):

@@ -43,14 +43,55 @@ function show(data, message) {
   while (list.childElementCount > MAX_SHOWN) list.lastElementChild.remove();
 }
 
-async function refreshPresence() {
+// Who is online, kept from the join and leave events: one presence request when the
+// subscription is confirmed, then every event updates the list in place. (Asking the server
+// again on each event would let any client that churns subscriptions make every open page flood
+// the server.) Events that arrive while the request is out are applied on top of its answer, in
+// order. In case the server coalesced or dropped events, the list is read again at most once
+// every RESYNC_MS, and only after events arrived.
+const RESYNC_MS = 30_000;
+const online = new Map(); // client id -> presence entry
+let arrivedDuringLoad = null; // events received while the presence request is out
+let loads = 0; // presence requests sent: only the latest answer counts
+let resyncTimer = null;
+
+function showPresence() {
+  presence.textContent = `${online.size} online`;
+  presence.dataset.count = online.size;
+}
+
+function applyPresenceEvent(event) {
+  if (event.type === "join") online.set(event.client, event);
+  else online.delete(event.client);
+}
+
+async function loadPresence() {
+  const load = ++loads;
+  arrivedDuringLoad = [];
+  clearTimeout(resyncTimer);
+  resyncTimer = null;
   try {
-    const { count } = await megaphone.presence(TOPIC);
-    presence.textContent = `${count} online`;
-    presence.dataset.count = count;
+    const { clients } = await megaphone.presence(TOPIC);
+    if (load !== loads) return;
+    online.clear();
+    for (const entry of clients) online.set(entry.client, entry);
+    for (const event of arrivedDuringLoad) applyPresenceEvent(event);
+    showPresence();
   } catch {
-    presence.textContent = "– online";
+    if (load === loads) presence.textContent = "– online";
+  } finally {
+    if (load === loads) arrivedDuringLoad = null;
   }
+}
+
+function onPresenceEvent(event) {
+  if (arrivedDuringLoad) {
+    arrivedDuringLoad.push(event);
+    return;
+  }
+  applyPresenceEvent(event);
+  showPresence();
+  resyncTimer ??= setTimeout(loadPresence, RESYNC_MS);
 }
 
 megaphone.addEventListener("state", ({ detail }) => {
@@ -70,13 +111,13 @@ megaphone.subscribe(TOPIC, {
       const s = result.missed === 1 ? "" : "s";
       showNotice(`recovered ${result.missed} message${s}`, "recovered");
     }
-    refreshPresence();
+    loadPresence();
   },
   onRecoveryFailed() {
     showNotice("some messages were missed and could not be recovered", "lost");
   },
-  onJoin: refreshPresence,
-  onLeave: refreshPresence,
+  onJoin: onPresenceEvent,
+  onLeave: onPresenceEvent,
 });
 
 form.addEventListener("submit", (event) => {
