@@ -124,6 +124,14 @@ class Message:
         data = base64.b64decode(frame["data"]) if binary else frame["data"]
         return cls(frame["topic"], frame["offset"], frame["epoch"], data, binary)
 
+    def to_frame(self) -> dict[str, Any]:
+        """The protocol's ``message`` frame of this message (``binary`` only when true)."""
+        frame = {"type": "message", "topic": self.topic, "offset": self.offset}
+        frame |= {"epoch": self.epoch, "data": self.data}
+        if self.binary:
+            frame |= {"data": base64.b64encode(self.data).decode("ascii"), "binary": True}
+        return frame
+
 
 @dataclass(frozen=True, slots=True)
 class SubscribeResult:
