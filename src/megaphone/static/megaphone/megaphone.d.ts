@@ -1,5 +1,5 @@
 // Type declarations of megaphone.js, the client of Megaphone's JSON protocol (docs/protocol.md,
-// docs/clients.md). Checked by `tsc --noEmit` against tests/js/types/ (tests/unit/test_js_types.py).
+// docs/clients.md). Checked by `tsc --noEmit` against tests/js/types/ (tests/unit/test_js_package.py).
 
 /** What the client does after the server closes with a code (docs/clients.md, "Close codes"). */
 export type CloseAction = "reconnect" | "refuse" | "slow_down" | "reauthenticate";
