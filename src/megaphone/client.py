@@ -289,10 +289,9 @@ class Subscription:
     def _end(self, item: object) -> None:
         self.active = False
         if not self._first.done():
-            if isinstance(item, ClientError):
-                self._first.set_exception(item)
-            else:
-                self._first.cancel()
+            ended = ClientError("disconnected", f"the subscription to {self.topic} ended")
+            self._first.set_exception(item if isinstance(item, ClientError) else ended)
+            self._first.exception()  # retrieved: subscribe() may have stopped waiting for it
         self._items.put_nowait(item)
 
     def _hand(self, callback: Callable[[Any], object] | None, item: _Item, arg: Any = None) -> None:
@@ -419,7 +418,10 @@ class Client:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-        self._fail_all(ClientError("disconnected", "the client was closed"), _END)
+        closed = ClientError("disconnected", "the client was closed")
+        if self._first is not None and not self._first.done():
+            self._first.set_exception(closed)  # connect() was still waiting
+        self._fail_all(closed, _END)
         self._set_state("closed", self.close_code)
 
     async def subscribe(
@@ -522,14 +524,15 @@ class Client:
                 answer.set_result(result)
 
         request = self._register(frame, retry, on_answer)
-        if self.state == "open":
-            await self._send(request)
         try:
             async with asyncio.timeout(self.request_timeout if seconds is None else seconds):
+                if self.state == "open":
+                    await self._send(request)
                 return await answer
         except TimeoutError:
-            self._requests.pop(request.frame["id"], None)  # never sent after this
             raise ClientError("timeout", f"no answer to {frame['op']}") from None
+        finally:  # answered, timed out or cancelled: never sent after this
+            self._requests.pop(request.frame["id"], None)
 
     def _register(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from megaphone.client import (
     Client,
@@ -25,7 +26,10 @@ from tests.redis_server import RedisServer
 
 from .proxy import CuttableProxy
 
-FAST = {"min_delay": 0.05, "max_delay": 0.5}
+
+def reconnecting(url: str, **options: Any) -> Client:
+    """A client that reconnects quickly (the tests restart servers under it)."""
+    return Client(url, min_delay=0.05, max_delay=0.5, **options)
 
 
 def unique(prefix: str) -> str:
@@ -50,9 +54,8 @@ async def test_a_subscriber_recovers_every_message_missed_while_the_server_resta
     server = server_factory(env=env)
     topic = unique("news")
     states: list[tuple[str, int | None]] = []
-    async with Client(
-        connect_url(server), on_state=lambda s, c: states.append((s, c)), **FAST
-    ) as reader:
+    on_state = lambda state, code: states.append((state, code))  # noqa: E731
+    async with reconnecting(connect_url(server), on_state=on_state) as reader:
         news = await reader.subscribe(topic)
         async with Client(connect_url(server)) as publisher:
             for i in range(3):
@@ -85,7 +88,7 @@ async def test_a_restart_that_lost_the_history_raises_recovery_failed_then_goes_
     server = server_factory()
     iterated, called = unique("iterated"), unique("called")
     failures: list[SubscribeResult] = []
-    async with Client(connect_url(server), **FAST) as reader:
+    async with reconnecting(connect_url(server)) as reader:
         plain = await reader.subscribe(iterated)
         with_callback = await reader.subscribe(called, on_recovery_failed=failures.append)
         async with Client(connect_url(server)) as publisher:
@@ -121,7 +124,7 @@ async def test_a_publish_whose_reply_was_lost_is_sent_again_and_published_once(
     try:
         async with (
             Client(connect_url(server)) as observer,
-            Client(connect_url(proxy), **FAST) as publisher,
+            reconnecting(connect_url(proxy)) as publisher,
         ):
             seen = await observer.subscribe(topic)
             proxy.deafen()  # the publish reaches the server, its reply is lost
