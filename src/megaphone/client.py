@@ -307,7 +307,7 @@ def _call(callback: Callable[[Any], object] | None, arg: Any, topic: str) -> Non
     try:
         callback(arg)
     except Exception:
-        logger.exception("megaphone.client: a callback of %s failed", topic)
+        logger.exception("a callback of %s failed", topic)
 
 
 @dataclass(eq=False)
@@ -608,7 +608,7 @@ class Client:
             try:
                 self.on_state(state, code)
             except Exception:
-                logger.exception("megaphone.client: the on_state callback failed")
+                logger.exception("the on_state callback failed")
 
     async def _url(self) -> str:
         url = self.url if isinstance(self.url, str) else self.url()
@@ -663,12 +663,12 @@ class Client:
                 max_queue=None,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            logger.info("megaphone.client: cannot connect: %s", exc)
+            logger.info("cannot connect: %s", exc)
             return None, CloseCode.ABNORMAL, None
         except asyncio.CancelledError:
             raise
         except Exception:  # a URL function that failed
-            logger.exception("megaphone.client: could not get the connection URL")
+            logger.exception("could not get the connection URL")
             return None, CloseCode.ABNORMAL, None
         self._socket = socket
         opened_at: float | None = None
@@ -690,7 +690,7 @@ class Client:
         try:
             return await self._dispatch(json.loads(text))
         except (ValueError, TypeError, KeyError, binascii.Error):
-            logger.warning("megaphone.client: ignored a frame that is not the protocol's")
+            logger.warning("ignored a frame that is not the protocol's")
             return False
 
     async def _dispatch(self, frame: dict[str, Any]) -> bool:
@@ -702,7 +702,7 @@ class Client:
             request = self._requests.get(frame.get("id"))  # type: ignore[arg-type]
             if request is None:
                 if kind == "error":
-                    logger.warning("megaphone.client: server error %s", frame)
+                    logger.warning("server error %s", frame)
             elif kind == "error":
                 self._answer(request, ClientError(frame["code"], frame.get("message", "")))
             else:
