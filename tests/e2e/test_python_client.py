@@ -13,18 +13,22 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from megaphone.client import (
     Client,
+    ClientError,
     Message,
     PresenceEvent,
     RecoveryFailed,
     SubscribeResult,
     Subscription,
 )
-from tests.conftest import ServerProcess, timeout
+from tests.conftest import ServerProcess, create_superuser, timeout
 from tests.redis_server import RedisServer
 
 from .proxy import CuttableProxy
+from .test_logout import Browser
 
 
 def reconnecting(url: str, **options: Any) -> Client:
@@ -159,3 +163,36 @@ async def test_presence_and_join_leave_through_the_client(protocol_server: Serve
             assert sorted(e.info["name"] for e in entries) == ["Alice", "Bob"]
         left = await asyncio.wait_for(anext(room), timeout(10))
         assert isinstance(left, PresenceEvent) and left.type == "leave"
+
+
+async def until_stopped(subscription: Subscription) -> str | int:
+    """Read ``subscription`` until it raises; the code it raises with."""
+    try:
+        while True:
+            await asyncio.wait_for(anext(subscription), timeout(10))
+    except ClientError as stopped:
+        return stopped.code
+
+
+async def test_a_session_cookie_or_a_token_authenticates_and_a_logout_stops_the_client(
+    server: ServerProcess,
+) -> None:
+    """``_megaphone.*`` topics are for staff: the cookie and the token make the client staff's;
+    the logout closes both with 4401, which stops a client with a fixed URL."""
+    create_superuser(server, "ops")
+    browser = Browser(server)
+    await asyncio.to_thread(browser.log_in, "ops")
+    token = await asyncio.to_thread(browser.token)
+    url = connect_url(server)
+    async with Client(url) as anonymous:
+        with pytest.raises(ClientError) as refused:
+            await anonymous.subscribe("_megaphone.stats")
+        assert refused.value.code == "forbidden"
+    async with (
+        Client(url, session_cookie=browser.cookie("sessionid")) as by_session,
+        Client(url, token=token) as by_token,
+    ):
+        subscriptions = [await c.subscribe("_megaphone.stats") for c in (by_session, by_token)]
+        await asyncio.to_thread(browser.log_out)
+        assert [await until_stopped(s) for s in subscriptions] == [4401, 4401]
+        assert (by_session.state, by_token.state) == ("closed", "closed")
