@@ -197,12 +197,14 @@ class Subscription:
     """One topic subscription of a :class:`Client`, kept across reconnects.
 
     :attr:`offset` and :attr:`epoch` are the position of the last message delivered. Messages go
-    to ``on_message`` when it was given, else to the iterator (``async for message in sub``),
-    which also yields join/leave :class:`PresenceEvent` s when no callback takes them, raises
-    :class:`RecoveryFailed` at a gap (when no ``on_recovery_failed`` callback is given; iterate
-    again to go on), raises :class:`ClientError` when the subscription ends over an error or the
-    client stops for good, and stops after :meth:`unsubscribe` or :meth:`Client.close`. What the
-    iterator holds is not bounded: a listener must keep reading.
+    to ``on_message`` when it was given (then the other events go to their callbacks only, and a
+    recovery failure with no ``on_recovery_failed`` is logged), else to the iterator
+    (``async for message in sub``), which also yields join/leave :class:`PresenceEvent` s when no
+    callback takes them, and raises :class:`RecoveryFailed` at a gap (when no
+    ``on_recovery_failed`` callback is given; iterate again to go on). Whichever way it is read,
+    the iterator raises :class:`ClientError` when the subscription ends over an error or the
+    client stops for good, and stops after :meth:`unsubscribe` or :meth:`Client.close`. What it
+    holds is not bounded: a listener must keep reading.
     """
 
     def __init__(
@@ -295,10 +297,14 @@ class Subscription:
         self._items.put_nowait(item)
 
     def _hand(self, callback: Callable[[Any], object] | None, item: _Item, arg: Any = None) -> None:
-        if callback is None:
-            self._items.put_nowait(item)
-        else:
+        """Give ``item`` to ``callback``; without one, to the iterator, unless the subscription
+        is read through ``on_message`` (then nothing reads the iterator: drop it)."""
+        if callback is not None:
             _call(callback, item if arg is None else arg, self.topic)
+        elif self.on_message is None:
+            self._items.put_nowait(item)
+        elif isinstance(item, RecoveryFailed):
+            logger.warning("%s (and no on_recovery_failed callback)", item.message)
 
 
 def _call(callback: Callable[[Any], object] | None, arg: Any, topic: str) -> None:
