@@ -13,6 +13,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import megaphone
 from tests.conftest import ROOT, timeout
 from tests.node_tools import NODE, npm, tsc
@@ -90,3 +92,26 @@ def test_npm_pack_gives_a_package_that_installs_imports_and_type_checks(
     (app / "tsconfig.json").write_text(json.dumps(config))
     checked = tsc("-p", str(app), cwd=app)
     assert checked.returncode == 0, checked.stdout
+
+
+@pytest.mark.skipif(NODE is None, reason="needs Node.js (node)")
+def test_the_declarations_name_every_export_of_megaphone_js_and_nothing_else() -> None:
+    assert NODE is not None
+    script = (
+        f"import({json.dumps((PACKAGE / 'megaphone.js').as_uri())})"
+        ".then((m) => console.log(JSON.stringify(Object.keys(m))))"
+    )
+    run = subprocess.run(
+        [NODE, "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout(60),
+    )
+    assert run.returncode == 0, run.stderr
+    declarations = (PACKAGE / "megaphone.d.ts").read_text()
+    declared = set(
+        re.findall(r"^export declare (?:const|function|class) (\w+)", declarations, re.M)
+    )
+    if re.search(r"^export default \w+;$", declarations, re.M):
+        declared.add("default")
+    assert declared == set(json.loads(run.stdout))

@@ -180,3 +180,58 @@ async def test_the_backoff_starts_again_only_after_a_stable_connection() -> None
     assert between_half_and([0.01, 0.02, 0.04, 0.08, 0.08], unstable), unstable
     stable = await retry_delays(stable_period=0)
     assert between_half_and([0.01] * 5, stable), stable
+
+
+async def test_4429_fails_the_unanswered_publishes_and_waits_the_longest_delay() -> None:
+    async def script(connection: ServerConnection, number: int) -> None:
+        if number == 1:
+            await receive(connection)
+            await connection.close(4429)
+            return
+        await connection.wait_closed()
+
+    async with scripted_server(script) as url, Client(url, min_delay=0.01, max_delay=0.2) as client:
+        with pytest.raises(ClientError) as refused:
+            await client.publish("t", "flood")
+        assert refused.value.code == 4429
+        assert client.next_retry_delay is not None and client.next_retry_delay >= 0.1
+
+
+async def test_a_refusal_with_nothing_to_blame_stops_the_client() -> None:
+    async def script(connection: ServerConnection, number: int) -> None:
+        await connection.close(1008)
+
+    async with scripted_server(script) as url:
+        client = Client(url, min_delay=0.01)
+        stopped = asyncio.Event()
+        client.on_state = lambda state, code: stopped.set() if code == 1008 else None
+        await client.connect()
+        await asyncio.wait_for(stopped.wait(), timeout(10))
+        assert (client.state, client.next_retry_delay) == ("closed", None)
+        with pytest.raises(ClientError, match="closed"):
+            await client.subscribe("t")
+
+
+async def test_unsubscribed_by_the_server_resubscribes_from_the_last_message_delivered() -> None:
+    resubscribed: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    async def script(connection: ServerConnection, number: int) -> None:
+        request = await receive(connection)
+        await connection.send(reply(request, {"topic": "t", "offset": 0, "epoch": "e"}))
+        message = {"type": "message", "topic": "t", "offset": 1, "epoch": "e", "data": "one"}
+        await connection.send(json.dumps(message))
+        gap = {"type": "unsubscribed", "topic": "t", "code": "insufficient_state"}
+        await connection.send(json.dumps({**gap, "offset": 1, "epoch": "e"}))
+        again = await receive(connection)
+        resubscribed.set_result(again)
+        result = {"topic": "t", "offset": 2, "epoch": "e", "recovered": True, "missed": 1}
+        await connection.send(reply(again, result))
+        await connection.send(json.dumps({**message, "offset": 2, "data": "two"}))
+        await connection.wait_closed()
+
+    async with scripted_server(script) as url, Client(url) as client:
+        subscription = await client.subscribe("t")
+        items = [await asyncio.wait_for(anext(subscription), timeout(10)) for _ in range(2)]
+        assert [m.data for m in items if isinstance(m, Message)] == ["one", "two"]
+        again = await resubscribed
+        assert (again["op"], again["since"]) == ("subscribe", {"offset": 1, "epoch": "e"})
