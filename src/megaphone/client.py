@@ -404,8 +404,9 @@ class Client:
     async def connect(self) -> None:
         """Connect and wait for the server's ``connected`` frame. If the first attempt fails,
         raise :class:`ClientError` (``"disconnected"``, or the close code) and stop: a wrong URL
-        or credentials fail loudly. Later failures reconnect by themselves."""
-        if self._runner is not None:
+        or credentials fail loudly. Later failures reconnect by themselves. After the client
+        stopped (:meth:`close`, or a close code that stops it), connect it again with this."""
+        if self._runner is not None and not self._runner.done():
             return
         self._stopped = False
         self._first = asyncio.get_running_loop().create_future()
@@ -469,6 +470,9 @@ class Client:
         except TimeoutError:
             self._forget(subscription, _END)
             raise ClientError("timeout", f"no answer to subscribe {topic}") from None
+        except asyncio.CancelledError:
+            self._forget(subscription, _END)
+            raise
         return subscription
 
     async def publish(self, topic: str, data: Any, *, msg_id: str | None = None) -> Position:
