@@ -670,8 +670,7 @@ class Client:
                 additional_headers=self.headers,
                 open_timeout=self.open_timeout,
                 max_size=self.max_frame_size,
-                max_queue=None,
-            )
+            )  # reading is prompt: a server outpacing it closes with 4408, and we recover
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             logger.info("cannot connect: %s", exc)
             return None, CloseCode.ABNORMAL, None
