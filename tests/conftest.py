@@ -180,3 +180,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         elif "/tests/security/" in path:
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.security)
+
+
+@pytest.fixture(scope="session")
+def node_tools() -> Path:
+    """TypeScript and React's types, installed once (tests/node_tools.py); skips without npm."""
+    from tests import node_tools
+
+    if node_tools.NPM is None or node_tools.NODE is None:
+        pytest.skip("needs Node.js and npm")
+    return node_tools.install()

@@ -3,9 +3,9 @@
 Every worker process publishes a snapshot of its figures on the internal topic
 :data:`STATS_TOPIC` every ``DASHBOARD_INTERVAL`` seconds (0 turns it off): its connections, its
 message counters, and its busiest topics with their subscriber counts. The page subscribes to that
-topic through the raw endpoint, keeps the latest snapshot of each worker, adds them up and draws
-the last minutes. The default permission policy lets only staff subscribe to ``_megaphone.*``
-topics, and the page itself requires a staff login.
+topic with megaphone.js (``/ws/connect/``), keeps the latest snapshot of each worker, adds them up
+and draws the last minutes. The default permission policy lets only staff subscribe to
+``_megaphone.*`` topics, and the page itself requires a staff login.
 """
 
 from __future__ import annotations

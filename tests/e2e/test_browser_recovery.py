@@ -7,11 +7,7 @@ published meanwhile must appear once each, in order, after the page reconnects b
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import struct
-import threading
 import time
 from collections.abc import Callable
 
@@ -19,73 +15,12 @@ import pytest
 from playwright.sync_api import Page, expect
 from websockets.sync.client import connect
 
-from tests.conftest import ServerProcess, free_port, timeout
+from tests.conftest import ServerProcess, timeout
 
 from .browser import chromium
+from .proxy import CuttableProxy
 
 pytestmark = pytest.mark.browser
-
-
-class CuttableProxy:
-    """127.0.0.1:port -> the server, with a switch that cuts the network."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        self.sockets: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.up = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up:
-                self._reset(client)
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with self.lock:
-                self.sockets.update((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                self._reset(sock)
-
-    def _reset(self, sock: socket.socket) -> None:
-        """Close with RST, as a dead network path shows up."""
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv() on it
-        sock.close()
-        with self.lock:
-            self.sockets.discard(sock)
-
-    def cut(self) -> None:
-        self.up = False
-        with self.lock:
-            sockets = list(self.sockets)
-        for sock in sockets:
-            self._reset(sock)
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 def status(page: Page) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 import websockets
 
-from tests.conftest import ROOT, ServerProcess, timeout
+from tests.conftest import ROOT, ServerProcess, free_port, timeout
 from tests.redis_server import RedisServer
 
 MANAGE = [sys.executable, str(ROOT / "example" / "manage.py"), "megaphone"]
@@ -67,3 +67,34 @@ async def test_with_redis_publish_reaches_the_server_and_tail_sees_the_server(
         assert out.decode() == f"#{offset + 1} from a client\n"
         history = await asyncio.to_thread(megaphone, "history", topic, env=env)
         assert history.stdout == f"#{offset} from the command\n#{offset + 1} from a client\n"
+
+
+async def test_tail_url_follows_a_server_over_its_protocol_endpoint_whatever_the_backend(
+    server: ServerProcess,
+) -> None:
+    """``tail --url``: a client of the server (memory backend here), not of the backend."""
+    topic = f"cmd-{uuid.uuid4().hex[:8]}"
+    async with websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/") as client:
+        await client.send("before")
+        await client.send(b"\x00\x01")
+        assert [await asyncio.wait_for(client.recv(), timeout(5)) for _ in range(2)]
+        tail = await asyncio.create_subprocess_exec(
+            *MANAGE,
+            *("tail", topic, "--since", "0", "--count", "3", "--timeout", "30"),
+            *("--url", f"{server.ws_url}/ws/connect/"),
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "example.settings"},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert tail.stdout is not None
+        recovered = [await asyncio.wait_for(tail.stdout.readline(), timeout(30)) for _ in range(2)]
+        assert recovered == [b"#1 before\n", b"#2 (binary, base64) AAE=\n"]
+        await client.send('{"a": 1}')  # the tail is subscribed: it recovered with since
+        out, _ = await asyncio.wait_for(tail.communicate(), timeout(30))
+        assert tail.returncode == 0
+        assert out.decode() == '#3 {"a": 1}\n'
+
+
+def test_tail_url_of_a_server_that_is_not_there_is_a_command_error() -> None:
+    result = megaphone("tail", "t", "--url", f"ws://127.0.0.1:{free_port()}/ws/connect/")
+    assert result.returncode == 1 and result.stdout == ""
+    assert "could not connect (1006 abnormal)" in result.stderr

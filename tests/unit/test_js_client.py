@@ -1,8 +1,9 @@
 """Tier 1: megaphone.js under Node, so that ``make test`` runs the client's unit tests.
 
 ``tests/js/`` holds them (``node --test``, a fake WebSocket, mock timers). A second test keeps the
-client's close-code table (``CLOSE_CODES`` in megaphone.js), the server's (``megaphone.closecodes``)
-and the documented one (docs/protocol.md, "Close codes") the same table.
+JS client's close-code table (``CLOSE_CODES`` in megaphone.js), the server's and the Python
+client's (``CloseCode`` and ``CLOSE_ACTIONS`` in ``megaphone.closecodes``) and the documented one
+(docs/protocol.md, "Close codes") the same table.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import subprocess
 
 import pytest
 
-from megaphone.closecodes import CloseCode
+from megaphone.closecodes import CLOSE_ACTIONS, CloseCode
 from tests.conftest import ROOT, timeout
 
 NODE = shutil.which("node")
@@ -44,7 +45,7 @@ def documented_actions() -> dict[int, str]:
     return {int(code): action for code, action in rows}
 
 
-def test_the_client_server_and_documented_close_code_tables_agree() -> None:
+def test_the_js_client_python_client_server_and_documented_close_code_tables_agree() -> None:
     script = (
         f"import({json.dumps(MEGAPHONE_JS.as_uri())})"
         ".then((m) => console.log(JSON.stringify(m.CLOSE_CODES)))"
@@ -55,3 +56,6 @@ def test_the_client_server_and_documented_close_code_tables_agree() -> None:
     server = {int(code): code.name.lower() for code in CloseCode}
     assert {code: entry["name"] for code, entry in client.items()} == server
     assert documented_actions() == {code: entry["action"] for code, entry in client.items()}
+    assert {
+        int(code): str(action) for code, action in CLOSE_ACTIONS.items()
+    } == documented_actions()

@@ -2,6 +2,7 @@
 
     manage.py megaphone publish <topic> <data> [--json] [--msg-id ID]   prints the offset
     manage.py megaphone tail <topic> [--count N] [--timeout S] [--since N] [--format text|json]
+                                     [--url ws://HOST/ws/connect/ [--token T | --session S]]
     manage.py megaphone history <topic> [--since N] [--limit N] [--format text|json]
     manage.py megaphone presence <topic>
     manage.py megaphone topics
@@ -9,7 +10,8 @@
 The command is a process of its own: it reaches the server's clients only through a backend
 shared between processes (Redis). Run from the command line with the in-memory backend, it stops
 with an error saying so. Through ``call_command()`` it runs in the caller's process and uses that
-process's backend, whatever it is.
+process's backend, whatever it is. ``tail --url`` instead connects to a server, local or remote,
+as a client of its protocol endpoint (:mod:`megaphone.client`), whatever the backend.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from megaphone import client
 from megaphone.backends import Backend, BackendUnavailable
 from megaphone.conf import get_config
 from megaphone.decoding import InvalidText, decode_json
@@ -45,6 +48,10 @@ WHAT = {
     "presence": "read the presence in",
     "topics": "list the topics of",
 }
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class _Tail:
@@ -75,6 +82,9 @@ class Command(BaseCommand):
         t.add_argument("--timeout", type=float, help="stop after this many seconds")
         t.add_argument("--since", type=int, help="first print the history after this offset")
         t.add_argument("--format", choices=("text", "json"), default="text")
+        t.add_argument("--url", help="tail this server's /ws/connect/ as a client, not the backend")
+        t.add_argument("--token", help="with --url: a connection token")
+        t.add_argument("--session", help="with --url: a Django session key (sessionid cookie)")
 
         h = commands.add_parser("history", help="print the topic's history")
         h.add_argument("topic")
@@ -90,7 +100,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         subcommand = options["subcommand"]
         backend = get_config().BACKEND
-        if getattr(self, "_called_from_command_line", False) and backend.startswith("memory:"):
+        remote = subcommand == "tail" and options["url"] is not None
+        from_command_line = getattr(self, "_called_from_command_line", False)
+        if from_command_line and backend.startswith("memory:") and not remote:
             raise CommandError(MEMORY_BACKEND_ERROR.format(what=WHAT[subcommand]))
         if "topic" in options:
             try:
@@ -101,11 +113,13 @@ class Command(BaseCommand):
             self.publish(options)
             return
         try:
-            asyncio.run(getattr(self, subcommand)(options))
+            asyncio.run(self.tail_remote(options) if remote else getattr(self, subcommand)(options))
         except KeyboardInterrupt:
             pass
         except (BackendUnavailable, OSError) as exc:
             raise CommandError(f"the backend is unavailable: {exc}") from None
+        except client.ClientError as exc:
+            raise CommandError(f"{options['url']}: {exc.message} ({exc.code})") from None
 
     # publish ---------------------------------------------------------------------------------
 
@@ -168,6 +182,40 @@ class Command(BaseCommand):
         if count is not None and printed < count:
             raise CommandError(f"{printed} of {count} messages within {seconds} s")
 
+    async def tail_remote(self, options: dict[str, Any]) -> None:
+        """``tail --url``: the same output, through a server's protocol endpoint. The client
+        reconnects and recovers by itself; a gap it cannot fill is said on stderr."""
+        topic, count, seconds = options["topic"], options["count"], options["timeout"]
+        printed = 0
+        connection = client.Client(
+            options["url"], token=options["token"], session_cookie=options["session"]
+        )
+        await connection.connect()
+        try:
+            since = None
+            if options["since"] is not None:
+                page = await connection.history(topic, since=options["since"], limit=0)
+                since = client.Position(topic, options["since"], page.epoch)
+            subscription = await connection.subscribe(topic, since=since)
+            async with asyncio.timeout(seconds):
+                while count is None or printed < count:
+                    try:
+                        item = await anext(subscription)
+                    except client.RecoveryFailed:
+                        self.stderr.write("some messages were lost and cannot be recovered")
+                        continue
+                    if isinstance(item, client.Message):
+                        frame = item.to_frame()
+                        text = _compact(frame) if options["format"] == "json" else None
+                        self._print_payload(item.offset, item.data, item.binary, text)
+                        printed += 1
+        except TimeoutError:
+            pass
+        finally:
+            await connection.close()
+        if count is not None and printed < count:
+            raise CommandError(f"{printed} of {count} messages within {seconds} s")
+
     async def history(self, options: dict[str, Any]) -> None:
         since, limit = options["since"], options["limit"]
         if since < 0 or not 0 <= limit <= MAX_HISTORY_LIMIT:
@@ -211,11 +259,22 @@ class Command(BaseCommand):
                 self.stdout.write(f"{name}\t{subscribers}")
 
     def _print(self, message: Message, format: str) -> None:
-        if format == "json":
-            self.stdout.write(message.encoded(message_json))
-        elif isinstance(message.payload, bytes):
-            encoded = base64.b64encode(message.payload).decode("ascii")
-            self.stdout.write(f"#{message.offset} (binary, base64) {encoded}")
+        json_text = message.encoded(message_json) if format == "json" else None
+        binary = isinstance(message.payload, bytes)
+        self._print_payload(message.offset, message.payload, binary, json_text)
+
+    def _print_payload(
+        self, offset: int, payload: Any, binary: bool, json_text: str | None
+    ) -> None:
+        """One message: its frame's JSON (``json_text``, for --format json), else ``#offset``
+        and its text (a JSON value as compact JSON, bytes as base64)."""
+        if json_text is not None:
+            self.stdout.write(json_text)
+        elif binary:
+            encoded = base64.b64encode(payload).decode("ascii")
+            self.stdout.write(f"#{offset} (binary, base64) {encoded}")
+        elif isinstance(payload, str):
+            self.stdout.write(f"#{offset} {payload}")
         else:
-            self.stdout.write(f"#{message.offset} {message.payload}")
+            self.stdout.write(f"#{offset} {_compact(payload)}")
         self.stdout.flush()

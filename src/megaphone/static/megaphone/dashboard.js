@@ -1,6 +1,8 @@
 // The dashboard: adds up the latest snapshot of every worker and draws the last minutes.
-const topic = document.currentScript?.dataset.topic ?? document.querySelector("script[data-topic]").dataset.topic;
-const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/broadcast/${topic}/`;
+// It listens through megaphone.js (reconnects with backoff, close codes, resubscribes).
+import { Megaphone } from "./megaphone.js";
+
+const topic = document.querySelector("script[data-topic]").dataset.topic;
 const WINDOW = 300; // seconds of history drawn
 const workers = new Map(); // worker -> {snapshot, at}
 const series = []; // {t, connections, published, delivered}
@@ -73,19 +75,20 @@ function render() {
   draw($("rates-chart"), ["rate:published", "rate:delivered"], ["#c05621", "#2f855a"]);
 }
 
-let attempt = 0;
-function connect() {
-  const socket = new WebSocket(url);
-  socket.onopen = () => { attempt = 0; $("status").dataset.state = "open"; $("status").textContent = "live"; };
-  socket.onmessage = (event) => {
-    const snapshot = JSON.parse(event.data);
+const megaphone = new Megaphone("/ws/connect/");
+megaphone.addEventListener("state", ({ detail: { state, code } }) => {
+  $("status").dataset.state = state;
+  $("status").textContent = state === "open" ? "live" : state === "closed" ? `disconnected (${code})` : "connecting…";
+});
+megaphone.subscribe(topic, {
+  // Each snapshot is published as JSON text: protocol clients receive it as a string.
+  onMessage: (data) => {
+    const snapshot = JSON.parse(data);
     workers.set(snapshot.worker, { snapshot, at: Date.now() / 1000 });
     render();
-  };
-  socket.onclose = (event) => {
+  },
+  onError: (error) => {
     $("status").dataset.state = "closed";
-    $("status").textContent = `disconnected (${event.code})`;
-    setTimeout(connect, Math.min(10000, 500 * 2 ** attempt++) * (0.5 + Math.random() / 2));
-  };
-}
-connect();
+    $("status").textContent = `refused (${error.code})`;
+  },
+});
