@@ -28,7 +28,7 @@ from ..closecodes import CloseCode
 from ..conf import Config, get_config, topic_options
 from ..message import Encoder, Message, raw_frame
 from ..node import Node, get_node
-from ..permissions import allowed
+from ..permissions import allowed, may_subscribe
 from ..protocol import message_event
 from ..ratelimit import TokenBucket
 from ..session import Session
@@ -268,7 +268,7 @@ class BroadcastConsumer(_Endpoint):
         connection = await self._setup(raw_frame)
         if connection is None:
             return
-        if not allowed(self.user, "subscribe", self.topic):
+        if not may_subscribe(self.user, self.topic):
             await self._refuse("may not subscribe", "forbidden")
             return
         try:
