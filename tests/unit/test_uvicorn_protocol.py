@@ -43,3 +43,21 @@ async def test_the_flag_wakes_every_waiter_when_set_and_not_before() -> None:
     assert flag.is_set() and await flag.wait()
     flag.clear()
     assert not flag.is_set()
+
+
+async def test_a_close_after_the_server_closed_is_a_no_op() -> None:
+    """The server closed (a frame over the size limit, say) while the application was deciding
+    a close of its own: uvicorn raises RuntimeError on that second close; ours sends nothing."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from megaphone.transports.uvicorn import WebSocketProtocol
+
+    config = Config(app=None, ws=WebSocketProtocol)
+    protocol = WebSocketProtocol(config=config, server_state=ServerState(), app_state={})
+    written: list[bytes] = []
+    protocol.transport = type("Transport", (), {"write": written.append})()
+    protocol.handshake_complete = True
+    protocol.close_sent = True  # as after uvicorn's own 1009
+    await protocol.send({"type": "websocket.close", "code": 4429})
+    assert written == []

@@ -86,12 +86,20 @@ class _DirectConsumer(AsyncWebsocketConsumer):
 
 
 class _Endpoint(_DirectConsumer):
-    """What both endpoints share: the connection and its outbox, the size check, closing."""
+    """What both endpoints share: the connection and its outbox, the size check, closing.
+
+    **A close is final.** Every close the server decides (1009, 4429, 4403, 4408, 4401, 1013)
+    goes through :meth:`_close_with`, which records the decision at once: from then on nothing
+    the client sent is handled (:meth:`dispatch` drops its frames, even those already received),
+    and a second decision, whatever its code, does nothing: one close frame is sent, once.
+    """
 
     node: Node
     max_message_size: int
     publish_limit: TokenBucket
     connection: Connection | None = None
+    #: The close the server decided on (its code), or None while the connection is open.
+    closing_code: int | None = None
     _closing: asyncio.Task[None] | None = None
     _main_task: asyncio.Task[object] | None = None
     _token_timer: asyncio.TimerHandle | None = None
@@ -125,6 +133,8 @@ class _Endpoint(_DirectConsumer):
         """Channels' dispatch, minus its thread-pool hop per frame to close stale database
         connections: these consumers never use the ORM outside ``database_sync_to_async``, which
         closes them itself. That hop cost more than the broadcast of a frame to 1,000 clients."""
+        if self.closing_code is not None and message["type"] == "websocket.receive":
+            return  # the server is closing this connection: what the client sends is void
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"no handler for message type {message['type']}")
@@ -180,7 +190,7 @@ class _Endpoint(_DirectConsumer):
             size = len(payload)
         if size > self.max_message_size:
             logger.info("closing %s: message of %d bytes over the limit", self.scope["path"], size)
-            await self._close(CloseCode.MESSAGE_TOO_BIG)
+            await self._close_with(CloseCode.MESSAGE_TOO_BIG)
             return None
         return payload
 
@@ -190,21 +200,34 @@ class _Endpoint(_DirectConsumer):
         raise StopConsumer()
 
     def _token_expired(self) -> None:
-        logger.info("closing %s: its connection token expired", self.scope["path"])
-        self._closing = asyncio.get_running_loop().create_task(self._close(CloseCode.UNAUTHORIZED))
+        if self._decide_close(CloseCode.UNAUTHORIZED):
+            logger.info("closing %s: its connection token expired", self.scope["path"])
 
     def logged_out(self) -> None:
         """The connection's user logged out somewhere: close with 4401, once."""
-        if self._closing is None:
+        if self._decide_close(CloseCode.UNAUTHORIZED):
             logger.info("closing %s: its user logged out", self.scope["path"])
-            self._closing = asyncio.get_running_loop().create_task(
-                self._close(CloseCode.UNAUTHORIZED)
-            )
 
     def _slow(self) -> None:
         """Called by the outbox, once, when it overflows; it already drops further frames."""
-        logger.warning("closing a slow consumer on %s: outbox full", self.scope["path"])
-        self._closing = asyncio.get_running_loop().create_task(self._close(CloseCode.SLOW_CONSUMER))
+        if self._decide_close(CloseCode.SLOW_CONSUMER):
+            logger.warning("closing a slow consumer on %s: outbox full", self.scope["path"])
+
+    def _decide_close(self, code: int) -> bool:
+        """Close with ``code`` in the background, unless a close was decided already; True if
+        this call decided it. For callers outside the consumer's own task (timers, the hub)."""
+        if self.closing_code is not None or self._released:
+            return False
+        self.closing_code = code
+        self._closing = asyncio.get_running_loop().create_task(self._close(code))
+        return True
+
+    async def _close_with(self, code: int) -> None:
+        """Close with ``code`` now, from the consumer's own task (it reads no more frames
+        meanwhile), unless a close was decided already."""
+        if self.closing_code is None and not self._released:
+            self.closing_code = code
+            await self._close(code)
 
     async def _close(self, code: int) -> None:
         """Send what was delivered before the close (unless the outbox overflowed: a slow
@@ -219,8 +242,12 @@ class _Endpoint(_DirectConsumer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.connection.flush(), CLOSE_TIMEOUT)
             await self.connection.close()
+        if self._released:
+            return  # the client is gone already: there is no one to send a close frame to
         try:
             await asyncio.wait_for(self.close(code), CLOSE_TIMEOUT)
+        except OSError:  # it left while we were flushing: nothing more to say to it
+            pass
         except TimeoutError:
             logger.warning("client on %s did not take its close frame", self.scope["path"])
             if self._main_task is not None:
@@ -286,12 +313,12 @@ class BroadcastConsumer(_Endpoint):
             return
         if not self.publish_limit.allow():
             logger.warning("closing a client on %s: publish rate over the limit", self.topic)
-            await self._close(CloseCode.RATE_LIMITED)
+            await self._close_with(CloseCode.RATE_LIMITED)
             return
         options = topic_options(self.topic)
         if not (options.publish and allowed(self.user, "publish", self.topic)):
             logger.info("closing %s: clients may not publish on %s", self.scope["path"], self.topic)
-            await self._close(CloseCode.FORBIDDEN)
+            await self._close_with(CloseCode.FORBIDDEN)
             return
         if self.node.backend.pipelines_publishes and not options.durable:
             # Without waiting for the answer: the client's next frames are published behind it,
@@ -319,11 +346,8 @@ class BroadcastConsumer(_Endpoint):
 
     def _publish_failed(self, error: BackendUnavailable) -> None:
         """The backend refused a message: close the client with 1013 (once); it may retry."""
-        logger.error("publish on %s failed, closing: %s", self.topic, error)
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(
-                self._close(CloseCode.TRY_AGAIN_LATER)
-            )
+        if self._decide_close(CloseCode.TRY_AGAIN_LATER):
+            logger.error("publish on %s failed, closing: %s", self.topic, error)
 
     async def disconnect(self, code: int) -> None:
         connection, self.connection = self.connection, None

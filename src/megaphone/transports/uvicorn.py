@@ -23,6 +23,10 @@ client that has not completed the closing handshake :data:`CLOSE_TIMEOUT` second
 server's close frame is dropped (``transport.abort()``; uvicorn's ``close()`` would wait forever
 for it to read its buffer).
 
+A second ``websocket.close`` is a no-op (uvicorn raises ``RuntimeError``): the server may have
+closed a connection itself (a frame over the size limit, invalid UTF-8) while the application,
+still handling frames received before, decided on a close of its own.
+
 And it holds a fragmented message in one growing buffer: uvicorn keeps a list of fragments, which a
 client could grow without bound with empty continuation frames (6 bytes each on the wire), since
 they add nothing to the message size that ``ws_max_size`` bounds.
@@ -213,6 +217,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.send_receive_event_to_app()
 
     async def send(self, message: Any) -> None:
+        if message["type"] == "websocket.close" and self.close_sent:
+            # A close is final: the server closed already (it refused a frame, say) while the
+            # application decided on its own close. uvicorn would raise; there is nothing to send.
+            return
         closing = (
             message["type"] == "websocket.close"
             and self.handshake_complete
