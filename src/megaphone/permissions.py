@@ -143,18 +143,21 @@ def allowed(user: Any, action: Action, topic: str) -> bool:
 
 
 def may_subscribe(principal: Any, topic: str) -> bool:
-    """Whether ``principal`` may get ``topic``'s live messages (presence too, for a topic that
-    carries other topics' presence)."""
-    return allowed(principal, "subscribe", topic) and (
-        topic not in PRESENCE_CARRYING or allowed(principal, "presence", topic)
-    )
+    """Whether ``principal`` may get ``topic``'s live messages (see :func:`_carried_presence`)."""
+    return allowed(principal, "subscribe", topic) and _carried_presence(principal, topic)
 
 
 def may_read_history(principal: Any, topic: str) -> bool:
-    """Whether ``principal`` may read messages of ``topic`` published before it subscribed."""
-    return allowed(principal, "history", topic)
+    """Whether ``principal`` may read messages of ``topic`` published before it subscribed
+    (see :func:`_carried_presence`)."""
+    return allowed(principal, "history", topic) and _carried_presence(principal, topic)
 
 
 def may_see_presence(principal: Any, topic: str) -> bool:
     """Whether ``principal`` may learn who is on ``topic``: entries, join/leave events, counts."""
     return allowed(principal, "presence", topic)
+
+
+def _carried_presence(principal: Any, topic: str) -> bool:
+    """The messages of a :data:`PRESENCE_CARRYING` topic, live or past, disclose presence too."""
+    return topic not in PRESENCE_CARRYING or may_see_presence(principal, topic)
