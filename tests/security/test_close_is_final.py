@@ -42,6 +42,14 @@ def received_until_marker(server: ServerProcess, watcher: ClientConnection) -> l
     return received
 
 
+def closed_after_burst(attacker: RawClient, sent: list[str]) -> int | None:
+    """Connect ``attacker`` to :data:`TOPIC`, send ``sent`` in one burst, read until the
+    server's close frame; its code."""
+    assert attacker.handshake(f"/ws/broadcast/{TOPIC}/") == 101
+    attacker.send(raw_burst(*(text.encode() for text in sent)))
+    return attacker.read_until_close(timeout(10))[1]
+
+
 def assert_in_order_without_gap(received: list[str], sent: list[str]) -> None:
     """``received`` is the first messages of ``sent``, in order: nothing after a refused one."""
     assert received == sent[: len(received)], received
@@ -57,10 +65,7 @@ def test_frames_behind_a_4429_are_never_published(
     sent = [f"m{n}" for n in range(200)]
     with connect(f"{server.ws_url}/ws/broadcast/{TOPIC}/") as watcher:
         with RawClient(server.port) as attacker:
-            assert attacker.handshake(f"/ws/broadcast/{TOPIC}/") == 101
-            attacker.send(raw_burst(*(text.encode() for text in sent)))
-            _, code = attacker.read_until_close(timeout(10))
-        assert code == 4429
+            assert closed_after_burst(attacker, sent) == 4429
         received = received_until_marker(server, watcher)
     assert len(received) >= BURST
     assert_in_order_without_gap(received, sent)
@@ -75,10 +80,7 @@ def test_a_second_close_racing_the_first_is_a_no_op(attacked: Start) -> None:
     sent = [f"m{n}" for n in range(BURST + 50)]
     with connect(f"{server.ws_url}/ws/broadcast/{TOPIC}/") as watcher:
         with RawClient(server.port) as attacker:
-            assert attacker.handshake(f"/ws/broadcast/{TOPIC}/") == 101
-            attacker.send(raw_burst(*(text.encode() for text in sent)))
-            _, code = attacker.read_until_close(timeout(10))
-            assert code == 4429
+            assert closed_after_burst(attacker, sent) == 4429
             # Too big, then the closing handshake's reply.
             attacker.send(raw_burst(b"x" * 2048) + frame(CLOSE, struct.pack("!H", 1000)))
             after_close, second = attacker.read_until_close(timeout(10))
