@@ -126,10 +126,14 @@ class Publisher:
         self._reader.join(timeout(10))
 
 
-def test_the_protocol_endpoint_handles_nothing_after_its_close(attacked: Start) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["memory", "redis-2-workers"])
+def test_the_protocol_endpoint_handles_nothing_after_its_close(
+    attacked: Start, request: pytest.FixtureRequest, workers: int
+) -> None:
     """Closed with 4401 by a logout while publishing flat out: every message the others got was
     answered to the publisher first (handled before the close), in order, none after."""
-    server = attacked(PUBLISH_RATE=0)
+    backend = request.getfixturevalue("redis_server").url if workers == 2 else None
+    server = attacked(workers=workers, backend=backend, PUBLISH_RATE=0)
     create_superuser(server, "mallory")
     browser = Browser(server)
     browser.log_in("mallory")

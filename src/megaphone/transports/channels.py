@@ -89,9 +89,12 @@ class _Endpoint(_DirectConsumer):
     """What both endpoints share: the connection and its outbox, the size check, closing.
 
     **A close is final.** Every close the server decides (1009, 4429, 4403, 4408, 4401, 1013)
-    goes through :meth:`_close_with`, which records the decision at once: from then on nothing
-    the client sent is handled (:meth:`dispatch` drops its frames, even those already received),
-    and a second decision, whatever its code, does nothing: one close frame is sent, once.
+    goes through :meth:`_close_with` (from the consumer's task) or :meth:`_decide_close` (from
+    anywhere else), which record the decision at once: from then on nothing the client sent is
+    handled (:meth:`dispatch` drops its frames, even those already received), and a second
+    decision, whatever its code, does nothing: one close frame is sent, once. A frame being
+    handled when the decision comes is finished first, so every frame handled is answered before
+    the close frame (unless the outbox overflowed).
     """
 
     node: Node
@@ -100,6 +103,8 @@ class _Endpoint(_DirectConsumer):
     connection: Connection | None = None
     #: The close the server decided on (its code), or None while the connection is open.
     closing_code: int | None = None
+    _in_frame = False  # a client frame is being handled
+    _frame_handled: asyncio.Event | None = None  # set after each frame, once a close waits
     _closing: asyncio.Task[None] | None = None
     _main_task: asyncio.Task[object] | None = None
     _token_timer: asyncio.TimerHandle | None = None
@@ -133,12 +138,19 @@ class _Endpoint(_DirectConsumer):
         """Channels' dispatch, minus its thread-pool hop per frame to close stale database
         connections: these consumers never use the ORM outside ``database_sync_to_async``, which
         closes them itself. That hop cost more than the broadcast of a frame to 1,000 clients."""
-        if self.closing_code is not None and message["type"] == "websocket.receive":
-            return  # the server is closing this connection: what the client sends is void
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
+        if message["type"] != "websocket.receive":
+            await handler(message)
+        elif self.closing_code is None:  # once closing, what the client sends is void
+            self._in_frame = True
+            try:
+                await handler(message)
+            finally:
+                self._in_frame = False
+                if self._frame_handled is not None:
+                    self._frame_handled.set()
 
     async def _refuse(self, reason: str, label: str) -> None:
         """Refuse the handshake (HTTP 403), logging why and counting it by ``label``."""
@@ -215,12 +227,22 @@ class _Endpoint(_DirectConsumer):
 
     def _decide_close(self, code: int) -> bool:
         """Close with ``code`` in the background, unless a close was decided already; True if
-        this call decided it. For callers outside the consumer's own task (timers, the hub)."""
+        this call decided it. For callers outside the consumer's own task (timers, the hub, the
+        outbox, a publish's callback)."""
         if self.closing_code is not None or self._released:
             return False
         self.closing_code = code
-        self._closing = asyncio.get_running_loop().create_task(self._close(code))
+        self._closing = asyncio.get_running_loop().create_task(self._close_after_frame(code))
         return True
+
+    async def _close_after_frame(self, code: int) -> None:
+        """:meth:`_close`, once the frame being handled (if any) is: its answer goes out first.
+        A frame taking more than :data:`CLOSE_TIMEOUT` seconds is not waited for."""
+        if self._in_frame:
+            self._frame_handled = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._frame_handled.wait(), CLOSE_TIMEOUT)
+        await self._close(code)
 
     async def _close_with(self, code: int) -> None:
         """Close with ``code`` now, from the consumer's own task (it reads no more frames
