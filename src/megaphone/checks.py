@@ -334,3 +334,19 @@ def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
             )
         )
     return messages
+
+
+@register("megaphone")
+def check_join_leave(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``JOIN_LEAVE_INTERVAL``: a number of seconds, 0 or more (``megaphone.E012``)."""
+    value = get_config().JOIN_LEAVE_INTERVAL
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return []
+    return [
+        Error(
+            f"MEGAPHONE['JOIN_LEAVE_INTERVAL'] must be a number of seconds, 0 or more, "
+            f"not {value!r}.",
+            hint="e.g. 1.0: a topic's join/leave events go out at most once a second.",
+            id="megaphone.E012",
+        )
+    ]

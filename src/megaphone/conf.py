@@ -95,6 +95,10 @@ class Config:
     #: (they need presence on too).
     PRESENCE: bool = False
     JOIN_LEAVE: bool = False
+    #: Join/leave events of a topic are coalesced over windows this long, in seconds, per
+    #: process: at most one batch per window, net of what cancelled out (see
+    #: :mod:`megaphone.joinleave`). 0 still coalesces what one loop turn announced.
+    JOIN_LEAVE_INTERVAL: float = 1.0
     #: Seconds a presence entry lives in a shared backend (Redis) without being refreshed: an
     #: entry of a process that died without saying goodbye vanishes after this long.
     PRESENCE_TTL: float = 60.0

@@ -37,6 +37,7 @@ from .decoding import InvalidText, decode_json, strict_query
 from .logs import get_logger
 from .message import Message
 from .node import get_node
+from .permissions import Service, may_read_history, may_see_presence
 from .protocol import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_INT_ID, message_json
 from .publishing import InvalidMessage, PublishError, apublish, prepare
 from .topics import InvalidTopic, validate_topic
@@ -108,8 +109,9 @@ class ApiError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class ApiKey:
-    """An authenticated caller: its position in ``API_KEYS`` and its topic patterns."""
+class ApiKey(Service):
+    """An authenticated caller: its position in ``API_KEYS`` and its topic patterns, which
+    decide every action (see :class:`megaphone.permissions.Service`)."""
 
     index: int
     patterns: tuple[str, ...] | None  # None: every topic
@@ -253,8 +255,9 @@ def parse_message(value: Any, where: str = "") -> _Publish:
     return _Publish(topic, data, msg_id)
 
 
-def require_topic(key: ApiKey, topic: str) -> None:
-    if not key.allows(topic):
+def require_topic(key: ApiKey, topic: str, allowed: bool | None = None) -> None:
+    """Refuse (403) unless ``allowed`` (by default: the key may use ``topic``)."""
+    if not (key.allows(topic) if allowed is None else allowed):
         raise ApiError(Code.FORBIDDEN_TOPIC, f"this API key may not use topic {topic!r}")
 
 
@@ -388,7 +391,7 @@ async def topics(request: HttpRequest, key: ApiKey) -> HttpResponse:
     listed = [
         {"topic": name, "subscribers": count}
         for name, count in sorted(counts.items())
-        if not name.startswith("$") and key.allows(name)
+        if not name.startswith("$") and may_see_presence(key, name)
     ]
     return JsonResponse({"scope": scope, "topics": listed})
 
@@ -397,7 +400,7 @@ async def topics(request: HttpRequest, key: ApiKey) -> HttpResponse:
 async def history(request: HttpRequest, topic: str, key: ApiKey) -> HttpResponse:
     """``GET topics/<topic>/history?since=&limit=&epoch=``: messages after offset ``since``."""
     _valid_topic(topic)
-    require_topic(key, topic)
+    require_topic(key, topic, may_read_history(key, topic))
     since = query_int(request, "since", 0, MAX_INT_ID)
     limit = query_int(request, "limit", DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)
     epoch = request.GET.get("epoch")
@@ -425,7 +428,7 @@ async def history(request: HttpRequest, topic: str, key: ApiKey) -> HttpResponse
 async def presence(request: HttpRequest, topic: str, key: ApiKey) -> HttpResponse:
     """``GET topics/<topic>/presence``: the clients subscribed to ``topic``, in every process."""
     _valid_topic(topic)
-    require_topic(key, topic)
+    require_topic(key, topic, may_see_presence(key, topic))
     rate_limit(key, 1)
     node = await _node()
     if type(node.backend).presence is Backend.presence:

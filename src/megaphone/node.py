@@ -24,6 +24,7 @@ from .backends.base import HistoryPage
 from .conf import get_config, topic_options
 from .decoding import check_text
 from .hub import Hub, Subscriber
+from .joinleave import JoinLeave
 from .message import Message
 
 
@@ -37,6 +38,8 @@ class Node:
         self._presence: dict[tuple[str, str], dict[str, object]] = {}
         self._presence_refresher: asyncio.Task[None] | None = None
         self._stats_publisher: asyncio.Task[None] | None = None
+        #: This process's clients' join/leave events, coalesced per topic.
+        self.join_leave = JoinLeave(self._publish_json)
         metrics.track_hub(self.hub)
 
     async def start(self) -> None:
@@ -57,6 +60,7 @@ class Node:
         for task in (self._presence_refresher, self._stats_publisher):
             if task is not None:
                 task.cancel()
+        self.join_leave.stop()
         await self.backend.stop()
 
     async def subscribe(self, topic: str, subscriber: Subscriber) -> None:
@@ -111,6 +115,9 @@ class Node:
             raise
         metrics.MESSAGES_PUBLISHED.inc()
         return message
+
+    async def _publish_json(self, topic: str, text: str) -> Message:
+        return await self.publish(topic, text, json=True)
 
     async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
         """``topic``'s messages after offset ``since`` (see :meth:`Backend.history`); durable

@@ -16,6 +16,15 @@ of a function ``f(user, action, topic) -> bool``. ``default`` covers the actions
 name. A topic no rule matches is refused (``nobody``). :data:`DEFAULT_PERMISSIONS` applies when
 the setting is absent: private ``user:<id>`` topics for their owner, internal ``_megaphone.*``
 topics for staff, anything else for anyone.
+
+**One decision per disclosure.** What a topic reveals beyond its live messages is decided here,
+once, and every path that reveals it asks the same function: :func:`may_read_history` for a
+topic's past messages (recovery with ``since``, the ``history`` op, the HTTP API's history),
+:func:`may_see_presence` for who is on it (the ``presence`` op, join/leave events, the HTTP API's
+presence and subscriber counts). :func:`may_subscribe` adds that a topic carrying other topics'
+subscriber counts (:data:`PRESENCE_CARRYING`: the dashboard's stats) also needs the presence
+right. A :class:`Service` principal (an HTTP API key) is decided by its own scope instead of the
+rules: the operator granted it its topics for every action.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from .conf import get_config
+from .dashboard import STATS_TOPIC
 
 Action = Literal["subscribe", "publish", "history", "presence"]
 ACTIONS: tuple[Action, ...] = ("subscribe", "publish", "history", "presence")
@@ -108,9 +118,46 @@ def _clear_rules_cache(*, setting: str, **kwargs: Any) -> None:
         _rules.cache_clear()
 
 
+class Service:
+    """A server-side principal (an HTTP API key): :meth:`allows` decides every action."""
+
+    __slots__ = ()
+
+    def allows(self, topic: str) -> bool:
+        raise NotImplementedError
+
+
+#: Topics whose messages carry other topics' subscriber counts: the dashboard's stats.
+PRESENCE_CARRYING = frozenset({STATS_TOPIC})
+
+
 def allowed(user: Any, action: Action, topic: str) -> bool:
-    """Whether ``user`` (a Django user, AnonymousUser or None) may ``action`` on ``topic``."""
+    """Whether ``user`` (a Django user, AnonymousUser, None or a :class:`Service`) may
+    ``action`` on ``topic``."""
+    if isinstance(user, Service):
+        return user.allows(topic)
     for pattern, actions in _rules():
         if fnmatchcase(topic, pattern):
             return bool(actions[action](user, action, topic))
     return False
+
+
+def may_subscribe(principal: Any, topic: str) -> bool:
+    """Whether ``principal`` may get ``topic``'s live messages (see :func:`_carried_presence`)."""
+    return allowed(principal, "subscribe", topic) and _carried_presence(principal, topic)
+
+
+def may_read_history(principal: Any, topic: str) -> bool:
+    """Whether ``principal`` may read messages of ``topic`` published before it subscribed
+    (see :func:`_carried_presence`)."""
+    return allowed(principal, "history", topic) and _carried_presence(principal, topic)
+
+
+def may_see_presence(principal: Any, topic: str) -> bool:
+    """Whether ``principal`` may learn who is on ``topic``: entries, join/leave events, counts."""
+    return allowed(principal, "presence", topic)
+
+
+def _carried_presence(principal: Any, topic: str) -> bool:
+    """The messages of a :data:`PRESENCE_CARRYING` topic, live or past, disclose presence too."""
+    return topic not in PRESENCE_CARRYING or may_see_presence(principal, topic)

@@ -16,14 +16,14 @@ resubscribes from its position, which answers ``recovered: false`` if the gap is
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NoReturn
 
 from .backends import BackendUnavailable, HistoryPage
 from .conf import get_config, topic_options
 from .logs import get_logger
 from .message import Message, raw_frame
 from .node import Node
-from .permissions import Action, allowed
+from .permissions import Action, allowed, may_read_history, may_see_presence, may_subscribe
 from .protocol import (
     VERSION,
     Code,
@@ -39,7 +39,6 @@ from .protocol import (
     frame,
     history_reply,
     parse,
-    presence_event,
     presence_topic,
     reply_frame,
 )
@@ -164,9 +163,11 @@ class Session:
 
     def _require(self, action: Action, topic: str, request_id: Any) -> None:
         if not allowed(self.principal, action, topic):
-            raise ProtocolError(
-                Code.FORBIDDEN, f"not allowed to {action} on this topic", request_id
-            )
+            self._refuse(action, request_id)
+
+    @staticmethod
+    def _refuse(action: Action, request_id: Any) -> NoReturn:
+        raise ProtocolError(Code.FORBIDDEN, f"not allowed to {action} on this topic", request_id)
 
     async def _handle(self, request: Request) -> None:
         if isinstance(request, (Subscribe, Unsubscribe)):
@@ -213,18 +214,23 @@ class Session:
         topic = request.topic
         if topic in self.subscriptions:
             raise ProtocolError(Code.ALREADY_SUBSCRIBED, "already subscribed", request.id)
-        self._require("subscribe", topic, request.id)
+        if not may_subscribe(self.principal, topic):
+            self._refuse("subscribe", request.id)
         if len(self.subscriptions) >= get_config().MAX_SUBSCRIPTIONS:
             raise ProtocolError(Code.TOO_MANY_SUBSCRIPTIONS, "too many subscriptions", request.id)
         options = topic_options(topic)
         subscription = self.subscriptions[topic] = Subscription(self, topic)
         self._info[topic] = request.info
         try:
-            if options.presence and options.join_leave:
+            if self._watches_join_leave(topic):
                 await self.node.subscribe(presence_topic(topic), self._presence_listener)
             await self.node.subscribe(topic, subscription)
             since = request.since
-            if since is None:
+            if since is not None and not may_read_history(self.principal, topic):
+                # Recovery would disclose the history: the client starts from now, and is told
+                # plainly that nothing was recovered.
+                page, recovered = await self.node.history(topic, 0, 0), False
+            elif since is None:
                 page = await self.node.history(topic, 0, 0)
                 recovered = None
             else:
@@ -248,6 +254,12 @@ class Session:
                 await self._join(topic, request.info, options.join_leave)
             except BackendUnavailable as exc:
                 logger.error("could not add %s to presence on %s: %s", self.client, topic, exc)
+
+    def _watches_join_leave(self, topic: str) -> bool:
+        """Whether this session gets ``topic``'s join/leave events: they are on there, and its
+        principal may see the topic's presence."""
+        options = topic_options(topic)
+        return options.presence and options.join_leave and may_see_presence(self.principal, topic)
 
     async def _read_since(self, topic: str, offset: int, epoch: str) -> tuple[HistoryPage, bool]:
         """The first page of history after ``offset``, and whether the history still holds
@@ -363,9 +375,7 @@ class Session:
         entry = {"client": self.client, "user": self.user, "info": info}
         await self.node.presence_add(topic, self.client, entry)
         if announce:
-            await self.node.publish(
-                presence_topic(topic), presence_event("join", topic, entry), json=True
-            )
+            self.node.join_leave.announce("join", topic, entry)
 
     async def _unsubscribe(self, topic: str, *, leave: bool = True) -> None:
         subscription = self.subscriptions.pop(topic, None)
@@ -374,21 +384,20 @@ class Session:
             return
         options = topic_options(topic)
         await self.node.unsubscribe(topic, subscription)
-        if options.presence and options.join_leave:
+        if self._watches_join_leave(topic):
             await self.node.unsubscribe(presence_topic(topic), self._presence_listener)
         if options.presence:
             try:
                 await self.node.presence_remove(topic, self.client)
                 if leave and options.join_leave:
                     entry = {"client": self.client, "user": self.user, "info": info}
-                    await self.node.publish(
-                        presence_topic(topic), presence_event("leave", topic, entry), json=True
-                    )
+                    self.node.join_leave.announce("leave", topic, entry)
             except BackendUnavailable as exc:
                 logger.error("could not remove %s from presence on %s: %s", self.client, topic, exc)
 
     async def _history(self, request: History) -> None:
-        self._require("history", request.topic, request.id)
+        if not may_read_history(self.principal, request.topic):
+            self._refuse("history", request.id)
         page = await self.node.history(request.topic, request.since, request.limit)
         complete = page.complete
         if request.epoch is not None and request.epoch != page.epoch:
@@ -404,7 +413,8 @@ class Session:
         self.send(history_reply(request.id, result, page.messages))
 
     async def _presence(self, request: Presence) -> None:
-        self._require("presence", request.topic, request.id)
+        if not may_see_presence(self.principal, request.topic):
+            self._refuse("presence", request.id)
         if not topic_options(request.topic).presence:
             raise ProtocolError(Code.FORBIDDEN, "presence is off on this topic", request.id)
         entries = await self.node.presence(request.topic)

@@ -8,7 +8,15 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.test import override_settings
 
-from megaphone.permissions import PolicyError, allowed, compile_rules
+from megaphone.permissions import (
+    PolicyError,
+    Service,
+    allowed,
+    compile_rules,
+    may_read_history,
+    may_see_presence,
+    may_subscribe,
+)
 from megaphone.tokens import InvalidToken, issue_token, verify_token
 
 
@@ -92,3 +100,25 @@ def test_a_token_signed_with_another_key_is_refused() -> None:
         foreign = issue_token(ALICE)
     with pytest.raises(InvalidToken, match="bad signature"):
         verify_token(foreign)
+
+
+class Key(Service):
+    __slots__ = ()
+
+    def allows(self, topic: str) -> bool:
+        return topic.startswith("orders.")
+
+
+@override_settings(
+    MEGAPHONE={"PERMISSIONS": [{"topics": "*", "default": "anyone", "presence": "staff"}]}
+)
+def test_each_disclosure_has_one_decision_and_the_stats_topic_carries_presence() -> None:
+    assert may_read_history(ANON, "room") and may_subscribe(ANON, "room")
+    assert not may_see_presence(ANON, "room") and may_see_presence(STAFF, "room")
+    # The dashboard's stats list topics with their subscriber counts: live or past, presence.
+    assert not may_subscribe(ANON, "_megaphone.stats")
+    assert not may_read_history(ANON, "_megaphone.stats")
+    assert may_subscribe(STAFF, "_megaphone.stats") and may_read_history(STAFF, "_megaphone.stats")
+    # A server-side key is decided by its own scope, for every action.
+    assert may_read_history(Key(), "orders.1") and may_see_presence(Key(), "orders.1")
+    assert not may_read_history(Key(), "room") and not may_see_presence(Key(), "room")

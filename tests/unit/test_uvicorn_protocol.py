@@ -74,3 +74,21 @@ def test_a_close_between_fragments_is_answered_as_any_close(
     assert protocol.close_sent == answer
     written = protocol.data_to_send()[0]
     assert written == Frame(Opcode.CLOSE, answer.serialize()).serialize(mask=False)
+
+
+async def test_a_close_after_the_server_closed_is_a_no_op() -> None:
+    """The server closed (a frame over the size limit, say) while the application was deciding
+    a close of its own: uvicorn raises RuntimeError on that second close; ours sends nothing."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from megaphone.transports.uvicorn import WebSocketProtocol
+
+    config = Config(app=None, ws=WebSocketProtocol)
+    protocol = WebSocketProtocol(config=config, server_state=ServerState(), app_state={})
+    written: list[bytes] = []
+    protocol.transport = type("Transport", (), {"write": written.append})()
+    protocol.handshake_complete = True
+    protocol.close_sent = True  # as after uvicorn's own 1009
+    await protocol.send({"type": "websocket.close", "code": 4429})
+    assert written == []

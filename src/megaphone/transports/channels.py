@@ -29,7 +29,7 @@ from ..decoding import InvalidText, utf8_size
 from ..logs import get_logger, log_refusal
 from ..message import Encoder, Message, raw_frame
 from ..node import Node, get_node
-from ..permissions import allowed
+from ..permissions import allowed, may_subscribe
 from ..protocol import message_event
 from ..ratelimit import TokenBucket
 from ..session import RateLimitIgnored, Session
@@ -82,12 +82,25 @@ class _DirectConsumer(AsyncWebsocketConsumer):
 
 
 class _Endpoint(_DirectConsumer):
-    """What both endpoints share: the connection and its outbox, the size check, closing."""
+    """What both endpoints share: the connection and its outbox, the size check, closing.
+
+    **A close is final.** Every close the server decides (1009, 4429, 4403, 4408, 4401, 1013)
+    goes through :meth:`_close_with` (from the consumer's task) or :meth:`_decide_close` (from
+    anywhere else), which record the decision at once: from then on nothing the client sent is
+    handled (:meth:`dispatch` drops its frames, even those already received), and a second
+    decision, whatever its code, does nothing: one close frame is sent, once. A frame being
+    handled when the decision comes is finished first, so every frame handled is answered before
+    the close frame (unless the outbox overflowed).
+    """
 
     node: Node
     max_message_size: int
     publish_limit: TokenBucket
     connection: Connection | None = None
+    #: The close the server decided on (its code), or None while the connection is open.
+    closing_code: int | None = None
+    _in_frame = False  # a client frame is being handled
+    _frame_handled: asyncio.Event | None = None  # set after each frame, once a close waits
     _closing: asyncio.Task[None] | None = None
     _main_task: asyncio.Task[object] | None = None
     _token_timer: asyncio.TimerHandle | None = None
@@ -124,7 +137,16 @@ class _Endpoint(_DirectConsumer):
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"no handler for message type {message['type']}")
-        await handler(message)
+        if message["type"] != "websocket.receive":
+            await handler(message)
+        elif self.closing_code is None:  # once closing, what the client sends is void
+            self._in_frame = True
+            try:
+                await handler(message)
+            finally:
+                self._in_frame = False
+                if self._frame_handled is not None:
+                    self._frame_handled.set()
 
     async def _refuse(self, reason: str, label: str) -> None:
         """Refuse the handshake (HTTP 403), logging why and counting it by ``label``."""
@@ -183,7 +205,7 @@ class _Endpoint(_DirectConsumer):
             size = len(payload)
         if size > self.max_message_size:
             logger.info("closing %s: message of %d bytes over the limit", self.scope["path"], size)
-            await self._close(CloseCode.MESSAGE_TOO_BIG)
+            await self._close_with(CloseCode.MESSAGE_TOO_BIG)
             return None
         return payload
 
@@ -193,21 +215,44 @@ class _Endpoint(_DirectConsumer):
         raise StopConsumer()
 
     def _token_expired(self) -> None:
-        logger.info("closing %s: its connection token expired", self.scope["path"])
-        self._closing = asyncio.get_running_loop().create_task(self._close(CloseCode.UNAUTHORIZED))
+        if self._decide_close(CloseCode.UNAUTHORIZED):
+            logger.info("closing %s: its connection token expired", self.scope["path"])
 
     def logged_out(self) -> None:
         """The connection's user logged out somewhere: close with 4401, once."""
-        if self._closing is None:
+        if self._decide_close(CloseCode.UNAUTHORIZED):
             logger.info("closing %s: its user logged out", self.scope["path"])
-            self._closing = asyncio.get_running_loop().create_task(
-                self._close(CloseCode.UNAUTHORIZED)
-            )
 
     def _slow(self) -> None:
         """Called by the outbox, once, when it overflows; it already drops further frames."""
-        logger.warning("closing a slow consumer on %s: outbox full", self.scope["path"])
-        self._closing = asyncio.get_running_loop().create_task(self._close(CloseCode.SLOW_CONSUMER))
+        if self._decide_close(CloseCode.SLOW_CONSUMER):
+            logger.warning("closing a slow consumer on %s: outbox full", self.scope["path"])
+
+    def _decide_close(self, code: int) -> bool:
+        """Close with ``code`` in the background, unless a close was decided already; True if
+        this call decided it. For callers outside the consumer's own task (timers, the hub, the
+        outbox, a publish's callback)."""
+        if self.closing_code is not None or self._released:
+            return False
+        self.closing_code = code
+        self._closing = asyncio.get_running_loop().create_task(self._close_after_frame(code))
+        return True
+
+    async def _close_after_frame(self, code: int) -> None:
+        """:meth:`_close`, once the frame being handled (if any) is: its answer goes out first.
+        A frame taking more than :data:`CLOSE_TIMEOUT` seconds is not waited for."""
+        if self._in_frame:
+            self._frame_handled = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._frame_handled.wait(), CLOSE_TIMEOUT)
+        await self._close(code)
+
+    async def _close_with(self, code: int) -> None:
+        """Close with ``code`` now, from the consumer's own task (it reads no more frames
+        meanwhile), unless a close was decided already."""
+        if self.closing_code is None and not self._released:
+            self.closing_code = code
+            await self._close(code)
 
     async def _close(self, code: int) -> None:
         """Send what was delivered before the close (unless the outbox overflowed: a slow
@@ -222,8 +267,12 @@ class _Endpoint(_DirectConsumer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.connection.flush(), CLOSE_TIMEOUT)
             await self.connection.close()
+        if self._released:
+            return  # the client is gone already: there is no one to send a close frame to
         try:
             await asyncio.wait_for(self.close(code), CLOSE_TIMEOUT)
+        except OSError:  # it left while we were flushing: nothing more to say to it
+            pass
         except TimeoutError:
             logger.warning("client on %s did not take its close frame", self.scope["path"])
             if self._main_task is not None:
@@ -271,7 +320,7 @@ class BroadcastConsumer(_Endpoint):
         connection = await self._setup(raw_frame)
         if connection is None:
             return
-        if not allowed(self.user, "subscribe", self.topic):
+        if not may_subscribe(self.user, self.topic):
             await self._refuse("may not subscribe", "forbidden")
             return
         try:
@@ -289,12 +338,12 @@ class BroadcastConsumer(_Endpoint):
             return
         if not self.publish_limit.allow():
             logger.warning("closing a client on %s: publish rate over the limit", self.topic)
-            await self._close(CloseCode.RATE_LIMITED)
+            await self._close_with(CloseCode.RATE_LIMITED)
             return
         options = topic_options(self.topic)
         if not (options.publish and allowed(self.user, "publish", self.topic)):
             logger.info("closing %s: clients may not publish on %s", self.scope["path"], self.topic)
-            await self._close(CloseCode.FORBIDDEN)
+            await self._close_with(CloseCode.FORBIDDEN)
             return
         if self.node.backend.pipelines_publishes and not options.durable:
             # Without waiting for the answer: the client's next frames are published behind it,
@@ -322,11 +371,8 @@ class BroadcastConsumer(_Endpoint):
 
     def _publish_failed(self, error: BackendUnavailable) -> None:
         """The backend refused a message: close the client with 1013 (once); it may retry."""
-        logger.error("publish on %s failed, closing: %s", self.topic, error)
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(
-                self._close(CloseCode.TRY_AGAIN_LATER)
-            )
+        if self._decide_close(CloseCode.TRY_AGAIN_LATER):
+            logger.error("publish on %s failed, closing: %s", self.topic, error)
 
     async def disconnect(self, code: int) -> None:
         connection, self.connection = self.connection, None

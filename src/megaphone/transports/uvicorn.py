@@ -43,6 +43,10 @@ connection the server closes for any reason (a dead connection, a broken frame, 
 close) while its buffer holds what the client has not read is dropped :data:`CLOSE_TIMEOUT`
 seconds later: uvicorn would wait for the client to read it, forever.
 
+A second ``websocket.close`` is a no-op (uvicorn raises ``RuntimeError``): the server may have
+closed a connection itself (a frame over the size limit, invalid UTF-8) while the application,
+still handling frames received before, decided on a close of its own.
+
 And it holds a fragmented message in one growing buffer: uvicorn keeps a list of fragments, which a
 client could grow without bound with empty continuation frames (6 bytes each on the wire), since
 they add nothing to the message size that ``ws_max_size`` bounds.
@@ -363,6 +367,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.send_receive_event_to_app()
 
     async def send(self, message: Any) -> None:
+        if message["type"] == "websocket.close" and self.close_sent:
+            # A close is final: the server closed already (it refused a frame, or closed a slow
+            # consumer itself) while the application decided on its own close. uvicorn would
+            # raise; there is nothing to send.
+            return
         closing = (
             message["type"] == "websocket.close"
             and self.handshake_complete
@@ -378,10 +387,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             await super().send(message)
             if self.close_sent:
                 self._read_until_closed()
-        elif not (message["type"] == "websocket.close" and self.close_sent):
+        else:
             await super().send(message)
-        # else: a close after the server's close frame (its own, or one the protocol sent for
-        # a slow consumer) is a no-op.
 
     def _close_behind(self, code: int, reason: str) -> None:
         """Send a close frame now, behind whatever the socket's buffer holds, and tell the
