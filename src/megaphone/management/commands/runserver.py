@@ -41,6 +41,10 @@ BIND_ERRORS = {
 
 class Command(DjangoRunserver):
     help = "Starts a development server for HTTP and WebSockets (uvicorn), with autoreload."
+    # Set by Django's handle() from addrport and --ipv6.
+    addr: str
+    port: str
+    use_ipv6: bool
 
     def add_arguments(self, parser: Any) -> None:
         super().add_arguments(parser)
