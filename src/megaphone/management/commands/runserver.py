@@ -17,6 +17,7 @@ import errno
 import os
 import socket
 import sys
+from datetime import datetime
 from typing import Any
 
 import uvicorn
@@ -45,6 +46,7 @@ class Command(DjangoRunserver):
     addr: str
     port: str
     use_ipv6: bool
+    _raw_ipv6: bool
 
     def add_arguments(self, parser: Any) -> None:
         super().add_arguments(parser)
@@ -99,12 +101,26 @@ class Command(DjangoRunserver):
         return listening
 
     def on_bind(self, server_port: int) -> None:
-        super().on_bind(server_port)
-        protocols = uvicorn_options()
+        """Django's banner, naming what serves: ASGI under uvicorn (Django 6.1's own banner says
+        "WSGI development server")."""
+        addr = f"[{self.addr}]" if self._raw_ipv6 else "0.0.0.0" if self.addr == "0" else self.addr
+        protocols = "Megaphone's" if uvicorn_options()["ws"].startswith("megaphone.") else "stock"
+        quit_command = "CTRL-BREAK" if sys.platform == "win32" else "CONTROL-C"
         self.stdout.write(
-            f"HTTP and WebSockets: {settings.ASGI_APPLICATION} under uvicorn {uvicorn.__version__} "
-            f"({'Megaphone' if protocols['ws'].startswith('megaphone.') else 'stock'} protocols)."
+            f"{datetime.now():%B %d, %Y - %X}\n"
+            f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
+            f"Starting ASGI development server (HTTP and WebSockets: uvicorn "
+            f"{uvicorn.__version__}, {protocols} protocols) at "
+            f"{self.protocol}://{addr}:{server_port}/\n"
+            f"Quit the server with {quit_command}."
         )
+        if os.environ.get("DJANGO_RUNSERVER_HIDE_WARNING") != "true":
+            self.stdout.write(
+                self.style.WARNING(
+                    "WARNING: This is a development server. Do not use it in a production "
+                    "setting. Use manage.py serve instead (docs/deploy.md)."
+                )
+            )
         sys.stdout.flush()
 
     def get_application(self, options: dict[str, Any]) -> Any:
