@@ -57,12 +57,15 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, seconds: f
 
 @dataclass
 class ServerProcess:
-    """A ``manage.py serve`` process of the example project."""
+    """A server process of the example project: ``manage.py serve`` unless ``name`` says which
+    other ASGI server."""
 
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: Which ASGI server it is (see :data:`ASGI_SERVERS`).
+    name: str = "serve"
 
     @property
     def ws_url(self) -> str:
@@ -104,6 +107,7 @@ def launch(
     env: dict[str, str] | None = None,
     *,
     cwd: Path | None = None,
+    name: str = "serve",
 ) -> ServerProcess:
     """Migrate the example project's database, run ``command`` (a server that will listen on
     ``port``) in its own process group, logging to ``tmp_path``, and wait until it listens."""
@@ -120,7 +124,7 @@ def launch(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = ServerProcess(port, process, log_path, env or {})
+    server = ServerProcess(port, process, log_path, env or {}, name)
     try:
         wait_for_port(port, process, 30)
     except Exception:
@@ -180,9 +184,8 @@ def start_asgi_server(
         pytest.skip(f"{name} is not installed here (pip install {name})")
     port = free_port()
     path = os.pathsep.join(filter(None, [str(ROOT / "example"), (env or {}).get("PYTHONPATH")]))
-    return launch(
-        asgi_server_command(name, port), tmp_path, port, {**(env or {}), "PYTHONPATH": path}
-    )
+    command = asgi_server_command(name, port)
+    return launch(command, tmp_path, port, {**(env or {}), "PYTHONPATH": path}, name=name)
 
 
 def create_superuser(server: ServerProcess, username: str) -> None:

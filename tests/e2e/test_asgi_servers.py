@@ -57,10 +57,6 @@ def server(
     started.stop()
 
 
-def server_name(server: ServerProcess) -> str:
-    return server.log_path.parent.name.rstrip("0123456789")
-
-
 def topic(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -107,7 +103,7 @@ async def test_oversize_message_closes_1009(server: ServerProcess) -> None:
         await client.send("x" * (MAX_MESSAGE_SIZE + 1))
         code = await closed_with(client)
     # daphne (autobahn) lets an application send no RFC 6455 code but 1000.
-    assert code == (1000 if server_name(server) == "daphne" else 1009)
+    assert code == (1000 if server.name == "daphne" else 1009)
     assert "Traceback" not in server.log()
 
 
@@ -128,7 +124,7 @@ async def test_publishing_over_the_rate_closes_4429(server: ServerProcess) -> No
 async def test_a_client_that_never_reads_is_closed_4408(
     server: ServerProcess, request: pytest.FixtureRequest
 ) -> None:
-    if server_name(server) == "daphne":
+    if server.name == "daphne":
         reason = "daphne's websocket.send never waits: Twisted buffers every frame without bound"
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     name = topic("slow")
