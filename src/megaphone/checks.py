@@ -214,11 +214,13 @@ def check_uvicorn_protocols(app_configs: Any = None, **kwargs: Any) -> list[Chec
     if not broken:
         return []
     missing = "; ".join(item for items in broken.values() for item in items)
+    stock = " and ".join(c.stock for c in CONTRACTS if c.ours in broken)
     lost = "; ".join(c.lost for c in CONTRACTS if c.ours in broken)
     return [
         Warning(
             f"The installed uvicorn lacks internals Megaphone's protocols rely on ({missing}). "
-            f"manage.py serve runs uvicorn's stock protocols instead, without {lost}.",
+            f"manage.py serve and runserver run uvicorn's stock {stock} protocol instead, "
+            f"without {lost}.",
             hint="Install a uvicorn in the range pyproject.toml declares for django-megaphone.",
             id="megaphone.W060",
         )
