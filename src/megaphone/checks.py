@@ -208,18 +208,21 @@ def check_uvicorn_protocols(app_configs: Any = None, **kwargs: Any) -> list[Chec
     """``manage.py serve`` and ``runserver`` run Megaphone's uvicorn protocols only where the
     installed uvicorn still has the internals they rely on (megaphone.transports.uvicorn_contract);
     one warning says what was lost otherwise."""
-    from .transports.uvicorn_contract import CONTRACTS, problems
+    from .transports.uvicorn_contract import CONTRACTS, problems, protocols
 
     broken = problems()
+    ours = {contract.ours for contract in CONTRACTS}
     if not broken:
         return []
     missing = "; ".join(item for items in broken.values() for item in items)
-    stock = " and ".join(c.stock for c in CONTRACTS if c.ours in broken)
+    stock = " and ".join(
+        f"{option}={name!r}" for option, name in protocols().items() if name not in ours
+    )
     lost = "; ".join(c.lost for c in CONTRACTS if c.ours in broken)
     return [
         Warning(
             f"The installed uvicorn lacks internals Megaphone's protocols rely on ({missing}). "
-            f"manage.py serve and runserver run uvicorn's stock {stock} protocol instead, "
+            f"manage.py serve and runserver run uvicorn's stock protocol ({stock}) instead, "
             f"without {lost}.",
             hint="Install a uvicorn in the range pyproject.toml declares for django-megaphone.",
             id="megaphone.W060",
