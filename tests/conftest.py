@@ -10,6 +10,7 @@ Every timeout is multiplied by ``MEGAPHONE_TEST_TIMEOUT_FACTOR`` (CI sets it hig
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -56,12 +57,15 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, seconds: f
 
 @dataclass
 class ServerProcess:
-    """A ``manage.py serve`` process of the example project."""
+    """A server process of the example project: ``manage.py serve`` unless ``name`` says which
+    other ASGI server."""
 
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: Which ASGI server it is (see :data:`ASGI_SERVERS`).
+    name: str = "serve"
 
     @property
     def ws_url(self) -> str:
@@ -85,30 +89,42 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(
-    tmp_path: Path, *, workers: int = 1, env: dict[str, str] | None = None, port: int | None = None
-) -> ServerProcess:
-    """Start the example project under ``manage.py serve`` on a free port and wait for it."""
-    port = port or free_port()
-    full_env = {
+def example_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an example-project process whose database lives in ``tmp_path``."""
+    return {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "DJANGO_SETTINGS_MODULE": "example.settings",
         "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"),
         **(env or {}),
     }
+
+
+def launch(
+    command: list[str],
+    tmp_path: Path,
+    port: int,
+    env: dict[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+    name: str = "serve",
+) -> ServerProcess:
+    """Migrate the example project's database, run ``command`` (a server that will listen on
+    ``port``) in its own process group, logging to ``tmp_path``, and wait until it listens."""
+    full_env = example_env(tmp_path, env)
     log_path = tmp_path / f"server-{port}.log"
     manage = [sys.executable, str(ROOT / "example" / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=full_env, check=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*manage, "serve", "--port", str(port), "--workers", str(workers)],
+            command,
             env=full_env,
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = ServerProcess(port, process, log_path, env or {})
+    server = ServerProcess(port, process, log_path, env or {}, name)
     try:
         wait_for_port(port, process, 30)
     except Exception:
@@ -117,14 +133,66 @@ def start_server(
     return server
 
 
+def start_server(
+    tmp_path: Path, *, workers: int = 1, env: dict[str, str] | None = None, port: int | None = None
+) -> ServerProcess:
+    """Start the example project under ``manage.py serve`` on a free port and wait for it."""
+    port = port or free_port()
+    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
+    command = [*manage, "serve", "--port", str(port), "--workers", str(workers)]
+    return launch(command, tmp_path, port, env)
+
+
+#: The ASGI servers the end-to-end tier runs the example project under, each started by
+#: :func:`start_asgi_server`; "serve" is ``manage.py serve`` (uvicorn with Megaphone's protocols).
+ASGI_SERVERS = ("serve", "uvicorn", "daphne", "hypercorn", "granian")
+
+
+def asgi_server_command(name: str, port: int) -> list[str]:
+    """The command line that serves ``example.asgi:application`` under ``name`` on ``port``."""
+    app, host, bin_dir = "example.asgi:application", "127.0.0.1", Path(sys.executable).parent
+    commands = {
+        "serve": [
+            sys.executable,
+            str(ROOT / "example" / "manage.py"),
+            "serve",
+            "--port",
+            str(port),
+        ],
+        "uvicorn": [
+            *(sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port)),
+            *("--lifespan", "off"),
+        ],
+        "daphne": [str(bin_dir / "daphne"), "--bind", host, "--port", str(port), app],
+        "hypercorn": [str(bin_dir / "hypercorn"), "--bind", f"{host}:{port}", app],
+        # asginl: ASGI without lifespan events, which Django's and Channels' routers refuse
+        "granian": [
+            *(str(bin_dir / "granian"), "--interface", "asginl", "--workers", "1"),
+            *("--host", host, "--port", str(port), app),
+        ],
+    }
+    return commands[name]
+
+
+def start_asgi_server(
+    tmp_path: Path, name: str, *, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """Start the example project under the ASGI server ``name`` (one of :data:`ASGI_SERVERS`)
+    on a free port, one process, and wait for it; skip the test if that server is not
+    installed."""
+    if name != "serve" and importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed here (pip install {name})")
+    port = free_port()
+    path = os.pathsep.join(filter(None, [str(ROOT / "example"), (env or {}).get("PYTHONPATH")]))
+    command = asgi_server_command(name, port)
+    return launch(command, tmp_path, port, {**(env or {}), "PYTHONPATH": path}, name=name)
+
+
 def create_superuser(server: ServerProcess, username: str) -> None:
     """A superuser in ``server``'s database, with the password ``a-long-test-password``."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "example.settings",
-        "DJANGO_SQLITE_PATH": str(server.log_path.parent / "db.sqlite3"),
-        "DJANGO_SUPERUSER_PASSWORD": "a-long-test-password",
-    }
+    env = example_env(
+        server.log_path.parent, {**server.env, "DJANGO_SUPERUSER_PASSWORD": "a-long-test-password"}
+    )
     manage = [sys.executable, str(ROOT / "example" / "manage.py")]
     email = f"{username}@example.com"
     subprocess.run(

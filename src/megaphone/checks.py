@@ -350,3 +350,60 @@ def check_join_leave(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             id="megaphone.E012",
         )
     ]
+
+
+@register("megaphone")
+def check_uvicorn_protocols(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``manage.py serve`` and ``runserver`` run Megaphone's uvicorn protocols only where the
+    installed uvicorn still has the internals they rely on (megaphone.transports.uvicorn_contract);
+    one warning says what was lost otherwise."""
+    from .transports.uvicorn_contract import CONTRACTS, problems, protocols
+
+    broken = problems()
+    ours = {contract.ours for contract in CONTRACTS}
+    if not broken:
+        return []
+    missing = "; ".join(item for items in broken.values() for item in items)
+    stock = " and ".join(
+        f"{option}={name!r}" for option, name in protocols().items() if name not in ours
+    )
+    lost = "; ".join(c.lost for c in CONTRACTS if c.ours in broken)
+    return [
+        Warning(
+            f"The installed uvicorn lacks internals Megaphone's protocols rely on ({missing}). "
+            f"manage.py serve and runserver run uvicorn's stock protocol ({stock}) instead, "
+            f"without {lost}.",
+            hint="Install a uvicorn in the range pyproject.toml declares for django-megaphone.",
+            id="megaphone.W060",
+        )
+    ]
+
+
+#: Apps whose ``runserver`` serves an ASGI application's WebSockets.
+WEBSOCKET_RUNSERVERS = ("megaphone", "daphne")
+
+
+@register("megaphone")
+def check_runserver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """While ``DEBUG`` is on, ``manage.py runserver`` should be one that serves WebSockets: Django
+    runs the command of the first installed app that has one (megaphone.W061)."""
+    from django.apps import apps
+    from django.conf import settings
+    from django.core.management import find_commands
+
+    if not settings.DEBUG:
+        return []
+    for app in apps.get_app_configs():
+        if "runserver" in find_commands(os.path.join(app.path, "management")):
+            if app.name in WEBSOCKET_RUNSERVERS:
+                return []
+            return [
+                Warning(
+                    f"manage.py runserver serves no WebSocket: it is the command of "
+                    f"{app.name!r}, which comes before 'megaphone' in INSTALLED_APPS.",
+                    hint="Put 'megaphone' first in INSTALLED_APPS (before "
+                    "'django.contrib.staticfiles'), or use manage.py serve --reload.",
+                    id="megaphone.W061",
+                )
+            ]
+    return []

@@ -270,13 +270,25 @@ class _Endpoint(_DirectConsumer):
         if self._released:
             return  # the client is gone already: there is no one to send a close frame to
         try:
-            await asyncio.wait_for(self.close(code), CLOSE_TIMEOUT)
+            await asyncio.wait_for(self._send_close(code), CLOSE_TIMEOUT)
         except OSError:  # it left while we were flushing: nothing more to say to it
             pass
         except TimeoutError:
             logger.warning("client on %s did not take its close frame", self.scope["path"])
             if self._main_task is not None:
                 self._main_task.cancel()
+
+    async def _send_close(self, code: int) -> None:
+        """The ASGI ``websocket.close`` event, with ``code`` as a plain int (the ASGI spec's type;
+        daphne refuses an IntEnum). daphne can send no RFC 6455 code but 1000 from the application
+        (it raises for 1009, 1011, 1013...): there the client gets 1000, with one log line."""
+        try:
+            await self.close(int(code))
+        except Exception:
+            if not 1000 < code < 3000:
+                raise
+            logger.info("the ASGI server cannot send close code %d: closing with 1000", code)
+            await self.close(1000)
 
 
 class _LogoutWatch:

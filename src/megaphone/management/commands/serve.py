@@ -1,8 +1,8 @@
-"""``manage.py serve``: run the project's ASGI application under uvicorn, configured for Megaphone.
+"""``manage.py serve``: run the project's ASGI application under uvicorn, configured for Megaphone
+(:func:`megaphone.transports.uvicorn_options.uvicorn_options`).
 
-The WebSocket settings follow Megaphone's: the server refuses messages over ``MAX_MESSAGE_SIZE``
-with close 1009 before buffering them, and permessage-deflate is off (it costs CPU per client and
-memory per connection, and compressing attacker-chosen data next to secrets is a risk).
+``--reload`` restarts the server when a Python module it imported changes, with Django's
+autoreloader (the one ``runserver`` uses), and runs one worker.
 """
 
 from __future__ import annotations
@@ -13,16 +13,22 @@ from typing import Any
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import autoreload
 
-from megaphone.conf import get_config
+from megaphone.transports.uvicorn_options import uvicorn_options
 
 
-def asgi_import_string() -> str:
-    """``ASGI_APPLICATION`` ("pkg.asgi.application") the way uvicorn takes it ("pkg.asgi:app")."""
+def asgi_application_path() -> str:
+    """``ASGI_APPLICATION`` ("pkg.asgi.application"); a CommandError when it is not set."""
     path = getattr(settings, "ASGI_APPLICATION", None)
     if not path:
         raise CommandError("Set ASGI_APPLICATION in your settings, e.g. 'mysite.asgi.application'.")
-    module, _, attribute = path.rpartition(".")
+    return str(path)
+
+
+def asgi_import_string() -> str:
+    """``ASGI_APPLICATION`` the way uvicorn takes it ("pkg.asgi:application")."""
+    module, _, attribute = asgi_application_path().rpartition(".")
     return f"{module}:{attribute}"
 
 
@@ -41,28 +47,43 @@ class Command(BaseCommand):
         )
         parser.add_argument("--access-log", action="store_true", help="log every request")
         parser.add_argument("--log-level", default="info")
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            help="restart when a Python module changes (development; one worker)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["workers"] < 1:
             raise CommandError("--workers must be at least 1")
         # The system checks read the worker count (megaphone.E004: several workers need Redis).
         os.environ["MEGAPHONE_WORKERS"] = str(options["workers"])
+        if options["reload"] and options["workers"] != 1:
+            raise CommandError("--reload runs one worker: leave out --workers")
+        if options["reload"]:
+            autoreload.run_with_reloader(self.serve, **options)
+        else:
+            self.serve(**options)
+
+    def serve(self, **options: Any) -> None:
+        """Check, then serve until stopped (in the autoreloader's child process with --reload)."""
+        autoreload.raise_last_exception()
         self.check(display_num_errors=True)
-        config = get_config()
-        uvicorn.run(
-            asgi_import_string(),
-            host=options["host"],
-            port=options["port"],
-            workers=options["workers"],
-            lifespan="off",
-            http="megaphone.transports.uvicorn:HttpProtocol",
-            ws="megaphone.transports.uvicorn:WebSocketProtocol",
-            ws_max_size=config.MAX_MESSAGE_SIZE,
-            ws_per_message_deflate=False,
-            ws_ping_interval=config.PING_INTERVAL,
-            ws_ping_timeout=config.PING_TIMEOUT,
-            backlog=4096,
-            access_log=options["access_log"],
-            log_level=options["log_level"],
-            timeout_graceful_shutdown=5,
-        )
+        try:
+            uvicorn.run(
+                asgi_import_string(),
+                host=options["host"],
+                port=options["port"],
+                workers=options["workers"],
+                backlog=4096,
+                access_log=options["access_log"],
+                log_level=options["log_level"],
+                timeout_graceful_shutdown=5,
+                **uvicorn_options(),
+            )
+        except SystemExit as exc:
+            if not options["reload"]:
+                raise
+            # uvicorn could not start (the port is taken, say). Under the autoreloader this runs
+            # in a thread, where sys.exit() would end the thread and leave the process watching.
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
