@@ -56,10 +56,15 @@ async def test_history_expires_after_ttl() -> None:
     backend = MemoryBackend("memory://", history_size=100, history_ttl=0.05)
     await backend.start(lambda m: None)
     name = topic()
-    await backend.publish(name, "old")
+    await backend.subscribe(name)  # a subscribed topic keeps its epoch and offset
+    first = await backend.publish(name, "old")
     await asyncio.sleep(0.1)
     page = await backend.history(name, since=0)
     assert page.messages == [] and not page.complete and page.offset == 1
+    assert page.epoch == first.epoch
+    await backend.unsubscribe(name)  # unused now: released, its next use is a new epoch
+    page = await backend.history(name, since=0)
+    assert page.offset == 0 and page.epoch != first.epoch
     await backend.stop()
 
 

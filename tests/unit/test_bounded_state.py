@@ -1,0 +1,151 @@
+"""Tier 1: per-topic state is released, expired history is swept in the background, and the
+in-memory history has a global bound (issue #11, class 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from prometheus_client import REGISTRY
+
+from megaphone.backends import memory
+from megaphone.backends.memory import MemoryBackend
+from megaphone.node import Node
+from tests.conftest import timeout
+from tests.unit.test_protocol_session import Harness
+
+
+@pytest.fixture(autouse=True)
+def empty_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-memory store is process-wide: each test here starts with an empty one, so that
+    counts and the global bound see only its own topics."""
+    monkeypatch.setattr(memory, "_store", memory._Store())
+
+
+def topic() -> str:
+    return f"b-{uuid.uuid4().hex}"
+
+
+def stored(name: str) -> bool:
+    return name in memory._store.topics
+
+
+async def test_subscribe_and_read_leave_nothing_behind() -> None:
+    backend = MemoryBackend("memory://", history_size=10, history_ttl=60)
+    await backend.start(lambda m: None)
+    name = topic()
+    page = await backend.history(name, 0, 0)  # a read creates nothing
+    assert page.offset == 0 and page.complete and not stored(name)
+    await backend.subscribe(name)
+    assert stored(name)
+    epoch = (await backend.history(name, 0, 0)).epoch
+    assert (await backend.history(name, 0, 0)).epoch == epoch  # stable while subscribed
+    await backend.unsubscribe(name)
+    assert not stored(name)
+    await backend.presence_add(name, "c1", {})
+    await backend.presence_remove(name, "c1")
+    assert not stored(name)
+    await backend.subscribe(name)
+    await backend.stop()  # a stopped backend holds nothing either
+    assert not stored(name)
+
+
+async def test_a_topic_with_history_is_released_by_the_sweep_once_it_expires() -> None:
+    backend = MemoryBackend("memory://", history_size=10, history_ttl=0.05)
+    await backend.start(lambda m: None)
+    name, held = topic(), topic()
+    await backend.subscribe(held)
+    kept = await backend.publish(held, "x")
+    await backend.publish(name, "x")
+    assert stored(name)
+    before = memory._store.history_bytes
+    await asyncio.sleep(0.1)
+    assert stored(name)  # nothing happens to it before a sweep...
+    while await backend.sweep():
+        pass
+    assert not stored(name)  # ...which drops the expired message without a read
+    assert memory._store.history_bytes <= before - 2 * memory.MESSAGE_OVERHEAD
+    page = await backend.history(held, 0)  # a subscribed topic keeps its position
+    assert (page.offset, page.epoch, page.messages, page.complete) == (1, kept.epoch, [], False)
+    await backend.stop()
+
+
+async def test_a_sweep_does_a_bounded_amount_of_work() -> None:
+    backend = MemoryBackend("memory://", history_size=10, history_ttl=0.01)
+    await backend.start(lambda m: None)
+    names = [topic() for _ in range(memory.SWEEP_BATCH + 10)]
+    for name in names:
+        await backend.publish(name, "x")
+    await asyncio.sleep(0.05)
+    assert await backend.sweep() is True  # more is due: the caller yields, then calls again
+    assert sum(stored(name) for name in names) >= 10
+    while await backend.sweep():
+        pass
+    assert not any(stored(name) for name in names)
+    await backend.stop()
+
+
+async def test_the_node_sweeps_in_the_background() -> None:
+    node = Node(MemoryBackend("memory://", history_size=10, history_ttl=0.05))
+    await node.start()
+    name = topic()
+    await node.publish(name, "x")
+    async with asyncio.timeout(timeout(5)):
+        while stored(name):
+            await asyncio.sleep(0.02)
+    await node.stop()
+
+
+async def test_history_over_the_global_bound_loses_its_oldest_messages_first() -> None:
+    payload = "x" * 1000
+    cost = memory._cost(memory.Message("t", payload, 1, "e", 0.0))
+    backend = MemoryBackend(
+        "memory://", history_size=100, history_ttl=60, history_max_bytes=10 * cost
+    )
+    await backend.start(lambda m: None)
+    old, new = topic(), topic()
+    evictions = REGISTRY.get_sample_value("megaphone_history_evictions_total") or 0
+    for _ in range(5):
+        await backend.publish(old, payload)
+    for _ in range(8):
+        await backend.publish(new, payload)
+    assert memory._store.history_bytes <= 10 * cost
+    assert REGISTRY.get_sample_value("megaphone_history_evictions_total") == evictions + 3
+    page = await backend.history(old, 0)
+    assert [m.offset for m in page.messages] == [4, 5] and not page.complete
+    assert (await backend.history(old, 3)).complete
+    page = await backend.history(new, 0)
+    assert len(page.messages) == 8 and page.complete
+    for _ in range(2):
+        await backend.publish(new, payload)
+    assert not stored(old)  # all its messages evicted, nobody subscribed: released
+    await backend.stop()
+
+
+async def test_recovery_across_an_evicted_message_says_recovered_false() -> None:
+    h = Harness()
+    cost = memory._cost(memory.Message("t", "m", 1, "e", 0.0))
+    h.node.backend.history_max_bytes = 2 * cost
+    await h.start()
+    first = await h.node.publish(h.topic, "m")
+    await h.node.publish(h.topic, "m")
+    await h.node.publish(h.topic, "m")  # evicts offset 1
+    since = {"offset": 0, "epoch": first.epoch}
+    await h.request(op="subscribe", id=1, topic=h.topic, since=since)
+    (reply,) = await h.frames(1)
+    assert reply["result"]["recovered"] is False
+    await h.request(op="unsubscribe", id=2, topic=h.topic)
+    await h.request(op="subscribe", id=3, topic=h.topic, since={**since, "offset": 1})
+    frames = await h.frames(5)
+    assert frames[2]["result"]["recovered"] is True and frames[2]["result"]["missed"] == 2
+    assert [f["offset"] for f in frames[3:]] == [2, 3]
+    await h.stop()
+
+
+def test_redis_meta_keys_live_as_long_as_their_history_and_never_forever() -> None:
+    from megaphone.backends.redis import META_MIN_TTL, meta_ttl
+
+    assert meta_ttl(1000, 600.0) == 600.0
+    assert meta_ttl(0, 600.0) == META_MIN_TTL  # no history: the epoch lives a short while
+    assert meta_ttl(1000, 0.5) == META_MIN_TTL
