@@ -186,9 +186,10 @@ async def _durable_expire(cursor: str) -> str:
     from . import durable
 
     try:
-        return await database_sync_to_async(durable.expire)(cursor, history_limits)
+        after: str = await database_sync_to_async(durable.expire)(cursor, history_limits)
     except DatabaseError as exc:
         raise BackendUnavailable(f"durable topics: {exc}") from exc
+    return after
 
 
 async def _durable_append(topic: str, payload: str | bytes, **options: Any) -> tuple[Message, bool]:

@@ -23,12 +23,13 @@ from tests.e2e.test_hardening import eventually, scrape, value
 from tests.redis_server import RedisServer
 from tests.security.conftest import Start
 
-#: Distinct topics of an attack round.
+#: Distinct topics of an attack round (over Redis, where each subscribe costs round trips to
+#: Redis, a fifth of them, to stay quick: what is measured is per key, not per process).
 TOPICS = 50_000
 #: Topics one connection subscribes to at once (under the default MAX_SUBSCRIPTIONS, 256).
 PER_CONNECTION = 250
 #: Connections attacking at the same time.
-CONNECTIONS = 4
+CONNECTIONS = 16
 HISTORY_TTL = 2.0
 #: Least TTL of a Redis meta key (``megaphone.backends.redis.META_MIN_TTL``): an epoch kept
 #: without history (join/leave topics) lives that long.
@@ -119,14 +120,15 @@ async def test_redis_keys_all_expire_with_their_history(
     )
     with redis_server.client() as redis:
         start = redis.dbsize()
-        await subscribe_and_leave(server, names("keys", TOPICS // 2), publish_every=10)
-        await subscribe_and_leave(server, names("seen", 2_000), publish_every=10)
+        await subscribe_and_leave(server, names("keys", TOPICS // 5), publish_every=10)
+        await subscribe_and_leave(server, names("seen", 500), publish_every=10)
         assert redis.dbsize() > start
         # No key lives longer than its history (or, for an epoch without history, than
         # META_MIN_TTL): none without a TTL, none kept for days.
         bound_ms = max(HISTORY_TTL, META_MIN_TTL) * 1000
         for key in redis.scan_iter(count=1000):
-            assert 0 < redis.pttl(key) <= bound_ms, (key, redis.pttl(key))
+            ttl = redis.pttl(key)
+            assert ttl == -2 or 0 < ttl <= bound_ms, (key, ttl)  # -2: expired meanwhile
 
         async def emptied() -> bool:
             return bool(redis.dbsize() == start)

@@ -98,6 +98,7 @@ def meta_ttl(size: int, ttl: float) -> float:
     :data:`META_MIN_TTL` (a topic that keeps no history keeps its epoch that long)."""
     return max(ttl if size > 0 else 0.0, META_MIN_TTL)
 
+
 T = TypeVar("T")
 
 # Shared by both scripts: make sure the topic has an epoch, then trim its history to
