@@ -4,12 +4,13 @@ in-memory history has a global bound (issue #11, class 4)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
 from prometheus_client import REGISTRY
 
-from megaphone.backends import memory
+from megaphone.backends import base, memory
 from megaphone.backends.memory import MemoryBackend
 from megaphone.node import Node
 from tests.conftest import timeout
@@ -31,24 +32,33 @@ def stored(name: str) -> bool:
     return name in memory._store.topics
 
 
-async def test_subscribe_and_read_leave_nothing_behind() -> None:
-    backend = MemoryBackend("memory://", history_size=10, history_ttl=60)
+async def released(name: str, backend: MemoryBackend) -> None:
+    """Wait for the sweeps to release ``name``."""
+    async with asyncio.timeout(timeout(base.MIN_EPOCH_TTL + 5)):
+        while stored(name):
+            await backend.sweep()
+            await asyncio.sleep(0.05)
+
+
+async def test_subscribe_and_read_leave_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "MIN_EPOCH_TTL", 0.05)
+    backend = MemoryBackend("memory://", history_size=10, history_ttl=0.05)
     await backend.start(lambda m: None)
     name = topic()
     page = await backend.history(name, 0, 0)  # a read creates nothing
     assert page.offset == 0 and page.complete and not stored(name)
     await backend.subscribe(name)
-    assert stored(name)
     epoch = (await backend.history(name, 0, 0)).epoch
     assert (await backend.history(name, 0, 0)).epoch == epoch  # stable while subscribed
     await backend.unsubscribe(name)
-    assert not stored(name)
+    # Kept a while, so that a client that lost its connection resumes in its epoch...
+    assert (await backend.history(name, 0, 0)).epoch == epoch
+    await released(name, backend)  # ...then released by the sweeps, with nobody reading
     await backend.presence_add(name, "c1", {})
     await backend.presence_remove(name, "c1")
-    assert not stored(name)
     await backend.subscribe(name)
     await backend.stop()  # a stopped backend holds nothing either
-    assert not stored(name)
+    await released(name, backend)
 
 
 async def test_a_topic_with_history_is_released_by_the_sweep_once_it_expires() -> None:
@@ -58,35 +68,36 @@ async def test_a_topic_with_history_is_released_by_the_sweep_once_it_expires() -
     await backend.subscribe(held)
     kept = await backend.publish(held, "x")
     await backend.publish(name, "x")
-    assert stored(name)
-    before = memory._store.history_bytes
+    assert memory._store.history_bytes == 2 * memory._cost(kept)
     await asyncio.sleep(0.1)
     assert stored(name)  # nothing happens to it before a sweep...
     while await backend.sweep():
         pass
-    assert not stored(name)  # ...which drops the expired message without a read
-    assert memory._store.history_bytes <= before - 2 * memory.MESSAGE_OVERHEAD
+    assert memory._store.history_bytes == 0  # ...which drops the expired message unread...
+    await released(name, backend)  # ...and, a while later, the topic
     page = await backend.history(held, 0)  # a subscribed topic keeps its position
     assert (page.offset, page.epoch, page.messages, page.complete) == (1, kept.epoch, [], False)
     await backend.stop()
 
 
-async def test_a_sweep_does_a_bounded_amount_of_work() -> None:
-    backend = MemoryBackend("memory://", history_size=10, history_ttl=0.01)
-    await backend.start(lambda m: None)
-    names = [topic() for _ in range(memory.SWEEP_BATCH + 10)]
-    for name in names:
-        await backend.publish(name, "x")
-    await asyncio.sleep(0.05)
-    assert await backend.sweep() is True  # more is due: the caller yields, then calls again
-    assert sum(stored(name) for name in names) >= 10
-    while await backend.sweep():
-        pass
-    assert not any(stored(name) for name in names)
-    await backend.stop()
+def test_a_sweep_does_a_bounded_amount_of_work() -> None:
+    store, now = memory._Store(), time.time()
+    for i in range(memory.SWEEP_BATCH + 10):
+        state = store.topic(f"t{i}", 1.0, 2.0, now)
+        store.append(state, memory.Message(f"t{i}", "x", 1, state.epoch, now))
+        store.settle(f"t{i}", state, now)
+    assert store.sweep(now + 0.5, memory.SWEEP_BATCH) is False  # nothing due yet
+    assert store.sweep(now + 1.5, memory.SWEEP_BATCH) is True  # more due: yield, call again
+    assert store.history_bytes == 10 * memory._cost(memory.Message("t", "x", 1, "e", now))
+    assert store.sweep(now + 1.5, memory.SWEEP_BATCH) is False
+    assert store.history_bytes == 0 and len(store.topics) == memory.SWEEP_BATCH + 10
+    assert store.sweep(now + 2.5, memory.SWEEP_BATCH) is True  # released once kept long enough
+    assert store.sweep(now + 2.5, memory.SWEEP_BATCH) is False
+    assert store.topics == {}
 
 
-async def test_the_node_sweeps_in_the_background() -> None:
+async def test_the_node_sweeps_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "MIN_EPOCH_TTL", 0.05)
     node = Node(MemoryBackend("memory://", history_size=10, history_ttl=0.05))
     await node.start()
     name = topic()
@@ -119,7 +130,8 @@ async def test_history_over_the_global_bound_loses_its_oldest_messages_first() -
     assert len(page.messages) == 8 and page.complete
     for _ in range(2):
         await backend.publish(new, payload)
-    assert not stored(old)  # all its messages evicted, nobody subscribed: released
+    page = await backend.history(old, 0)  # every message evicted: it says so
+    assert (page.messages, page.offset, page.complete) == ([], 5, False)
     await backend.stop()
 
 
@@ -143,9 +155,7 @@ async def test_recovery_across_an_evicted_message_says_recovered_false() -> None
     await h.stop()
 
 
-def test_redis_meta_keys_live_as_long_as_their_history_and_never_forever() -> None:
-    from megaphone.backends.redis import META_MIN_TTL, meta_ttl
-
-    assert meta_ttl(1000, 600.0) == 600.0
-    assert meta_ttl(0, 600.0) == META_MIN_TTL  # no history: the epoch lives a short while
-    assert meta_ttl(1000, 0.5) == META_MIN_TTL
+def test_epochs_live_as_long_as_their_history_and_never_forever() -> None:
+    assert base.epoch_ttl(1000, 600.0) == 600.0
+    assert base.epoch_ttl(0, 600.0) == base.MIN_EPOCH_TTL  # no history: a short while
+    assert base.epoch_ttl(1000, 0.5) == base.MIN_EPOCH_TTL

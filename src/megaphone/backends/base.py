@@ -25,10 +25,10 @@ Per-topic history limits come from ``limits(topic) -> (size, ttl)`` when given, 
 bounds the history a backend keeps in this process's memory, all topics together.
 
 * **Bounded state.** A backend keeps nothing for a topic that has no subscriber, no presence
-  entry and no message in history, beyond a bounded time: expired history is dropped in the
-  background (:meth:`Backend.sweep`, called by the node about every second), not on the
-  topic's next use. A topic whose state was released starts again in a new epoch. Reading a
-  topic (history, recovery) keeps or creates at most its epoch, for at most a history TTL.
+  entry and no message in history, beyond :func:`epoch_ttl` after its last use: expired history
+  is dropped in the background (:meth:`Backend.sweep`, called by the node about every second),
+  not on the topic's next use. A topic whose state was released starts again in a new epoch.
+  Reading a topic (history, recovery) keeps or creates at most its epoch, for that long.
 
 Publishing raises :class:`BackendUnavailable` when the message could not be accepted; it never
 pretends. ``on_message`` is called on the event loop that called :meth:`Backend.start`.
@@ -45,6 +45,19 @@ from ..message import Message
 MessageCallback = Callable[[Message], None]
 #: ``topic -> (history_size, history_ttl)``: the history limits of one topic.
 HistoryLimits = Callable[[str], tuple[int, float]]
+
+
+#: Least seconds a backend keeps a topic's epoch and offset after the topic's last use, even when
+#: it keeps no history (see :func:`epoch_ttl`).
+MIN_EPOCH_TTL = 5.0
+
+
+def epoch_ttl(size: int, ttl: float) -> float:
+    """Seconds a topic's epoch and offset outlive its last use (its last publish or read, or
+    its last subscriber leaving), for a history of ``size`` messages and ``ttl`` seconds: as
+    long as its history, at least :data:`MIN_EPOCH_TTL`. A client that lost its connection
+    resumes within that time; after it, the topic starts again in a new epoch."""
+    return max(ttl if size > 0 else 0.0, MIN_EPOCH_TTL)
 
 
 class BackendUnavailable(RuntimeError):

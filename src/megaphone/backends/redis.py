@@ -42,7 +42,7 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   ``megaphone:{topic}:ids`` (zset ``msg_id -> offset``), ``megaphone:{topic}:presence`` (zset
   ``client -> expiry ms``) and ``megaphone:{topic}:presence:info`` (hash ``client -> JSON``).
   The history and ids keys expire with the last message stored (its history TTL after it was
-  published); the meta key :func:`meta_ttl` seconds after the topic's last publish or read, so
+  published); the meta key :func:`~.base.epoch_ttl` after the topic's last publish or read, so
   it outlives no history, and an epoch lost this way is a new epoch (``recovered: false``),
   whose offsets start again at 1; presence keys ``presence_ttl`` after their last refresh.
   While a process has subscribers on a topic, :meth:`RedisBackend.sweep` refreshes the topic's
@@ -72,7 +72,7 @@ from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
 from ..message import Message
-from .base import Backend, BackendUnavailable, HistoryPage, MessageCallback
+from .base import Backend, BackendUnavailable, HistoryPage, MessageCallback, epoch_ttl
 
 logger = logging.getLogger("megaphone.backends.redis")
 
@@ -85,19 +85,8 @@ CONNECT_TIMEOUT = 2.0
 HEALTH_INTERVAL = 5.0
 #: Upper bound of the reconnect backoff, in seconds.
 RECONNECT_MAX_DELAY = 2.0
-#: Least seconds a topic's epoch and offset survive without a publish or read (see
-#: :func:`meta_ttl`), which also bounds how often subscribed topics' meta keys are refreshed.
-META_MIN_TTL = 10.0
 #: Most subscribed topics one :meth:`RedisBackend.sweep` refreshes the meta key of.
 REFRESH_BATCH = 1000
-
-
-def meta_ttl(size: int, ttl: float) -> float:
-    """Seconds a topic's meta key lives after its last publish or read, for a history of
-    ``size`` messages and ``ttl`` seconds: as long as its history, at least
-    :data:`META_MIN_TTL` (a topic that keeps no history keeps its epoch that long)."""
-    return max(ttl if size > 0 else 0.0, META_MIN_TTL)
-
 
 T = TypeVar("T")
 
@@ -380,7 +369,7 @@ class RedisBackend(Backend):
 
     def _script_args(self, topic: str) -> list[Any]:
         size, ttl = self.history_limits(topic)
-        meta_ms = math.ceil(meta_ttl(size, ttl) * 1000)
+        meta_ms = math.ceil(epoch_ttl(size, ttl) * 1000)
         return [int(size), math.ceil(ttl * 1000), meta_ms, secrets.token_hex(4)]
 
     async def sweep(self) -> bool:
@@ -393,7 +382,7 @@ class RedisBackend(Backend):
             at, topic = heapq.heappop(self._refreshes)
             if self._refresh_at.get(topic) != at:
                 continue  # unsubscribed, or rescheduled since
-            ttl = meta_ttl(*self.history_limits(topic))
+            ttl = epoch_ttl(*self.history_limits(topic))
             due.append((topic, ttl))
             self._refresh_at[topic] = now + ttl / 3
             heapq.heappush(self._refreshes, (now + ttl / 3, topic))
@@ -405,7 +394,7 @@ class RedisBackend(Backend):
         return bool(self._refreshes) and self._refreshes[0][0] <= now
 
     def _schedule_refresh(self, topic: str) -> None:
-        at = time.monotonic() + meta_ttl(*self.history_limits(topic)) / 3
+        at = time.monotonic() + epoch_ttl(*self.history_limits(topic)) / 3
         self._refresh_at[topic] = at
         heapq.heappush(self._refreshes, (at, topic))
 
