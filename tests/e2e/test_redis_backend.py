@@ -354,3 +354,18 @@ async def test_a_subscribed_topic_keeps_its_epoch_and_a_left_one_expires(
         assert redis.exists(meta) and redis.keys(f"megaphone:{{{held}}}:history") == []
     page = await backend.history(held, 0)
     assert (page.epoch, page.offset, page.complete) == (first.epoch, 1, False)
+
+
+async def test_subscription_churn_leaves_no_refresh_entries_behind(
+    redis_server: RedisServer, start
+) -> None:
+    backend, _ = await start(redis_server.url)
+    assert isinstance(backend, RedisBackend)
+    for _ in range(3):
+        topics = [unique("churn") for _ in range(redis_backend.REFRESH_BATCH)]
+        for topic in topics:
+            await backend.subscribe(topic)
+        for topic in topics:
+            await backend.unsubscribe(topic)
+        await backend.sweep()
+    assert len(backend._refreshes) <= redis_backend.REFRESH_BATCH and not backend._refresh_at

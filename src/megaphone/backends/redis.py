@@ -374,9 +374,13 @@ class RedisBackend(Backend):
 
     async def sweep(self) -> bool:
         """Refresh the meta key of each subscribed topic whose refresh is due (every third of
-        its :func:`meta_ttl`), at most :data:`REFRESH_BATCH` per call, in one pipeline;
+        its :func:`~.base.epoch_ttl`), at most :data:`REFRESH_BATCH` per call, in one pipeline;
         ``PEXPIRE`` never creates a key, so a meta key already lost stays lost (new epoch)."""
         now = time.monotonic()
+        if len(self._refreshes) > 2 * len(self._refresh_at) + REFRESH_BATCH:
+            # Mostly entries of topics unsubscribed since: rebuild, so that churn leaves nothing.
+            self._refreshes = [(at, topic) for topic, at in self._refresh_at.items()]
+            heapq.heapify(self._refreshes)
         due: list[tuple[str, float]] = []
         while self._refreshes and len(due) < REFRESH_BATCH and self._refreshes[0][0] <= now:
             at, topic = heapq.heappop(self._refreshes)
