@@ -82,17 +82,19 @@ async def test_a_topic_with_history_is_released_by_the_sweep_once_it_expires() -
 
 def test_a_sweep_does_a_bounded_amount_of_work() -> None:
     store, now = memory._Store(), time.time()
-    for i in range(memory.SWEEP_BATCH + 10):
+    for i in range(60):
         state = store.topic(f"t{i}", 1.0, 2.0, now)
         store.append(state, memory.Message(f"t{i}", "x", 1, state.epoch, now))
         store.settle(f"t{i}", state, now)
-    assert store.sweep(now + 0.5, memory.SWEEP_BATCH) is False  # nothing due yet
-    assert store.sweep(now + 1.5, memory.SWEEP_BATCH) is True  # more due: yield, call again
-    assert store.history_bytes == 10 * memory._cost(memory.Message("t", "x", 1, "e", now))
-    assert store.sweep(now + 1.5, memory.SWEEP_BATCH) is False
-    assert store.history_bytes == 0 and len(store.topics) == memory.SWEEP_BATCH + 10
-    assert store.sweep(now + 2.5, memory.SWEEP_BATCH) is True  # released once kept long enough
-    assert store.sweep(now + 2.5, memory.SWEEP_BATCH) is False
+    cost = memory._cost(memory.Message("t", "x", 1, "e", now))
+    assert store.sweep(now + 0.5, 100) is False  # nothing due yet
+    # A topic visited and a message dropped are a unit of work each: 50 topics this time...
+    assert store.sweep(now + 1.5, 100) is True  # ...more is due: the caller yields, calls again
+    assert store.history_bytes == 10 * cost
+    assert store.sweep(now + 1.5, 100) is False
+    assert store.history_bytes == 0 and len(store.topics) == 60
+    assert store.sweep(now + 2.5, 50) is True  # released once unused long enough
+    assert store.sweep(now + 2.5, 50) is False
     assert store.topics == {}
 
 

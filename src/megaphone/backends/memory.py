@@ -20,8 +20,8 @@ What the store keeps, and for how long (nothing grows with topics that nobody us
 * Expiry happens in the background, in :meth:`MemoryBackend.sweep` (the node calls it about
   every second), not on the topic's next use: the store keeps the topics with history in a heap
   ordered by when their oldest message expires, and the unused ones in a heap ordered by when
-  they are to be released, so a sweep touches only the topics with something due, at most
-  :data:`SWEEP_BATCH` of them per call.
+  they are to be released, so a sweep touches only the topics with something due, and does at
+  most :data:`SWEEP_BATCH` topics and messages of work per call.
 * Over ``history_max_bytes`` (each message counted as its payload's size plus
   :data:`MESSAGE_OVERHEAD`), messages are evicted in the order they would expire, whatever their
   topic (the oldest first when topics share one TTL), until the total is under the bound again.
@@ -47,8 +47,9 @@ from .base import Backend, HistoryPage, MessageCallback, epoch_ttl
 #: Bytes a message costs in history besides its payload (the message object, its slot in the
 #: topic's deque, its time and offset), as counted against ``history_max_bytes``.
 MESSAGE_OVERHEAD = 200
-#: Most topics one :meth:`MemoryBackend.sweep` call expires history of.
-SWEEP_BATCH = 1000
+#: Most work one :meth:`MemoryBackend.sweep` call does, in topics visited plus messages dropped,
+#: so that a sweep never holds the loop (and the store's lock) for long.
+SWEEP_BATCH = 5000
 
 
 def _cost(message: Message) -> int:
@@ -244,16 +245,20 @@ class _Store:
         self.history_bytes -= state.trim(size, now)
 
     def sweep(self, now: float, limit: int) -> bool:
-        """Drop the history expired at ``now`` of at most ``limit`` topics, and release those
-        unused whose time is up; return True if more is due."""
-        for _ in range(limit):
+        """Drop the history expired at ``now`` and release the unused topics whose time is up,
+        visiting topics and dropping messages ``limit`` times at most (a topic's expired
+        messages are dropped together); return True if more is due."""
+        while limit > 0:
             entry = self.expiring.pop(now) or self.idle.pop(now)
             if entry is None:
                 return False
             name = entry[1]
             state = self.topics.get(name)
+            limit -= 1
             if state is not None:
-                self.trim(state, len(state.history), now)
+                kept = len(state.history)
+                self.trim(state, kept, now)
+                limit -= kept - len(state.history)
                 self.settle(name, state, now)
         return self.expiring.due(now) or self.idle.due(now)
 
@@ -339,7 +344,7 @@ class MemoryBackend(Backend):
 
     async def sweep(self) -> bool:
         """Drop expired history, and release the topics unused for long enough (see the module
-        docstring): at most :data:`SWEEP_BATCH` topics per call."""
+        docstring): at most :data:`SWEEP_BATCH` topics and messages of work per call."""
         with _store.lock:
             return _store.sweep(time.time(), SWEEP_BATCH)
 
