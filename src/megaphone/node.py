@@ -10,8 +10,9 @@ first use by :func:`get_node` from the settings.
 A started node runs a *sweeper* task: about every :data:`SWEEP_INTERVAL` seconds it calls
 :meth:`Backend.sweep` (expired history dropped, unused topics released, shared keys of subscribed
 topics kept alive), in bounded rounds that yield to the loop between them, and every
-:data:`DURABLE_SWEEP_INTERVAL` seconds it deletes the expired messages of durable topics (when
-the settings have any), a bounded batch of topics at a time (:func:`megaphone.durable.expire`).
+:data:`DURABLE_SWEEP_INTERVAL` seconds it starts deleting the expired messages of durable topics
+(when the settings have any), a bounded batch of topics per sweep, in a database thread
+(:func:`megaphone.durable.expire`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ logger = logging.getLogger("megaphone.node")
 
 #: Seconds between two sweeps of the backend (see the module docstring).
 SWEEP_INTERVAL = 1.0
-#: Seconds between two sweeps of durable topics' expired messages in the database.
+#: Seconds between two rounds over durable topics' expired messages in the database (a round
+#: deletes them a batch of topics per sweep).
 DURABLE_SWEEP_INTERVAL = 10.0
 
 
@@ -67,9 +69,11 @@ class Node:
             try:
                 more = await self.backend.sweep()
                 if not more and time.monotonic() >= next_durable_sweep:
-                    next_durable_sweep = time.monotonic() + DURABLE_SWEEP_INTERVAL
                     if _has_durable_topics():
                         durable_cursor = await _durable_expire(durable_cursor)
+                    # A round goes on at the next tick; the next round starts later.
+                    pause = SWEEP_INTERVAL if durable_cursor else DURABLE_SWEEP_INTERVAL
+                    next_durable_sweep = time.monotonic() + pause
             except BackendUnavailable as exc:  # the backend's own errors say it loudly
                 metrics.BACKEND_ERRORS.labels("sweep").inc()
                 logger.debug("sweep failed: %s", exc)
