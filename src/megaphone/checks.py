@@ -45,6 +45,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         "OUTBOX_MAX_MESSAGES",
         "OUTBOX_MAX_BYTES",
         "HISTORY_SIZE",
+        "HISTORY_MAX_BYTES",
         "RECOVERY_MAX_MESSAGES",
         "MAX_SUBSCRIPTIONS",
     ):

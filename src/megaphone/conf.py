@@ -37,6 +37,11 @@ class Config:
     #: History kept per topic for recovery: at most this many messages, none older than the TTL.
     HISTORY_SIZE: int = 1000
     HISTORY_TTL: float = 600.0
+    #: Bound on the history the in-memory backend keeps, all topics together, in bytes (each
+    #: message counts its payload plus about 200 bytes). Over it, messages are evicted in the
+    #: order they would expire (oldest first when topics share a TTL); recovery across an
+    #: evicted message answers ``recovered: false``. On Redis, bound memory with ``maxmemory``.
+    HISTORY_MAX_BYTES: int = 64 * 1024 * 1024
     #: Publish-rate limit per connection: a token bucket refilled at PUBLISH_RATE messages per
     #: second, holding at most PUBLISH_BURST. Over it, the connection is closed with 4429.
     #: 0 disables the limit.

@@ -4,17 +4,28 @@ A topic whose options say ``durable: True`` (see :func:`megaphone.conf.topic_opt
 and stored here instead of in the backend: :func:`append` assigns the next offset inside a
 transaction that locks the topic's row (``select_for_update``; on SQLite, which has no row locks,
 the unique constraint on ``(topic, offset)`` turns a lost race into a retry), stores the message
-and trims the topic's history to its size and TTL. The epoch is created with the topic's row and
-never changes while the row exists, so offsets and recovery survive a restart of every process.
-The node then fans the numbered message out through the backend (:meth:`Backend.forward`).
+and trims the topic's history to its size and TTL. The node then fans the numbered message out
+through the backend (:meth:`Backend.forward`).
+
+Only a publish writes. A topic's row is created by its first publish, never by a subscribe, a
+history read or a recovery: a topic without a row answers offset 0 in :func:`initial_epoch`, and
+its first publish creates the row in that same epoch. So a client that subscribed before the
+first publish (and was told that epoch) receives message 1 in the epoch it knows, as the next
+offset, without a gap. The epoch never changes while the row exists, and rows are not deleted
+(one small row per published topic), so offsets and recovery survive a restart of every
+process, and a topic's offsets never start again under its initial epoch. (Deleting a row by
+hand, or restoring an older database, would: clients holding offsets of the old rows could then
+be answered from the new ones.) Expired messages are deleted in the background (:func:`expire`,
+run by the node's sweeper), not only when the topic is next published to.
 
 Every function here is synchronous ORM code; the node calls them through ``sync_to_async``.
 """
 
 from __future__ import annotations
 
-import secrets
+import hashlib
 import time
+from collections.abc import Callable
 
 from django.db import IntegrityError, OperationalError, transaction
 
@@ -24,6 +35,14 @@ from .models import DurableMessage, DurableTopic
 
 #: Attempts at appending before giving up when concurrent writers keep winning the race.
 ATTEMPTS = 10
+#: Durable topics whose expired messages one :func:`expire` call deletes, at most.
+EXPIRE_BATCH = 200
+
+
+def initial_epoch(topic: str) -> str:
+    """The epoch of ``topic`` before its first publish, and the one its row is created with:
+    the same in every process, computed without touching the database."""
+    return hashlib.blake2b(topic.encode(), digest_size=4, person=b"megaphone").hexdigest()
 
 
 def _message(row: DurableMessage, epoch: str) -> Message:
@@ -31,12 +50,13 @@ def _message(row: DurableMessage, epoch: str) -> Message:
     return Message(row.topic, payload, row.offset, epoch, row.time, json=row.json)
 
 
-def _topic(name: str, lock: bool) -> DurableTopic:
-    queryset = DurableTopic.objects.select_for_update() if lock else DurableTopic.objects
+def _locked_topic(name: str) -> DurableTopic:
+    """``name``'s row, locked for the transaction; created (in :func:`initial_epoch`) if new."""
+    queryset = DurableTopic.objects.select_for_update()
     try:
         return queryset.get(name=name)
     except DurableTopic.DoesNotExist:
-        DurableTopic.objects.get_or_create(name=name, defaults={"epoch": secrets.token_hex(4)})
+        DurableTopic.objects.get_or_create(name=name, defaults={"epoch": initial_epoch(name)})
         return queryset.get(name=name)
 
 
@@ -58,7 +78,7 @@ def append(
     for attempt in range(ATTEMPTS):
         try:
             with transaction.atomic():
-                state = _topic(topic, lock=True)
+                state = _locked_topic(topic)
                 if msg_id is not None:
                     seen = DurableMessage.objects.filter(topic=topic, msg_id=msg_id).first()
                     if seen is not None:
@@ -87,9 +107,12 @@ def append(
 def history(
     topic: str, since: int = 0, limit: int | None = None, *, size: int = 1000, ttl: float = 600.0
 ) -> HistoryPage:
-    """The same contract as :meth:`Backend.history`, from the database."""
+    """The same contract as :meth:`Backend.history`, from the database; writes nothing (a topic
+    never published to answers offset 0 in its :func:`initial_epoch`)."""
     with transaction.atomic():
-        state = _topic(topic, lock=False)
+        state = DurableTopic.objects.filter(name=topic).first()
+        if state is None:
+            return HistoryPage([], 0, initial_epoch(topic), True)
         now = time.time()
         rows = DurableMessage.objects.filter(
             topic=topic, offset__gt=max(since, state.offset - size), time__gte=now - ttl
@@ -101,3 +124,21 @@ def history(
             rows = rows[:limit]
         messages = [_message(row, state.epoch) for row in rows]
     return HistoryPage(messages, state.offset, state.epoch, complete)
+
+
+def expire(after: str, limits: Callable[[str], tuple[int, float]]) -> str:
+    """Delete the expired messages of the next :data:`EXPIRE_BATCH` durable topics in name
+    order after ``after`` (``limits(topic) -> (size, ttl)``); return where the next call starts
+    ("" once every topic was seen: the next call starts a new round)."""
+    names = list(
+        DurableTopic.objects.filter(name__gt=after)
+        .order_by("name")
+        .values_list("name", flat=True)[:EXPIRE_BATCH]
+    )
+    by_ttl: dict[float, list[str]] = {}
+    for name in names:
+        by_ttl.setdefault(limits(name)[1], []).append(name)
+    now = time.time()
+    for ttl, topics in by_ttl.items():
+        DurableMessage.objects.filter(topic__in=topics, time__lt=now - ttl).delete()
+    return names[-1] if len(names) == EXPIRE_BATCH else ""

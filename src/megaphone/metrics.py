@@ -10,7 +10,7 @@ Each worker process counts its own. With several workers, scrape each one, or se
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -33,6 +33,10 @@ SLOW_DISCONNECTS = Counter(
 )
 BACKEND_ERRORS = Counter("megaphone_backend_errors", "Backend calls that failed.", ["operation"])
 REFUSALS = Counter("megaphone_refusals", "Handshakes and requests refused, by reason.", ["reason"])
+HISTORY_EVICTIONS = Counter(
+    "megaphone_history_evictions",
+    "Messages evicted from the in-memory backend's history to stay under HISTORY_MAX_BYTES.",
+)
 PUBLISH_TO_SEND = Histogram(
     "megaphone_publish_to_send_seconds",
     "From the backend accepting a message to this process handing it to its subscribers.",
@@ -61,3 +65,17 @@ class _HubCollector(Collector):
 
 
 REGISTRY.register(_HubCollector())
+
+
+class _ReadAtScrape(Collector):
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.name, self.documentation, self.read())
+
+
+def gauge_read_at_scrape(name: str, documentation: str, read: Callable[[], float]) -> None:
+    """Export ``read()`` as the gauge ``name`` at every scrape (state kept elsewhere: nothing
+    is counted on the hot path)."""
+    REGISTRY.register(_ReadAtScrape(name, documentation, read))

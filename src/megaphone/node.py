@@ -6,11 +6,19 @@ subscribed to exactly the topics that have local subscribers.
 
 There is one node per running event loop (an ASGI server has one per worker process), created on
 first use by :func:`get_node` from the settings.
+
+A started node runs a *sweeper* task: about every :data:`SWEEP_INTERVAL` seconds it calls
+:meth:`Backend.sweep` (expired history dropped, unused topics released, shared keys of subscribed
+topics kept alive), in bounded rounds that yield to the loop between them, and every
+:data:`DURABLE_SWEEP_INTERVAL` seconds it starts deleting the expired messages of durable topics
+(when the settings have any), a bounded batch of topics per sweep, in a database thread
+(:func:`megaphone.durable.expire`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from typing import Any
@@ -27,6 +35,14 @@ from .hub import Hub, Subscriber
 from .joinleave import JoinLeave
 from .message import Message
 
+logger = logging.getLogger("megaphone.node")
+
+#: Seconds between two sweeps of the backend (see the module docstring).
+SWEEP_INTERVAL = 1.0
+#: Seconds between two rounds over durable topics' expired messages in the database (a round
+#: deletes them a batch of topics per sweep).
+DURABLE_SWEEP_INTERVAL = 10.0
+
 
 class Node:
     def __init__(self, backend: Backend) -> None:
@@ -38,12 +54,36 @@ class Node:
         self._presence: dict[tuple[str, str], dict[str, object]] = {}
         self._presence_refresher: asyncio.Task[None] | None = None
         self._stats_publisher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         #: This process's clients' join/leave events, coalesced per topic.
         self.join_leave = JoinLeave(self._publish_json)
         metrics.track_hub(self.hub)
 
     async def start(self) -> None:
         await self.backend.start(self._on_message)
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        """The sweeper (see the module docstring). A failing round is logged and retried on
+        the next tick: the task never dies while the node runs."""
+        durable_cursor = ""
+        next_durable_sweep = time.monotonic() + DURABLE_SWEEP_INTERVAL
+        while True:
+            more = False
+            try:
+                more = await self.backend.sweep()
+                if not more and time.monotonic() >= next_durable_sweep:
+                    if _has_durable_topics():
+                        durable_cursor = await _durable_expire(durable_cursor)
+                    # A round goes on at the next tick; the next round starts later.
+                    pause = SWEEP_INTERVAL if durable_cursor else DURABLE_SWEEP_INTERVAL
+                    next_durable_sweep = time.monotonic() + pause
+            except BackendUnavailable as exc:  # the backend's own errors say it loudly
+                metrics.BACKEND_ERRORS.labels("sweep").inc()
+                logger.debug("sweep failed: %s", exc)
+            except Exception:
+                logger.exception("sweep failed")
+            await asyncio.sleep(0 if more else SWEEP_INTERVAL)
 
     def _on_message(self, message: Message) -> None:
         """The backend's callback: hand ``message`` to the hub, and count it."""
@@ -57,7 +97,7 @@ class Node:
         self._stats_publisher = asyncio.ensure_future(publish_stats(self, interval))
 
     async def stop(self) -> None:
-        for task in (self._presence_refresher, self._stats_publisher):
+        for task in (self._presence_refresher, self._stats_publisher, self._sweeper):
             if task is not None:
                 task.cancel()
         self.join_leave.stop()
@@ -157,6 +197,22 @@ def _durable(topic: str) -> bool:
     return not topic.startswith("$") and topic_options(topic).durable
 
 
+def _has_durable_topics() -> bool:
+    return any(
+        isinstance(options, dict) and options.get("durable") for _, options in get_config().TOPICS
+    )
+
+
+async def _durable_expire(cursor: str) -> str:
+    from . import durable
+
+    try:
+        after: str = await database_sync_to_async(durable.expire)(cursor, history_limits)
+    except DatabaseError as exc:
+        raise BackendUnavailable(f"durable topics: {exc}") from exc
+    return after
+
+
 async def _durable_append(topic: str, payload: str | bytes, **options: Any) -> tuple[Message, bool]:
     from . import durable  # imports models: only once Django is set up, and only if used
 
@@ -203,6 +259,7 @@ async def start_node(*, dashboard: bool = True) -> Node:
         history_ttl=config.HISTORY_TTL,
         limits=history_limits,
         presence_ttl=config.PRESENCE_TTL,
+        history_max_bytes=config.HISTORY_MAX_BYTES,
     )
     node = Node(backend)
     await node.start()

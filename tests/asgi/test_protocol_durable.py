@@ -28,11 +28,15 @@ async def test_durable_topic_numbers_stores_and_recovers_from_the_database() -> 
     topic = unique("durable.a")
     client, wscat = await connect(), await raw(topic)
     start = await client.result(op="subscribe", topic=topic)
-    topic_row = await DurableTopic.objects.aget(name=topic)
-    assert start["epoch"] == topic_row.epoch and start["offset"] == 0
+    assert start["offset"] == 0 and start["epoch"] == durable.initial_epoch(topic)
+    assert not await DurableTopic.objects.filter(name=topic).aexists()  # a read writes nothing
     await client.send(op="publish", topic=topic, data={"k": 1}, msg_id="x1")
     frames = [await client.recv(), await client.recv()]
     assert {f["type"] for f in frames} == {"reply", "message"}
+    # The first publish creates the row in the epoch the subscriber was told: no gap.
+    topic_row = await DurableTopic.objects.aget(name=topic)
+    assert topic_row.epoch == start["epoch"]
+    assert [f["epoch"] for f in frames if f["type"] == "message"] == [start["epoch"]]
     await wscat.send_to(text_data="raw text")
     await wscat.send_to(bytes_data=b"\x00\x01")
     frames = [await client.recv(), await client.recv()]
@@ -88,3 +92,21 @@ def test_append_retries_and_numbers_without_gaps() -> None:
     page = durable.history(topic, 10, 5, size=100)
     assert [m.payload for m in page.messages] == ["m10", "m11", "m12", "m13", "m14"]
     assert page.complete and page.offset == 20
+
+
+def test_expired_messages_are_deleted_in_the_background_in_bounded_batches(monkeypatch) -> None:
+    monkeypatch.setattr(durable, "EXPIRE_BATCH", 2)
+    topics = sorted(unique("durable.x") for _ in range(3))
+    for topic in topics:
+        durable.append(topic, "old")
+    DurableMessage.objects.filter(topic__in=topics).update(time=0.0)  # published long ago
+    durable.append(topics[0], "new")
+
+    def limits(topic: str) -> tuple[int, float]:
+        return 100, 600.0
+
+    assert durable.expire("", limits) == topics[1]  # two topics at a time...
+    assert durable.expire(topics[1], limits) == ""  # ...then the round is over
+    assert [m.text for m in DurableMessage.objects.filter(topic__in=topics)] == ["new"]
+    page = durable.history(topics[1], 0)  # its row stays: the epoch and offset live on
+    assert (page.offset, page.messages, page.complete) == (1, [], False)

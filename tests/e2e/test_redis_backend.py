@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from megaphone.backends import Backend, BackendUnavailable, backend_from_url
+from megaphone.backends import Backend, BackendUnavailable, backend_from_url, base
 from megaphone.backends import redis as redis_backend
 from megaphone.backends.memory import MemoryBackend
 from megaphone.backends.redis import RedisBackend
@@ -331,3 +331,41 @@ async def test_offsets_rolled_back_in_redis_start_a_new_epoch_instead_of_being_r
     assert new.epoch != old[0].epoch and new.offset == 1
     await until(lambda: len(got) == 6)
     assert (got[-1].epoch, got[-1].offset) == (new.epoch, 1)
+
+
+async def test_a_subscribed_topic_keeps_its_epoch_and_a_left_one_expires(
+    redis_server: RedisServer, start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "MIN_EPOCH_TTL", 0.3)
+    backend, _ = await start(redis_server.url, history_size=10, history_ttl=0.3)
+    held, left = unique("held"), unique("left")
+    await backend.subscribe(held)
+    await backend.subscribe(left)
+    first = await backend.publish(held, "x")
+    await backend.unsubscribe(left)
+    meta = f"megaphone:{{{held}}}:meta".encode()
+    with redis_server.client() as redis:
+        assert 0 < redis.pttl(meta) <= 300
+        deadline = time.monotonic() + 1.0  # more than three meta TTLs, with nobody publishing
+        while time.monotonic() < deadline:
+            await backend.sweep()  # what the node's sweeper does about every second
+            await asyncio.sleep(0.05)
+        assert redis.keys(f"megaphone:{{{left}}}:*") == []
+        assert redis.exists(meta) and redis.keys(f"megaphone:{{{held}}}:history") == []
+    page = await backend.history(held, 0)
+    assert (page.epoch, page.offset, page.complete) == (first.epoch, 1, False)
+
+
+async def test_subscription_churn_leaves_no_refresh_entries_behind(
+    redis_server: RedisServer, start
+) -> None:
+    backend, _ = await start(redis_server.url)
+    assert isinstance(backend, RedisBackend)
+    for _ in range(3):
+        topics = [unique("churn") for _ in range(redis_backend.REFRESH_BATCH)]
+        for topic in topics:
+            await backend.subscribe(topic)
+        for topic in topics:
+            await backend.unsubscribe(topic)
+        await backend.sweep()
+    assert len(backend._refreshes) <= redis_backend.REFRESH_BATCH and not backend._refresh_at

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from megaphone.backends import backend_from_url
+from megaphone.backends import backend_from_url, base
 from megaphone.backends.memory import MemoryBackend
 from megaphone.message import Message
 
@@ -52,14 +52,21 @@ async def test_history_is_bounded_and_reports_completeness(started) -> None:
     assert (await backend.history(name, since=3, limit=2)).complete
 
 
-async def test_history_expires_after_ttl() -> None:
+async def test_history_expires_after_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "MIN_EPOCH_TTL", 0.05)
     backend = MemoryBackend("memory://", history_size=100, history_ttl=0.05)
     await backend.start(lambda m: None)
     name = topic()
-    await backend.publish(name, "old")
+    await backend.subscribe(name)  # a subscribed topic keeps its epoch and offset
+    first = await backend.publish(name, "old")
     await asyncio.sleep(0.1)
     page = await backend.history(name, since=0)
     assert page.messages == [] and not page.complete and page.offset == 1
+    assert page.epoch == first.epoch
+    await backend.unsubscribe(name)  # unused: released one TTL later, then a new epoch
+    await asyncio.sleep(0.1)
+    page = await backend.history(name, since=0)
+    assert page.offset == 0 and page.epoch != first.epoch
     await backend.stop()
 
 

@@ -21,7 +21,14 @@ A backend does two jobs for the processes of one deployment:
   the entries of a process that died vanish; callers re-add their entries more often than that.
 
 Per-topic history limits come from ``limits(topic) -> (size, ttl)`` when given, else from
-``history_size`` and ``history_ttl``: see :meth:`Backend.history_limits`.
+``history_size`` and ``history_ttl``: see :meth:`Backend.history_limits`. ``history_max_bytes``
+bounds the history a backend keeps in this process's memory, all topics together.
+
+* **Bounded state.** A backend keeps nothing for a topic that has no subscriber, no presence
+  entry and no message in history, beyond :func:`epoch_ttl` after its last use: expired history
+  is dropped in the background (:meth:`Backend.sweep`, called by the node about every second),
+  not on the topic's next use. A topic whose state was released starts again in a new epoch.
+  Reading a topic (history, recovery) keeps or creates at most its epoch, for that long.
 
 Publishing raises :class:`BackendUnavailable` when the message could not be accepted; it never
 pretends. ``on_message`` is called on the event loop that called :meth:`Backend.start`.
@@ -38,6 +45,19 @@ from ..message import Message
 MessageCallback = Callable[[Message], None]
 #: ``topic -> (history_size, history_ttl)``: the history limits of one topic.
 HistoryLimits = Callable[[str], tuple[int, float]]
+
+
+#: Least seconds a backend keeps a topic's epoch and offset after the topic's last use, even when
+#: it keeps no history (see :func:`epoch_ttl`).
+MIN_EPOCH_TTL = 5.0
+
+
+def epoch_ttl(size: int, ttl: float) -> float:
+    """Seconds a topic's epoch and offset outlive its last use (its last publish or read, or
+    its last subscriber leaving), for a history of ``size`` messages and ``ttl`` seconds: as
+    long as its history, at least :data:`MIN_EPOCH_TTL`. A client that lost its connection
+    resumes within that time; after it, the topic starts again in a new epoch."""
+    return max(ttl if size > 0 else 0.0, MIN_EPOCH_TTL)
 
 
 class BackendUnavailable(RuntimeError):
@@ -76,8 +96,10 @@ class Backend(ABC):
         history_ttl: float = 600.0,
         limits: HistoryLimits | None = None,
         presence_ttl: float = 60.0,
+        history_max_bytes: int | None = None,
     ) -> None:
         self.url = url
+        self.history_max_bytes = history_max_bytes
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.presence_ttl = presence_ttl
@@ -126,8 +148,15 @@ class Backend(ABC):
         """Messages of ``topic`` with offset > ``since``, oldest first, at most ``limit``.
 
         ``complete`` says whether the history still held every message after ``since`` (before
-        ``limit`` applies). Reading history of a topic never published to creates its epoch.
+        ``limit`` applies). A topic without state answers offset 0 (in the epoch its next
+        publish will get, or a new one: see each backend).
         """
+
+    async def sweep(self) -> bool:
+        """One bounded round of background upkeep (dropping expired state, keeping the shared
+        state of subscribed topics alive); return True if more is due now. Never blocks the
+        loop for long: call it again, after yielding, while it returns True."""
+        return False
 
     async def forward(self, message: Message) -> None:
         """Fan out ``message``, numbered elsewhere (a durable topic's database), to every

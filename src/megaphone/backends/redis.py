@@ -43,12 +43,18 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   does not need Redis (the reader keeps trying to connect); a subscription waits at most
   :data:`SOCKET_TIMEOUT` seconds for the pub/sub connection.
 
-Keys, all with a ``{topic}`` hash tag: ``megaphone:{topic}:meta`` (hash: ``epoch``, ``offset``;
-kept :data:`META_TTL` seconds after the topic's last use), ``megaphone:{topic}:history`` (stream;
-entry id ``<offset>-0``), ``megaphone:{topic}:ids`` (zset ``msg_id -> offset``),
-``megaphone:{topic}:presence`` (zset ``client -> expiry ms``) and
-``megaphone:{topic}:presence:info`` (hash ``client -> JSON``). Channel: ``megaphone:<db>:{topic}``
-(pub/sub ignores databases, so the channel names the database).
+* **Every key expires.** Keys, all with a ``{topic}`` hash tag: ``megaphone:{topic}:meta``
+  (hash: ``epoch``, ``offset``), ``megaphone:{topic}:history`` (stream; entry id ``<offset>-0``),
+  ``megaphone:{topic}:ids`` (zset ``msg_id -> offset``), ``megaphone:{topic}:presence`` (zset
+  ``client -> expiry ms``) and ``megaphone:{topic}:presence:info`` (hash ``client -> JSON``).
+  The history and ids keys expire with the last message stored (its history TTL after it was
+  published); the meta key :func:`~.base.epoch_ttl` after the topic's last publish or read, so
+  it outlives no history, and an epoch lost this way is a new epoch (``recovered: false``),
+  whose offsets start again at 1; presence keys ``presence_ttl`` after their last refresh.
+  While a process has subscribers on a topic, :meth:`RedisBackend.sweep` refreshes the topic's
+  meta key every third of its TTL (without creating it), so an idle topic keeps its epoch for
+  as long as someone listens. Channel: ``megaphone:<db>:{topic}`` (pub/sub ignores databases,
+  so the channel names the database).
 """
 
 from __future__ import annotations
@@ -57,10 +63,12 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import heapq
 import json
 import math
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -71,7 +79,7 @@ from redis.exceptions import RedisError, ResponseError
 from ..decoding import InvalidText
 from ..logs import get_logger
 from ..message import Message
-from .base import Backend, BackendUnavailable, HistoryPage, MessageCallback
+from .base import Backend, BackendUnavailable, HistoryPage, MessageCallback, epoch_ttl
 
 logger = get_logger("megaphone.backends.redis")
 
@@ -84,9 +92,8 @@ CONNECT_TIMEOUT = 2.0
 HEALTH_INTERVAL = 5.0
 #: Upper bound of the reconnect backoff, in seconds.
 RECONNECT_MAX_DELAY = 2.0
-#: Seconds a topic's epoch and offset survive without any publish or read. After that the
-#: topic starts again at offset 1 in a new epoch (its history had expired long before).
-META_TTL = 7 * 24 * 3600
+#: Most subscribed topics one :meth:`RedisBackend.sweep` refreshes the meta key of.
+REFRESH_BATCH = 1000
 
 T = TypeVar("T")
 
@@ -326,6 +333,10 @@ class RedisBackend(Backend):
         self._acks: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
         # Set while the pub/sub connection is up, subscribed and caught up.
         self._ready = asyncio.Event()
+        # Subscribed topic -> when its meta key is refreshed next (time.monotonic()), and the
+        # heap of (time, topic) that sweep() pops; entries not matching _refresh_at are stale.
+        self._refresh_at: dict[str, float] = {}
+        self._refreshes: list[tuple[float, str]] = []
 
     def _channel(self, topic: str) -> bytes:
         return f"{self._channel_prefix}{{{topic}}}".encode()
@@ -368,7 +379,38 @@ class RedisBackend(Backend):
 
     def _script_args(self, topic: str) -> list[Any]:
         size, ttl = self.history_limits(topic)
-        return [int(size), math.ceil(ttl * 1000), META_TTL * 1000, secrets.token_hex(4)]
+        meta_ms = math.ceil(epoch_ttl(size, ttl) * 1000)
+        return [int(size), math.ceil(ttl * 1000), meta_ms, secrets.token_hex(4)]
+
+    async def sweep(self) -> bool:
+        """Refresh the meta key of each subscribed topic whose refresh is due (every third of
+        its :func:`~.base.epoch_ttl`), at most :data:`REFRESH_BATCH` per call, in one pipeline;
+        ``PEXPIRE`` never creates a key, so a meta key already lost stays lost (new epoch)."""
+        now = time.monotonic()
+        if len(self._refreshes) > 2 * len(self._refresh_at) + REFRESH_BATCH:
+            # Mostly entries of topics unsubscribed since: rebuild, so that churn leaves nothing.
+            self._refreshes = [(at, topic) for topic, at in self._refresh_at.items()]
+            heapq.heapify(self._refreshes)
+        due: list[tuple[str, float]] = []
+        while self._refreshes and len(due) < REFRESH_BATCH and self._refreshes[0][0] <= now:
+            at, topic = heapq.heappop(self._refreshes)
+            if self._refresh_at.get(topic) != at:
+                continue  # unsubscribed, or rescheduled since
+            ttl = epoch_ttl(*self.history_limits(topic))
+            due.append((topic, ttl))
+            self._refresh_at[topic] = now + ttl / 3
+            heapq.heappush(self._refreshes, (now + ttl / 3, topic))
+        if due:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for topic, ttl in due:
+                    pipe.pexpire(_keys(topic)[0], math.ceil(ttl * 1000))
+                await self._call(f"refresh {len(due)} topics", pipe.execute())
+        return bool(self._refreshes) and self._refreshes[0][0] <= now
+
+    def _schedule_refresh(self, topic: str) -> None:
+        at = time.monotonic() + epoch_ttl(*self.history_limits(topic)) / 3
+        self._refresh_at[topic] = at
+        heapq.heappush(self._refreshes, (at, topic))
 
     async def publish(
         self, topic: str, payload: str | bytes, *, json: bool = False, msg_id: str | None = None
@@ -563,11 +605,13 @@ class RedisBackend(Backend):
                 del self._topics[channel]
             raise
         self._advance(topic, page.epoch, page.offset)
+        self._schedule_refresh(topic)
 
     async def unsubscribe(self, topic: str) -> None:
         channel = self._channel(topic)
         if self._topics.pop(channel, None) is None:
             return
+        self._refresh_at.pop(topic, None)
         self._positions.pop(topic, None)
         self._caught_up.pop(topic, None)
         connection = self._pubsub
