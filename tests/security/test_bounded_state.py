@@ -142,7 +142,8 @@ async def test_redis_keys_all_expire_with_their_history(
 
 
 async def test_reading_durable_topics_writes_no_rows(attacked: Start) -> None:
-    server = attacked(TOPICS={"durable.*": {"durable": True}})
+    # One connection reads 1,000 topics: past the per-connection subscribe rate on purpose.
+    server = attacked(TOPICS={"durable.*": {"durable": True}}, SUBSCRIBE_RATE=0)
     db = server.log_path.parent / "db.sqlite3"
 
     def rows() -> int:
