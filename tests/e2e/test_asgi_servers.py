@@ -128,22 +128,21 @@ async def test_a_client_that_never_reads_is_closed_4408(
         reason = "daphne's websocket.send never waits: Twisted buffers every frame without bound"
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     name = topic("slow")
-    slow = RawClient(server.port, rcvbuf=4096)
-    assert slow.handshake(f"/ws/broadcast/{name}/") == 101
-    # Protocol publishers (not subscribed: nothing comes back to them), each within its burst:
-    # 12 MiB in all, far more than the socket buffers and the slow client's outbox hold.
-    payload = "y" * (MAX_MESSAGE_SIZE - 1024)
-    for _ in range(2):
-        async with websockets.connect(f"{server.ws_url}/ws/connect/") as publisher:
-            await publisher.recv()
-            for i in range(PUBLISH_BURST):
-                request = {"op": "publish", "id": i, "topic": name, "data": payload}
-                await publisher.send(json.dumps(request))
-            for _ in range(PUBLISH_BURST):
-                answer = json.loads(await asyncio.wait_for(publisher.recv(), timeout(10)))
-                assert answer["type"] == "reply", answer
-    _, code = await asyncio.to_thread(slow.read_until_close, timeout(20))
-    slow.close()
+    with RawClient(server.port, rcvbuf=4096) as slow:  # closed however the test ends
+        assert slow.handshake(f"/ws/broadcast/{name}/") == 101
+        # Protocol publishers (not subscribed: nothing comes back to them), each within its
+        # burst: 12 MiB in all, far more than the socket buffers and the slow client's outbox.
+        payload = "y" * (MAX_MESSAGE_SIZE - 1024)
+        for _ in range(2):
+            async with websockets.connect(f"{server.ws_url}/ws/connect/") as publisher:
+                await publisher.recv()
+                for i in range(PUBLISH_BURST):
+                    request = {"op": "publish", "id": i, "topic": name, "data": payload}
+                    await publisher.send(json.dumps(request))
+                for _ in range(PUBLISH_BURST):
+                    answer = json.loads(await asyncio.wait_for(publisher.recv(), timeout(10)))
+                    assert answer["type"] == "reply", answer
+        _, code = await asyncio.to_thread(slow.read_until_close, timeout(20))
     assert code == 4408
 
 

@@ -24,7 +24,9 @@ def test_churn_sends_a_watcher_a_bounded_number_of_events(
     attacked: Callable[..., ServerProcess],
 ) -> None:
     server = attacked(
-        TOPICS={TOPIC: {"presence": True, "join_leave": True}}, JOIN_LEAVE_INTERVAL=60
+        TOPICS={TOPIC: {"presence": True, "join_leave": True}},
+        JOIN_LEAVE_INTERVAL=60,
+        SUBSCRIBE_RATE=0,  # the churn goes past the subscribe rate limit on purpose
     )
     url = f"{server.ws_url}/ws/connect/"
     with connect(url) as watcher_socket, connect(url) as churner_socket:
