@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -22,9 +23,22 @@ from . import metrics
 from .backends import Backend, BackendUnavailable, backend_from_url
 from .backends.base import HistoryPage
 from .conf import get_config, topic_options
+from .dashboard import STATS_HISTORY, STATS_TOPIC
 from .decoding import check_text
 from .hub import Hub, Subscriber
 from .message import Message
+from .topics import is_internal
+
+
+@dataclass(slots=True)
+class Traffic:
+    """The application's messages this worker counted since it started, internal topics
+    (:func:`~megaphone.topics.is_internal`) left out: what the dashboard's rates are made of."""
+
+    #: Messages published through this worker (its clients, its HTTP API, its ``publish()``).
+    published: int = 0
+    #: Messages handed to this worker's subscribers: one per subscriber.
+    delivered: int = 0
 
 
 class Node:
@@ -37,6 +51,7 @@ class Node:
         self._presence: dict[tuple[str, str], dict[str, object]] = {}
         self._presence_refresher: asyncio.Task[None] | None = None
         self._stats_publisher: asyncio.Task[None] | None = None
+        self.traffic = Traffic()
         metrics.track_hub(self.hub)
 
     async def start(self) -> None:
@@ -44,7 +59,10 @@ class Node:
 
     def _on_message(self, message: Message) -> None:
         """The backend's callback: hand ``message`` to the hub, and count it."""
-        metrics.DELIVERIES.inc(self.hub.broadcast(message))
+        delivered = self.hub.broadcast(message)
+        metrics.DELIVERIES.inc(delivered)
+        if not is_internal(message.topic):
+            self.traffic.delivered += delivered
         metrics.PUBLISH_TO_SEND.observe(max(0.0, time.time() - message.time))
 
     def publish_stats(self, interval: float) -> None:
@@ -110,6 +128,8 @@ class Node:
             metrics.BACKEND_ERRORS.labels("publish").inc()
             raise
         metrics.MESSAGES_PUBLISHED.inc()
+        if not is_internal(topic):
+            self.traffic.published += 1
         return message
 
     async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
@@ -172,9 +192,12 @@ async def _durable_history(
 
 def history_limits(topic: str) -> tuple[int, float]:
     """``(size, ttl)`` of ``topic``'s history, from the settings. Internal topics (join/leave
-    events, whose names start with ``$``) keep no history."""
+    events, whose names start with ``$``) keep no history; the dashboard's figures keep theirs
+    (:data:`megaphone.dashboard.STATS_HISTORY`), whatever the settings say."""
     if topic.startswith("$"):
         return 0, 0.0
+    if topic == STATS_TOPIC:
+        return STATS_HISTORY
     options = topic_options(topic)
     return options.history_size, options.history_ttl
 
