@@ -3,6 +3,8 @@ application's traffic and topics apart from Megaphone's own."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from megaphone.dashboard import STATS_HISTORY, STATS_TOPIC, RateMeter, snapshot
@@ -30,9 +32,9 @@ def test_rates_are_what_the_counters_gained_over_the_time_that_really_passed() -
 
 
 @pytest.fixture
-async def node() -> Node:
+async def node() -> AsyncIterator[Node]:
     node = await start_node(dashboard=False)
-    yield node  # type: ignore[misc]
+    yield node
     await node.stop()
 
 
@@ -57,7 +59,9 @@ async def test_the_figures_count_the_application_and_list_internal_topics_apart(
     assert (figures["published"], figures["delivered"]) == (3, 6)
     assert (figures["topics"], figures["subscriptions"]) == (1, 2)
     assert figures["busiest"] == [{"topic": "unit-dashboard.news", "subscribers": 2}]
-    assert sorted(t["topic"] for t in figures["internal"]) == [  # type: ignore[attr-defined]
+    internal = figures["internal"]
+    assert isinstance(internal, list)
+    assert sorted(t["topic"] for t in internal) == [
         f"{PRESENCE_PREFIX}unit-dashboard.news",
         STATS_TOPIC,
     ]
