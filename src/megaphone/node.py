@@ -23,7 +23,7 @@ from . import metrics
 from .backends import Backend, BackendUnavailable, backend_from_url
 from .backends.base import HistoryPage
 from .conf import get_config, topic_options
-from .dashboard import STATS_HISTORY, STATS_TOPIC
+from .dashboard import STATS_HISTORY, STATS_TOPIC, publish_stats
 from .decoding import check_text
 from .hub import Hub, Subscriber
 from .message import Message
@@ -67,8 +67,6 @@ class Node:
 
     def publish_stats(self, interval: float) -> None:
         """Publish this worker's figures for the dashboard every ``interval`` seconds."""
-        from .dashboard import publish_stats
-
         self._stats_publisher = asyncio.ensure_future(publish_stats(self, interval))
 
     async def stop(self) -> None:
