@@ -45,13 +45,13 @@ class Node:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.hub = Hub()
+        self.traffic = Traffic()
         self._subscribed: dict[str, asyncio.Future[None]] = {}
         # (topic, client) -> info of this process's presence entries, re-added periodically so
         # that a shared backend can expire the entries of a dead process.
         self._presence: dict[tuple[str, str], dict[str, object]] = {}
         self._presence_refresher: asyncio.Task[None] | None = None
         self._stats_publisher: asyncio.Task[None] | None = None
-        self.traffic = Traffic()
         metrics.track_hub(self.hub)
 
     async def start(self) -> None:
