@@ -62,7 +62,8 @@ class Config:
     #: :mod:`megaphone.permissions`. None applies its DEFAULT_PERMISSIONS.
     PERMISSIONS: tuple[dict[str, str], ...] | None = None
     #: Every worker publishes its figures for the live dashboard (:mod:`megaphone.dashboard`)
-    #: on the internal topic ``_megaphone.stats`` this often, in seconds. 0 turns it off.
+    #: on the internal topic ``_megaphone.stats`` this often, in seconds, its rates averaged
+    #: over its last 5 snapshots; the topic keeps ten minutes of them. 0 turns it off.
     DASHBOARD_INTERVAL: float = 2.0
     #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.tokens`.
     TOKEN_TTL: float = 300.0

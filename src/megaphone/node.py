@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -30,10 +31,23 @@ from . import metrics
 from .backends import Backend, BackendUnavailable, backend_from_url
 from .backends.base import HistoryPage
 from .conf import get_config, topic_options
+from .dashboard import STATS_HISTORY, STATS_TOPIC, publish_stats
 from .decoding import check_text
 from .hub import Hub, Subscriber
 from .joinleave import JoinLeave
 from .message import Message
+from .topics import is_internal
+
+
+@dataclass(slots=True)
+class Traffic:
+    """The application's messages this worker counted since it started, internal topics
+    (:func:`~megaphone.topics.is_internal`) left out: what the dashboard's rates are made of."""
+
+    #: Messages published through this worker (its clients, its HTTP API, its ``publish()``).
+    published: int = 0
+    #: Messages handed to this worker's subscribers: one per subscriber.
+    delivered: int = 0
 
 logger = logging.getLogger("megaphone.node")
 
@@ -48,6 +62,7 @@ class Node:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.hub = Hub()
+        self.traffic = Traffic()
         self._subscribed: dict[str, asyncio.Future[None]] = {}
         # (topic, client) -> info of this process's presence entries, re-added periodically so
         # that a shared backend can expire the entries of a dead process.
@@ -87,13 +102,14 @@ class Node:
 
     def _on_message(self, message: Message) -> None:
         """The backend's callback: hand ``message`` to the hub, and count it."""
-        metrics.DELIVERIES.inc(self.hub.broadcast(message))
+        delivered = self.hub.broadcast(message)
+        metrics.DELIVERIES.inc(delivered)
+        if not is_internal(message.topic):
+            self.traffic.delivered += delivered
         metrics.PUBLISH_TO_SEND.observe(max(0.0, time.time() - message.time))
 
     def publish_stats(self, interval: float) -> None:
         """Publish this worker's figures for the dashboard every ``interval`` seconds."""
-        from .dashboard import publish_stats
-
         self._stats_publisher = asyncio.ensure_future(publish_stats(self, interval))
 
     async def stop(self) -> None:
@@ -154,6 +170,8 @@ class Node:
             metrics.BACKEND_ERRORS.labels("publish").inc()
             raise
         metrics.MESSAGES_PUBLISHED.inc()
+        if not is_internal(topic):
+            self.traffic.published += 1
         return message
 
     async def _publish_json(self, topic: str, text: str) -> Message:
@@ -235,9 +253,12 @@ async def _durable_history(
 
 def history_limits(topic: str) -> tuple[int, float]:
     """``(size, ttl)`` of ``topic``'s history, from the settings. Internal topics (join/leave
-    events, whose names start with ``$``) keep no history."""
+    events, whose names start with ``$``) keep no history; the dashboard's figures keep theirs
+    (:data:`megaphone.dashboard.STATS_HISTORY`), whatever the settings say."""
     if topic.startswith("$"):
         return 0, 0.0
+    if topic == STATS_TOPIC:
+        return STATS_HISTORY
     options = topic_options(topic)
     return options.history_size, options.history_ttl
 

@@ -2,6 +2,10 @@
 
 A topic name is 1 to 200 characters from ``A-Z a-z 0-9 _ - . : @ =``, starting with a letter, a
 digit or ``_``. Examples: ``broadcast``, ``chat.room-42``, ``user:17``. Names are case-sensitive.
+
+Megaphone's own topics are *internal* (:func:`is_internal`): those starting with ``$`` (join/leave
+events, logout notices: no client can name them) and with ``_megaphone.`` (the dashboard's
+figures, for staff). Listings of the application's topics leave them out.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import re
 
 MAX_TOPIC_LENGTH = 200
+#: Name prefixes of Megaphone's internal topics.
+INTERNAL_PREFIXES = ("$", "_megaphone.")
 _TOPIC = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.:@=-]{{0,{MAX_TOPIC_LENGTH - 1}}}")
 
 
@@ -30,3 +36,8 @@ def validate_topic(name: object) -> str:
             "or does not start with a letter, digit or _"
         )
     return name
+
+
+def is_internal(topic: str) -> bool:
+    """Whether ``topic`` is one of Megaphone's own (see :data:`INTERNAL_PREFIXES`)."""
+    return topic.startswith(INTERNAL_PREFIXES)
