@@ -93,7 +93,8 @@ def start_server(
     full_env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "DJANGO_SETTINGS_MODULE": "example.settings",
+        "DJANGO_SETTINGS_MODULE": "tests.e2e.example_settings",
+        "PYTHONPATH": str(ROOT),
         "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"),
         **(env or {}),
     }
@@ -133,6 +134,15 @@ def create_superuser(server: ServerProcess, username: str) -> None:
         check=True,
         capture_output=True,
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def serving_process() -> None:
+    """The in-process tiers serve clients from the test process itself (ASGI communicators), so
+    ``megaphone.publish()`` on the in-memory backend reaches them, as in a server's process."""
+    from megaphone.publishing import mark_serving
+
+    mark_serving()
 
 
 @pytest.fixture

@@ -1,0 +1,59 @@
+"""Tier 1: the default policy (``MEGAPHONE = {}``) keeps clients off the topics a server feeds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.test import override_settings
+
+from megaphone.permissions import ACTIONS, allowed
+from tests.conftest import ROOT, timeout
+
+
+@pytest.fixture(autouse=True)
+def default_settings():
+    with override_settings(MEGAPHONE={}):
+        yield
+
+
+@pytest.mark.parametrize("topic", ["broadcast", "broadcast.news", "broadcast.a.b"])
+def test_anyone_may_do_anything_on_broadcast_and_its_family(topic: str) -> None:
+    assert all(allowed(AnonymousUser(), action, topic) for action in ACTIONS)
+
+
+@pytest.mark.parametrize("topic", ["orders", "broadcastx", "news.1", "room:7"])
+def test_elsewhere_clients_may_subscribe_and_read_but_not_publish(topic: str) -> None:
+    anonymous = AnonymousUser()
+    assert not allowed(anonymous, "publish", topic)
+    assert all(allowed(anonymous, action, topic) for action in ("subscribe", "history", "presence"))
+
+
+def test_private_and_internal_topics_stay_closed() -> None:
+    for action in ACTIONS:
+        assert not allowed(AnonymousUser(), action, "user:1")
+        assert not allowed(AnonymousUser(), action, "_megaphone.stats")
+
+
+def test_publish_in_a_process_that_serves_no_clients_raises_no_server_here() -> None:
+    """``manage.py shell``, a Celery worker, a script: on the in-memory backend no client would
+    ever receive the message, so publish() says so instead of returning an offset."""
+    code = (
+        "import django, megaphone\n"
+        "django.setup()\n"
+        "try:\n"
+        "    megaphone.publish('orders', {'id': 1})\n"
+        "except megaphone.NoServerHere as exc:\n"
+        "    print('refused:', exc)\n"
+        "else:\n"
+        "    print('published')\n"
+    )
+    env = {"DJANGO_SETTINGS_MODULE": "example.settings", "PYTHONPATH": str(ROOT / "example")}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout(60)
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("refused: cannot publish on 'orders'"), run.stdout
+    assert "use the Redis backend" in run.stdout
