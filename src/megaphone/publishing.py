@@ -112,19 +112,20 @@ class NoServerHere(PublishUnavailable):
         )
 
 
-_serving_pid = 0
+_serving = False
 
 
 def mark_serving() -> None:
     """Record that this process serves clients (:func:`megaphone.asgi.application` calls it), so
     that :func:`publish` on the in-memory backend reaches them."""
-    global _serving_pid
-    _serving_pid = os.getpid()
+    global _serving
+    _serving = True
 
 
 def serves_clients() -> bool:
-    """Whether this process (not a parent it was forked from) built the ASGI application."""
-    return _serving_pid == os.getpid()
+    """Whether this process built the ASGI application (or was forked from one that did, as the
+    workers of a server that preloads the application are)."""
+    return _serving
 
 
 def encoded_size(payload: str | bytes) -> int:
