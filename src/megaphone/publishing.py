@@ -24,9 +24,9 @@ lone surrogate (``"\\ud800"``, or undecodable bytes read with ``surrogateescape`
 
 Both return the :class:`~megaphone.message.Message` with its ``offset`` and ``epoch`` once the
 backend has accepted it, or raise a :class:`PublishError`; they never pretend. On the in-memory
-backend, ``publish()`` in a process that serves no clients (``manage.py shell``, a Celery worker,
-a script: no :func:`megaphone.asgi.application` was built here) raises :class:`NoServerHere`,
-since no server and no client shares this process's memory: use the Redis backend there.
+backend, in a process that serves no clients (``manage.py shell``, a Celery worker, a script: no
+:func:`megaphone.asgi.application` was built here), both raise :class:`NoServerHere`, since no
+server and no client shares this process's memory: use the Redis backend there.
 """
 
 from __future__ import annotations
@@ -190,6 +190,8 @@ def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str 
 async def _publish_on(
     node: Node, topic: str, payload: str | bytes, is_json: bool, msg_id: str | None
 ) -> Message:
+    if isinstance(node.backend, MemoryBackend) and not serves_clients():
+        raise NoServerHere.for_topic(topic)
     try:
         return await node.publish(topic, payload, json=is_json, msg_id=msg_id)
     except PublishError:
@@ -356,8 +358,6 @@ class _Publisher:
             node = await self.node()
         except (BackendUnavailable, OSError) as exc:
             raise PublishUnavailable(f"the backend cannot be reached: {exc}") from exc
-        if isinstance(node.backend, MemoryBackend) and not serves_clients():
-            raise NoServerHere.for_topic(topic)
         return await _publish_on(node, topic, payload, is_json, msg_id)
 
     async def _stop_node(self) -> None:
