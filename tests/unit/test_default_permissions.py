@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.test import override_settings
 
 from megaphone.permissions import ACTIONS, allowed
@@ -35,6 +36,19 @@ def test_private_and_internal_topics_stay_closed() -> None:
     for action in ACTIONS:
         assert not allowed(AnonymousUser(), action, "user:1")
         assert not allowed(AnonymousUser(), action, "_megaphone.stats")
+
+
+def test_the_readme_example_opens_and_closes_what_it_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "PERMISSIONS" in b]
+    namespace: dict[str, object] = {}
+    exec(block, namespace)
+    alice = User(username="alice", pk=1)
+    with override_settings(MEGAPHONE=namespace["MEGAPHONE"]):
+        assert allowed(alice, "publish", "chat.room") and allowed(alice, "publish", "broadcast")
+        assert not allowed(AnonymousUser(), "publish", "chat.room")
+        assert not allowed(alice, "publish", "broadcast.news")
+        assert not allowed(alice, "publish", "orders") and allowed(alice, "subscribe", "orders")
 
 
 def test_publish_in_a_process_that_serves_no_clients_raises_no_server_here() -> None:
