@@ -94,7 +94,8 @@ def example_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, 
     return {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "DJANGO_SETTINGS_MODULE": "example.settings",
+        "DJANGO_SETTINGS_MODULE": "tests.e2e.example_settings",
+        "PYTHONPATH": str(ROOT),
         "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"),
         **(env or {}),
     }
@@ -201,6 +202,15 @@ def create_superuser(server: ServerProcess, username: str) -> None:
         check=True,
         capture_output=True,
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def serving_process() -> None:
+    """The in-process tiers serve clients from the test process itself (ASGI communicators), so
+    ``megaphone.publish()`` on the in-memory backend reaches them, as in a server's process."""
+    from megaphone.publishing import mark_serving
+
+    mark_serving()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ _LAZY = {
     "InvalidMessage": "megaphone.publishing",
     "MessageTooLarge": "megaphone.publishing",
     "PublishUnavailable": "megaphone.publishing",
+    "NoServerHere": "megaphone.publishing",
     "BackendUnavailable": "megaphone.backends",
     "Message": "megaphone.message",
     "broadcast_model": "megaphone.model_broadcast",
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # the names above, for type checkers and IDEs
     from .model_broadcast import broadcast_model as broadcast_model
     from .publishing import InvalidMessage as InvalidMessage
     from .publishing import MessageTooLarge as MessageTooLarge
+    from .publishing import NoServerHere as NoServerHere
     from .publishing import PublishError as PublishError
     from .publishing import PublishUnavailable as PublishUnavailable
     from .publishing import apublish as apublish

@@ -1,5 +1,5 @@
 """Operational endpoints: ``/healthz`` (the process serves), ``/readyz`` (and its backend answers)
-and ``/metrics`` (Prometheus). Include them in the project's URLconf::
+and ``/metrics`` (Prometheus). :mod:`megaphone.urls` includes them; on their own::
 
     path("", include("megaphone.health")),
 

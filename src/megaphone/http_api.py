@@ -2,7 +2,7 @@
 
 Mount it in the project's URLconf (the example serves it at ``/api/``)::
 
-    path("api/", include("megaphone.urls")),
+    path("", include("megaphone.urls")),  # the API under api/, beside the dashboard and health
 
 Every route but ``openapi.json`` needs an API key from ``MEGAPHONE["API_KEYS"]``, sent as
 ``Authorization: Bearer <key>``; keys are compared in constant time. A key listed with topic

@@ -13,9 +13,16 @@ Actions are ``subscribe``, ``publish``, ``history`` and ``presence``. The projec
 Each action names a *who*: ``anyone``, ``authenticated``, ``staff``, ``owner`` (the topic's last
 ``:``-separated part is the user's primary key, as in ``user:42``), ``nobody``, or the dotted path
 of a function ``f(user, action, topic) -> bool``. ``default`` covers the actions a rule does not
-name. A topic no rule matches is refused (``nobody``). :data:`DEFAULT_PERMISSIONS` applies when
-the setting is absent: private ``user:<id>`` topics for their owner, internal ``_megaphone.*``
-topics for staff, anything else for anyone.
+name. A topic no rule matches is refused (``nobody``).
+
+:data:`DEFAULT_PERMISSIONS` applies when the setting is absent (``MEGAPHONE = {}``): private
+``user:<id>`` topics belong to their owner and internal ``_megaphone.*`` topics to staff; on
+``broadcast`` and ``broadcast.*`` (the raw endpoint ``/ws/broadcast/``'s topic and its family)
+anyone may do anything; on any other topic anyone may subscribe and read history and presence,
+but no client may publish. So a topic your server feeds (``megaphone.publish()``,
+``broadcast_model``, the HTTP API, none of which is subject to this policy) cannot be written by
+a browser until a rule opens it. A project that sets ``PERMISSIONS`` replaces the default
+entirely: copy the rules it keeps.
 
 **One decision per disclosure.** What a topic reveals beyond its live messages is decided here,
 once, and every path that reveals it asks the same function: :func:`may_read_history` for a
@@ -48,7 +55,9 @@ WHO = ("anyone", "authenticated", "staff", "owner", "nobody")
 DEFAULT_PERMISSIONS: tuple[dict[str, str], ...] = (
     {"topics": "user:*", "default": "owner"},
     {"topics": "_megaphone.*", "default": "staff"},
-    {"topics": "*", "default": "anyone"},
+    {"topics": "broadcast", "default": "anyone"},
+    {"topics": "broadcast.*", "default": "anyone"},
+    {"topics": "*", "default": "anyone", "publish": "nobody"},
 )
 
 

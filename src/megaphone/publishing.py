@@ -23,7 +23,10 @@ lone surrogate (``"\\ud800"``, or undecodable bytes read with ``surrogateescape`
 :class:`InvalidMessage` before anything is sent.
 
 Both return the :class:`~megaphone.message.Message` with its ``offset`` and ``epoch`` once the
-backend has accepted it, or raise a :class:`PublishError`; they never pretend.
+backend has accepted it, or raise a :class:`PublishError`; they never pretend. On the in-memory
+backend, in a process that serves no clients (``manage.py shell``, a Celery worker, a script: no
+:func:`megaphone.asgi.application` was built here), both raise :class:`NoServerHere`, since no
+server and no client shares this process's memory: use the Redis backend there.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .backends import BackendUnavailable
+from .backends.memory import MemoryBackend
 from .conf import get_config
 from .decoding import InvalidText, check_text, utf8_size
 from .message import Message
@@ -47,6 +51,7 @@ from .topics import InvalidTopic, validate_topic
 __all__ = [
     "InvalidMessage",
     "MessageTooLarge",
+    "NoServerHere",
     "PublishError",
     "PublishUnavailable",
     "apublish",
@@ -90,6 +95,37 @@ class PublishUnavailable(PublishError, BackendUnavailable):
     @classmethod
     def timed_out(cls, topic: str, timeout: float) -> PublishUnavailable:
         return cls(f"the backend did not accept the message on {topic!r} within {timeout} s")
+
+
+class NoServerHere(PublishUnavailable):
+    """The in-memory backend, in a process that serves no clients: a message published here
+    would reach no one. Publishing across processes needs the Redis backend."""
+
+    @classmethod
+    def for_topic(cls, topic: str) -> NoServerHere:
+        return cls(
+            f"cannot publish on {topic!r}: the in-memory backend does not cross processes, and "
+            "this process serves no clients (no megaphone.asgi.application() was built here), "
+            "so no client would receive it. Publish from the server's process, or use the Redis "
+            "backend in the server and here: REDIS_URL=redis://127.0.0.1:6379/0 or "
+            "MEGAPHONE['BACKEND'] (docs/settings.md)."
+        )
+
+
+_serving = False
+
+
+def mark_serving() -> None:
+    """Record that this process serves clients (:func:`megaphone.asgi.application` calls it), so
+    that :func:`publish` on the in-memory backend reaches them."""
+    global _serving
+    _serving = True
+
+
+def serves_clients() -> bool:
+    """Whether this process built the ASGI application (or was forked from one that did, as the
+    workers of a server that preloads the application are)."""
+    return _serving
 
 
 def encoded_size(payload: str | bytes) -> int:
@@ -154,6 +190,8 @@ def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str 
 async def _publish_on(
     node: Node, topic: str, payload: str | bytes, is_json: bool, msg_id: str | None
 ) -> Message:
+    if isinstance(node.backend, MemoryBackend) and not serves_clients():
+        raise NoServerHere.for_topic(topic)
     try:
         return await node.publish(topic, payload, json=is_json, msg_id=msg_id)
     except PublishError:

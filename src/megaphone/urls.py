@@ -1,25 +1,27 @@
-"""URLs of the HTTP API (:mod:`megaphone.http_api`), and ``token``: a connection token for the
-session's user (:func:`megaphone.auth.connection_token`). Include them under a prefix of your
-choice::
+"""Every HTTP endpoint of Megaphone, in one include::
 
-    path("api/", include("megaphone.urls")),
+    # mysite/urls.py
+    path("", include("megaphone.urls")),
 
-Any other path under that prefix answers a JSON 404.
+serves, under that prefix:
+
+* ``megaphone/dashboard/``: the live staff dashboard (:mod:`megaphone.dashboard`; log in as a
+  staff user, through the admin's login page);
+* ``healthz``, ``readyz``, ``metrics``: liveness, readiness and Prometheus figures
+  (:mod:`megaphone.health`);
+* ``api/``: the HTTP API and ``api/token`` (:mod:`megaphone.api_urls`; any other path under
+  ``api/`` answers a JSON 404).
+
+A project that wants them apart includes ``megaphone.health`` and ``megaphone.api_urls`` and
+routes :func:`megaphone.dashboard.dashboard` itself.
 """
 
-from django.urls import path, re_path
-from django.views.decorators.csrf import csrf_exempt
+from django.urls import include, path
 
-from . import http_api
-from .auth import connection_token
+from .dashboard import dashboard
 
 urlpatterns = [
-    path("publish", http_api.publish, name="megaphone-api-publish"),
-    path("publish/batch", http_api.publish_batch, name="megaphone-api-publish-batch"),
-    path("topics", http_api.topics, name="megaphone-api-topics"),
-    path("topics/<str:topic>/history", http_api.history, name="megaphone-api-history"),
-    path("topics/<str:topic>/presence", http_api.presence, name="megaphone-api-presence"),
-    path("token", connection_token, name="megaphone-token"),
-    path("openapi.json", http_api.openapi, name="megaphone-api-openapi"),
-    re_path(r"^(?P<rest>.*)$", csrf_exempt(http_api.not_found)),
+    path("megaphone/dashboard/", dashboard, name="megaphone-dashboard"),
+    path("", include("megaphone.health")),
+    path("api/", include("megaphone.api_urls")),
 ]

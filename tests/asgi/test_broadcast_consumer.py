@@ -11,6 +11,7 @@ from django.test import override_settings
 
 from example.asgi import application
 from megaphone.node import get_node
+from tests.settings import OPEN_PERMISSIONS
 
 
 def path(topic: str | None = None) -> str:
@@ -117,7 +118,9 @@ async def test_a_client_that_falls_behind_is_closed_with_4408_and_others_are_ser
     assert topic not in node.hub.topics()
 
 
-@override_settings(MEGAPHONE={"PUBLISH_RATE": 20, "PUBLISH_BURST": 20})
+@override_settings(
+    MEGAPHONE={"PUBLISH_RATE": 20, "PUBLISH_BURST": 20, "PERMISSIONS": OPEN_PERMISSIONS}
+)
 async def test_a_client_publishing_too_fast_is_closed_with_4429_and_others_are_unaffected() -> None:
     topic = f"flood-{uuid.uuid4().hex[:8]}"
     flooder, calm = await connect(path(topic)), await connect(path(topic))
@@ -148,7 +151,7 @@ async def test_connections_per_ip_are_capped_and_freed_on_close(caplog) -> None:
         await client.disconnect()
 
 
-@override_settings(MEGAPHONE={"PUBLISH_RATE": 0})
+@override_settings(MEGAPHONE={"PUBLISH_RATE": 0, "PERMISSIONS": OPEN_PERMISSIONS})
 async def test_a_client_cannot_queue_more_than_max_publishing_behind_a_slow_pipelining_backend(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -187,7 +187,7 @@ async def test_openapi_document_is_served_without_a_key_and_validates() -> None:
 
 def test_openapi_document_lists_every_route_and_error_code() -> None:
     document = openapi_document()
-    resolver = get_resolver("megaphone.urls")
+    resolver = get_resolver("megaphone.api_urls")
     routes = {
         "/" + str(p.pattern).replace("<str:topic>", "{topic}")
         for p in resolver.url_patterns

@@ -12,6 +12,7 @@ from django.test import override_settings
 
 from example.asgi import application
 from tests.conftest import timeout
+from tests.settings import OPEN_PERMISSIONS
 
 
 def unique(prefix: str) -> str:
@@ -204,7 +205,9 @@ async def miss_four_messages(client: Client, topic: str) -> dict[str, object]:
     return {"offset": 0, "epoch": start["epoch"]}
 
 
-@override_settings(MEGAPHONE={"TOPICS": {"short.*": {"history_size": 3}}})
+@override_settings(
+    MEGAPHONE={"TOPICS": {"short.*": {"history_size": 3}}, "PERMISSIONS": OPEN_PERMISSIONS}
+)
 async def test_recovery_fails_when_the_gap_is_beyond_history() -> None:
     topic = unique("short.h")
     client = await connect()
@@ -223,7 +226,7 @@ async def test_recovery_fails_when_the_gap_is_beyond_history() -> None:
     await client.close()
 
 
-@override_settings(MEGAPHONE={"RECOVERY_MAX_MESSAGES": 3})
+@override_settings(MEGAPHONE={"RECOVERY_MAX_MESSAGES": 3, "PERMISSIONS": OPEN_PERMISSIONS})
 async def test_recovery_fails_beyond_the_maximum_count() -> None:
     topic = unique("max")
     client = await connect()
@@ -308,7 +311,9 @@ async def test_refusals_have_codes_and_keep_the_connection() -> None:
     await client.close()
 
 
-@override_settings(MEGAPHONE={"PUBLISH_RATE": 1, "PUBLISH_BURST": 2})
+@override_settings(
+    MEGAPHONE={"PUBLISH_RATE": 1, "PUBLISH_BURST": 2, "PERMISSIONS": OPEN_PERMISSIONS}
+)
 async def test_publishing_too_fast_is_refused_with_rate_limited() -> None:
     client = await connect()
     topic = unique("rate")

@@ -9,6 +9,7 @@ from megaphone import durable
 from megaphone.models import DurableMessage, DurableTopic
 from tests.asgi.test_protocol import connect, raw, unique
 from tests.conftest import timeout
+from tests.settings import OPEN_PERMISSIONS
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -19,7 +20,10 @@ pytestmark = [
 @pytest.fixture
 def durable_topics():
     with override_settings(
-        MEGAPHONE={"TOPICS": {"durable.*": {"durable": True, "history_size": 5}}}
+        MEGAPHONE={
+            "TOPICS": {"durable.*": {"durable": True, "history_size": 5}},
+            "PERMISSIONS": OPEN_PERMISSIONS,
+        }
     ):
         yield
 

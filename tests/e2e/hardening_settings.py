@@ -4,7 +4,7 @@ the ``MEGAPHONE_OVERRIDES`` environment variable (e.g. ``{"PUBLISH_RATE": 20}``)
 import json
 import os
 
-from example.settings import *  # noqa: F403
-from example.settings import MEGAPHONE
+from tests.e2e.example_settings import *  # noqa: F403
+from tests.e2e.example_settings import MEGAPHONE
 
 MEGAPHONE = {**MEGAPHONE, **json.loads(os.environ.get("MEGAPHONE_OVERRIDES", "{}"))}

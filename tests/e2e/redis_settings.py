@@ -1,7 +1,7 @@
 """Settings of the example project for the Redis scale-out tests: no dashboard figures (so every
 PUBLISH in Redis is a message the test published), no publish-rate limit, and an API key."""
 
-from example.settings import *  # noqa: F403
+from tests.e2e.example_settings import *  # noqa: F403
 
 MEGAPHONE = {
     **MEGAPHONE,  # noqa: F405

@@ -61,7 +61,11 @@ def test_history_since_limit_and_json_format() -> None:
     for i in range(5):
         megaphone.publish(topic, {"n": i})
     megaphone.publish(topic, b"\x00\x01")
-    assert run("history", topic, "--since", "2", "--limit", "2") == '#3 {"n":2}\n#4 {"n":3}\n'
+    # The latest two after offset 2, not the oldest two.
+    assert run("history", topic, "--since", "2", "--limit", "2") == (
+        '#5 {"n":4}\n#6 (binary, base64) AAE=\n'
+    )
+    assert run("history", topic, "--since", "2", "--limit", "3").startswith('#4 {"n":3}\n')
     lines = run("history", topic, "--since", "4", "--format", "json").splitlines()
     frames = [json.loads(line) for line in lines]
     assert frames[0] == {
@@ -148,3 +152,15 @@ async def test_presence_prints_one_json_line_per_client() -> None:
     assert [json.loads(line)["user"] for line in out.splitlines()] == ["alice", "bob"]
     await node.presence_remove(topic, "c1")
     await node.presence_remove(topic, "c2")
+
+
+def test_commands_that_find_nothing_say_so_and_fail_where_they_cannot_answer() -> None:
+    err = StringIO()
+    call_command("megaphone", "history", unique(), stdout=StringIO(), stderr=err)
+    assert "no message in the history of" in err.getvalue()
+    with pytest.raises(CommandError, match="keeps no presence: turn it on"):
+        run("presence", unique())  # PRESENCE is off by default
+    with override_settings(MEGAPHONE={"PRESENCE": True}):
+        err = StringIO()
+        call_command("megaphone", "presence", unique(), stdout=StringIO(), stderr=err)
+        assert "nobody is present on" in err.getvalue()

@@ -532,6 +532,25 @@ class RedisBackend(Backend):
     async def ping(self) -> None:
         await self._call("answer PING", self._client.ping())
 
+    async def listened_topics(self) -> dict[str, int]:
+        """Every topic that some node listens to, in any process on any machine using this Redis
+        (and database), with how many nodes (worker processes) listen: ``PUBSUB CHANNELS`` of
+        this backend's channels, then ``PUBSUB NUMSUB``. Exact at the moment Redis answers; a
+        node listens while it has at least one subscriber on the topic."""
+        prefix = self._channel_prefix
+        channels = await self._call(
+            "list the pub/sub channels", self._client.pubsub_channels(f"{prefix}{{*}}")
+        )
+        if not channels:
+            return {}
+        counts = await self._call("count the subscribers", self._client.pubsub_numsub(*channels))
+        start = len(prefix) + 1  # the topic is between "{" and the final "}"
+        listened: dict[str, int] = {}
+        for channel, count in counts:
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            listened[name[start:-1]] = int(count)
+        return listened
+
     def _presence_keys(self, topic: str) -> list[str]:
         return [f"megaphone:{{{topic}}}:presence", f"megaphone:{{{topic}}}:presence:info"]
 

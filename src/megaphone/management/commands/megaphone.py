@@ -7,6 +7,11 @@
     manage.py megaphone presence <topic>
     manage.py megaphone topics
 
+``history --limit N`` prints the latest N messages after ``--since``. A command that finds
+nothing says so on stderr; one that cannot answer (a topic without presence, a backend that
+cannot list topics, the in-memory backend from the command line) exits with status 1.
+``topics`` asks Redis which topics some worker listens to, on every process and machine.
+
 The command is a process of its own: it reaches the server's clients only through a backend
 shared between processes (Redis). Run from the command line with the in-memory backend, it stops
 with an error saying so. Through ``call_command()`` it runs in the caller's process and uses that
@@ -26,7 +31,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from megaphone import client
 from megaphone.backends import Backend, BackendUnavailable
-from megaphone.conf import get_config
+from megaphone.conf import get_config, topic_options
 from megaphone.decoding import InvalidText, decode_json
 from megaphone.message import Message
 from megaphone.node import Node, start_node
@@ -89,13 +94,15 @@ class Command(BaseCommand):
         h = commands.add_parser("history", help="print the topic's history")
         h.add_argument("topic")
         h.add_argument("--since", type=int, default=0)
-        h.add_argument("--limit", type=int, default=100)
+        h.add_argument("--limit", type=int, default=100, help="the latest N messages")
         h.add_argument("--format", choices=("text", "json"), default="text")
 
         s = commands.add_parser("presence", help="print the clients subscribed to the topic")
         s.add_argument("topic")
 
-        commands.add_parser("topics", help="print the topics with subscribers, and how many")
+        commands.add_parser(
+            "topics", help="print the topics some worker listens to, and how many workers"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         subcommand = options["subcommand"]
@@ -222,11 +229,13 @@ class Command(BaseCommand):
             raise CommandError(f"--since must be >= 0 and --limit from 0 to {MAX_HISTORY_LIMIT}")
         node = await self._node()
         try:
-            page = await node.history(options["topic"], since, limit)
+            page = await node.history(options["topic"], since, MAX_HISTORY_LIMIT)
         finally:
             await node.stop()
-        for message in page.messages:
+        for message in page.messages[len(page.messages) - limit :] if limit else ():
             self._print(message, options["format"])
+        if not page.messages:
+            self.stderr.write(f"no message in the history of {options['topic']} after #{since}")
         if options["verbosity"] > 1 or not page.complete:
             note = "" if page.complete else "; some messages after --since were trimmed"
             self.stderr.write(f"topic offset {page.offset}, epoch {page.epoch}{note}")
@@ -236,27 +245,37 @@ class Command(BaseCommand):
         try:
             if type(node.backend).presence is Backend.presence:
                 raise CommandError(f"the {type(node.backend).__name__} keeps no presence")
+            if not topic_options(options["topic"]).presence:
+                raise CommandError(
+                    f"topic {options['topic']} keeps no presence: turn it on with "
+                    "MEGAPHONE['TOPICS'] = {pattern: {'presence': True}} (docs/settings.md)"
+                )
             entries = await node.presence(options["topic"])
         finally:
             await node.stop()
+        if not entries:
+            self.stderr.write(f"nobody is present on {options['topic']}")
         for entry in sorted(entries.values(), key=lambda e: str(e.get("client"))):
             self.stdout.write(json.dumps(entry, ensure_ascii=False, sort_keys=True))
 
     async def topics(self, options: dict[str, Any]) -> None:
         node = await self._node()
         try:
-            counts = getattr(node.backend, "topics", None)
-            if counts is None:
+            listened_topics = getattr(node.backend, "listened_topics", None)  # Redis's
+            if listened_topics is None:
                 raise CommandError(
-                    f"the {type(node.backend).__name__} cannot list the topics of other "
-                    "processes; GET /api/topics on a server lists those of the worker answering"
+                    f"the {type(node.backend).__name__} cannot list the topics of the server's "
+                    "processes: only the Redis backend can (GET /api/topics on a server lists "
+                    "those of the worker answering)"
                 )
-            topics: dict[str, int] = await counts()
+            topics: dict[str, int] = await listened_topics()
         finally:
             await node.stop()
-        for name, subscribers in sorted(topics.items()):
-            if not name.startswith("$"):
-                self.stdout.write(f"{name}\t{subscribers}")
+        listed = sorted((name, n) for name, n in topics.items() if not name.startswith("$"))
+        if not listed:
+            self.stderr.write("no topic has a subscriber on any worker")
+        for name, workers in listed:
+            self.stdout.write(f"{name}\t{workers}")
 
     def _print(self, message: Message, format: str) -> None:
         json_text = message.encoded(message_json) if format == "json" else None
