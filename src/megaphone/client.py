@@ -36,7 +36,6 @@ import base64
 import binascii
 import contextlib
 import json
-import logging
 import random
 import threading
 import time
@@ -52,8 +51,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .closecodes import CloseAction, CloseCode, close_action, close_name
+from .logs import get_logger
 
-logger = logging.getLogger("megaphone.client")
+logger = get_logger("megaphone.client")
 
 __all__ = [
     "Client",

@@ -10,12 +10,12 @@ message from the others.
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
+from .logs import get_logger
 from .message import Message
 
-logger = logging.getLogger("megaphone.hub")
+logger = get_logger("megaphone.hub")
 
 
 class Subscriber(Protocol):

@@ -14,15 +14,15 @@ unsubscribe. A client's presence entry (the ``presence`` op) is never delayed: o
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .backends import BackendUnavailable
 from .conf import get_config
+from .logs import get_logger
 from .protocol import presence_event, presence_topic
 
-logger = logging.getLogger("megaphone.joinleave")
+logger = get_logger("megaphone.joinleave")
 
 #: Publishes a join/leave frame's text as JSON on a presence topic: ``(topic, text)``.
 Publish = Callable[[str, str], Awaitable[object]]

@@ -18,7 +18,6 @@ topics kept alive), in bounded rounds that yield to the loop between them, and e
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import weakref
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from .dashboard import STATS_HISTORY, STATS_TOPIC, publish_stats
 from .decoding import check_text
 from .hub import Hub, Subscriber
 from .joinleave import JoinLeave
+from .logs import get_logger
 from .message import Message
 from .topics import is_internal
 
@@ -49,7 +49,8 @@ class Traffic:
     #: Messages handed to this worker's subscribers: one per subscriber.
     delivered: int = 0
 
-logger = logging.getLogger("megaphone.node")
+
+logger = get_logger("megaphone.node")
 
 #: Seconds between two sweeps of the backend (see the module docstring).
 SWEEP_INTERVAL = 1.0
