@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite on the default interpreter (Python 3.11, Django 5.2 LTS), then
-# tiers 1 and 2 plus the end-to-end tier on Django 6.x under the newest Python that has it
+# tiers 1 and 2 plus the end-to-end tier (less its Django-independent slowest tests) on Django 6.x under the newest Python that has it
 # (Django 6 needs Python >= 3.12), when such an interpreter exists on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "== Python $(.venv/bin/python -c 'import sys; print(sys.version.split()[0])'), Django $(.venv/bin/python -c 'import django; print(django.get_version())')"
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=15 "$@"
 
 newer=""
 # pyenv's shims exist for every version it knows but fail unless that version is selected, so
@@ -31,4 +31,8 @@ if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; the
     touch "$venv/.installed"
 fi
 echo "== Python $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0])'), Django $("$venv/bin/python" -c 'import django; print(django.get_version())')"
-"$venv/bin/python" -m pytest -q -m "not browser" "$@"
+# The ASGI-server matrix, the transport's flood bounds and the memory bounds do not depend on
+# Django's version, and are the slowest tests: they run once, on the default interpreter above.
+"$venv/bin/python" -m pytest -q -m "not browser" --durations=15 \
+    --ignore=tests/e2e/test_asgi_servers.py --ignore=tests/e2e/test_uvicorn_floods.py \
+    --ignore=tests/security/test_floods.py --ignore=tests/security/test_bounded_state.py "$@"

@@ -13,6 +13,7 @@ import asyncio
 import json
 import sqlite3
 import uuid
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -147,7 +148,7 @@ async def test_reading_durable_topics_writes_no_rows(attacked: Start) -> None:
     db = server.log_path.parent / "db.sqlite3"
 
     def rows() -> int:
-        with sqlite3.connect(db) as connection:
+        with closing(sqlite3.connect(db)) as connection:  # sqlite3's own `with` only commits
             (count,) = connection.execute("SELECT COUNT(*) FROM megaphone_durabletopic").fetchone()
             return int(count)
 
