@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite on the default interpreter (Python 3.11, Django 5.2 LTS), then
-# tiers 1 and 2 plus the end-to-end tier (less its Django-independent slowest tests) on Django 6.x under the newest Python that has it
-# (Django 6 needs Python >= 3.12), when such an interpreter exists on this machine.
+# tiers 1 and 2 plus the end-to-end tier (less its slowest Django-independent tests) on Django
+# 6.x under the newest Python that has it (Django 6 needs Python >= 3.12), when such an
+# interpreter exists on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
