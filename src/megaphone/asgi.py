@@ -19,7 +19,7 @@ recommends, outermost first:
 * ``websocket``: :class:`~megaphone.security.OriginValidator` (foreign browser origins: 403),
   :class:`~megaphone.security.ConnectionLimiter` (``MAX_CONNECTIONS_PER_IP``: 403),
   :func:`~megaphone.auth.AuthMiddlewareStack` (session cookie or ``?token=``), then
-  :func:`~megaphone.routing.websocket_router` (Megaphone's endpoints; any other path: 404).
+  :func:`~megaphone.routing.websocket_router` (Megaphone's endpoints; any other path: 403).
 
 Call it at import time of the ASGI module: it sets Django up first (``get_asgi_application()``).
 """
