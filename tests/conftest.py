@@ -137,11 +137,21 @@ def launch(
 def start_server(
     tmp_path: Path, *, workers: int = 1, env: dict[str, str] | None = None, port: int | None = None
 ) -> ServerProcess:
-    """Start the example project under ``manage.py serve`` on a free port and wait for it."""
+    """Start the example project under ``manage.py serve`` on a free port and wait until every
+    worker serves: the port accepts as soon as the parent listens, and a test's first clients
+    would all go to the first worker up."""
     port = port or free_port()
     manage = [sys.executable, str(ROOT / "example" / "manage.py")]
     command = [*manage, "serve", "--port", str(port), "--workers", str(workers)]
-    return launch(command, tmp_path, port, env)
+    server = launch(command, tmp_path, port, env)
+    deadline = time.monotonic() + timeout(30)
+    # uvicorn logs this line in each worker once the application is loaded, before it accepts.
+    while server.log().count("Started server process") < workers:
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            server.stop(signal.SIGKILL)
+            raise RuntimeError(f"not every worker started:\n{server.log()}")
+        time.sleep(0.05)
+    return server
 
 
 #: The ASGI servers the end-to-end tier runs the example project under, each started by
