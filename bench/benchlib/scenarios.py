@@ -15,6 +15,8 @@ from .client import MSG_SIZE, ClientPool
 from .servers import ServerProcess, ServerSpec
 
 SCENARIOS = ("burst", "steady", "topics", "connrate")
+#: The bench's topics are of the ``broadcast.*`` family: the one clients may publish on by default.
+PROBE_TOPIC = "broadcast.bench-probe"
 
 
 @dataclass
@@ -121,10 +123,14 @@ class Session:
 
     def measure_probe(self) -> str | None:
         n = 4
-        res = self.pool.call(0, "connect", self.server.url_base, [("bench-probe", n)], n, 20.0)
+        res = self.pool.call(
+            0, "connect", self.server.url_base, [("broadcast.bench-probe", n)], n, 20.0
+        )
         if res["ok"] < n:
             return f"probe: {res['ok']}/{n} connected {res['errors']}"
-        m = self.measure({0: ["bench-probe"]}, {"bench-probe": 1}, 1, 0, timeout=20, stall=20)
+        m = self.measure(
+            {0: ["broadcast.bench-probe"]}, {"broadcast.bench-probe": 1}, 1, 0, timeout=20, stall=20
+        )
         self.pool.call_all("close", [()] * self.pool.size)
         if m["status"] != "ok":
             return f"probe: {m['status_text']}; server log: {self.server.log_tail()}"
@@ -364,7 +370,7 @@ def _connect_failed_row(c: dict[str, Any], n: int) -> dict[str, Any]:
 
 def run_burst(s: Session, n: int) -> dict[str, Any]:
     cfg, pool = s.cfg, s.pool
-    topic = "bench-burst"
+    topic = "broadcast.bench-burst"
     time.sleep(0.5 * cfg.settle)
     base = s.rss()
     c = _connect_or_fail(s, [[(topic, k)] for k in split(n, pool.size)], n)
@@ -396,7 +402,7 @@ def run_burst(s: Session, n: int) -> dict[str, Any]:
 
 def run_steady(s: Session) -> dict[str, Any]:
     cfg, pool = s.cfg, s.pool
-    topic, n = "bench-steady", cfg.steady_n
+    topic, n = "broadcast.bench-steady", cfg.steady_n
     count = max(1, round(cfg.steady_rate * cfg.steady_seconds))
     c = _connect_or_fail(s, [[(topic, k)] for k in split(n, pool.size)], n)
     row: dict[str, Any] = {"n": n, "topics": 1, "messages": count, "rate": cfg.steady_rate}
@@ -426,7 +432,7 @@ def run_topics(s: Session) -> dict[str, Any]:
     # whole topics per client process, so each process publishes on topics it holds
     plans: list[list[tuple[str, int]]] = [[] for _ in range(pool.size)]
     for t in range(k):
-        plans[t % pool.size].append((f"bench-t{t}", per_topic[t]))
+        plans[t % pool.size].append((f"broadcast.bench-t{t}", per_topic[t]))
     c = _connect_or_fail(s, plans, n)
     row: dict[str, Any] = {"n": n, "topics": k, "messages": cfg.topics_msgs}
     row["connect"] = c
@@ -435,7 +441,7 @@ def run_topics(s: Session) -> dict[str, Any]:
         return row
     time.sleep(0.5 * cfg.settle)
     publishers = {w: [t for t, _ in plan] for w, plan in enumerate(plans) if plan}
-    expect = {f"bench-t{t}": cfg.topics_msgs for t in range(k)}
+    expect = {f"broadcast.bench-t{t}": cfg.topics_msgs for t in range(k)}
     reps = []
     for i in range(cfg.repeats):
         m = s.measure(
@@ -461,7 +467,7 @@ def run_connrate(s: Session) -> dict[str, Any]:
     row: dict[str, Any] = {"n": n, "topics": 1, "messages": 0}
     rates, cpus, results = [], [], []
     for i in range(cfg.repeats if not cfg.quick else 1):
-        c = s.connect([[("bench-conn", k)] for k in split(n, pool.size)], concurrency=100)
+        c = s.connect([[("broadcast.bench-conn", k)] for k in split(n, pool.size)], concurrency=100)
         results.append(c)
         s.log(
             f"  {s.spec.name} connrate #{i + 1}: {c['ok']}/{n} in {c['seconds']:.2f} s = "
