@@ -32,7 +32,7 @@ from pathlib import Path
 import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
-TOPIC = "soak"
+TOPIC = "broadcast.soak"  # of the family clients may publish on by default
 
 
 @dataclass
