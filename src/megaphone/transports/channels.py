@@ -198,7 +198,7 @@ class _Endpoint(_DirectConsumer):
                 payload, size = text_data, utf8_size(text_data)
             except InvalidText as exc:
                 logger.info("closing %s: a text frame %s", self.scope["path"], exc)
-                await self._close(CloseCode.INVALID_PAYLOAD)
+                await self._close_with(CloseCode.INVALID_PAYLOAD)
                 return None
         else:
             payload = bytes_data if bytes_data is not None else b""
@@ -449,11 +449,9 @@ class ProtocolConsumer(_Endpoint):
         try:
             await self.session.handle_text(payload)
         except RateLimitIgnored as exc:
-            if self._closing is None:  # once: frames it sent before the close may follow
+            if self.closing_code is None:  # not if a close was decided while this frame ran
                 logger.warning("closing a client on %s: %s", self.scope["path"], exc)
-                self._closing = asyncio.get_running_loop().create_task(
-                    self._close(CloseCode.RATE_LIMITED)
-                )
+            await self._close_with(CloseCode.RATE_LIMITED)
 
     async def disconnect(self, code: int) -> None:
         session, self.session = self.session, None
