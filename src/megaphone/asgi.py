@@ -56,7 +56,6 @@ def application(
     from .auth import AuthMiddlewareStack
     from .bodylimit import RequestBodyLimit
     from .logs import ensure_request_errors_logged
-    from .publishing import mark_serving
     from .routing import websocket_router
     from .routing import websocket_urlpatterns as megaphone_patterns
     from .security import ConnectionLimiter, OriginValidator
@@ -69,7 +68,6 @@ def application(
         http = ASGIStaticFilesHandler(http)
     # Again: setting Django up a second time (manage.py serve did it once) resets its loggers.
     ensure_request_errors_logged()
-    mark_serving()
     patterns = megaphone_patterns if websocket_urlpatterns is None else websocket_urlpatterns
     return ProtocolTypeRouter(
         {

@@ -25,7 +25,7 @@ lone surrogate (``"\\ud800"``, or undecodable bytes read with ``surrogateescape`
 Both return the :class:`~megaphone.message.Message` with its ``offset`` and ``epoch`` once the
 backend has accepted it, or raise a :class:`PublishError`; they never pretend. On the in-memory
 backend, in a process that serves no clients (``manage.py shell``, a Celery worker, a script: no
-:func:`megaphone.asgi.application` was built here), both raise :class:`NoServerHere`, since no
+WebSocket endpoint of Megaphone's was built here), both raise :class:`NoServerHere`, since no
 server and no client shares this process's memory: use the Redis backend there.
 """
 
@@ -105,7 +105,7 @@ class NoServerHere(PublishUnavailable):
     def for_topic(cls, topic: str) -> NoServerHere:
         return cls(
             f"cannot publish on {topic!r}: the in-memory backend does not cross processes, and "
-            "this process serves no clients (no megaphone.asgi.application() was built here), "
+            "this process serves no clients (it built none of Megaphone's WebSocket endpoints), "
             "so no client would receive it. Publish from the server's process, or use the Redis "
             "backend in the server and here: REDIS_URL=redis://127.0.0.1:6379/0 or "
             "MEGAPHONE['BACKEND'] (docs/settings.md)."
@@ -116,15 +116,15 @@ _serving = False
 
 
 def mark_serving() -> None:
-    """Record that this process serves clients (:func:`megaphone.asgi.application` calls it), so
-    that :func:`publish` on the in-memory backend reaches them."""
+    """Record that this process serves clients (building Megaphone's WebSocket endpoints calls
+    it), so that :func:`publish` on the in-memory backend reaches them."""
     global _serving
     _serving = True
 
 
 def serves_clients() -> bool:
-    """Whether this process built the ASGI application (or was forked from one that did, as the
-    workers of a server that preloads the application are)."""
+    """Whether this process built Megaphone's WebSocket endpoints (or was forked from one that
+    did, as the workers of a server that preloads the application are)."""
     return _serving
 
 

@@ -76,3 +76,23 @@ def test_publish_in_a_process_that_serves_no_clients_raises_no_server_here() -> 
     assert len(lines) == 2, run.stdout
     assert all(line.startswith("refused: cannot publish on 'orders'") for line in lines)
     assert "use the Redis backend" in lines[0]
+
+
+def test_a_process_that_routes_megaphones_consumers_itself_serves_clients() -> None:
+    """A project may build its own ``ProtocolTypeRouter`` from ``megaphone.routing``'s patterns
+    instead of ``megaphone.asgi.application()``: its server process serves clients all the same,
+    and publish() there reaches them."""
+    code = (
+        "import asyncio, django, megaphone\n"
+        "django.setup()\n"
+        "from channels.routing import URLRouter\n"
+        "from megaphone.routing import websocket_urlpatterns\n"
+        "router = URLRouter(websocket_urlpatterns)\n"
+        "print(megaphone.publish('broadcast', 'hello').offset)\n"
+    )
+    env = {"DJANGO_SETTINGS_MODULE": "example.settings", "PYTHONPATH": str(ROOT / "example")}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout(60)
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "1"

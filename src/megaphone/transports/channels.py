@@ -31,6 +31,7 @@ from ..message import Encoder, Message, raw_frame
 from ..node import Node, get_node
 from ..permissions import allowed, may_subscribe
 from ..protocol import message_event
+from ..publishing import mark_serving
 from ..ratelimit import TokenBucket
 from ..session import RateLimitIgnored, Session
 from ..topics import InvalidTopic, validate_topic
@@ -107,6 +108,14 @@ class _Endpoint(_DirectConsumer):
     _logout_watch: _LogoutWatch | None = None
     _released = False
     user: Any = None
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        """Channels' ``as_asgi``; building an endpoint's ASGI application marks this process as
+        one that serves clients (:func:`megaphone.publishing.mark_serving`), however the project
+        routes it (``megaphone.asgi.application()`` or a ``ProtocolTypeRouter`` of its own)."""
+        mark_serving()
+        return super().as_asgi(**initkwargs)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Channels' consumer loop, with the guarantee that everything the connection joined is
