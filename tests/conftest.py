@@ -218,7 +218,7 @@ def create_superuser(server: ServerProcess, username: str) -> None:
 def serving_process() -> None:
     """The in-process tiers serve clients from the test process itself (ASGI communicators), so
     ``megaphone.publish()`` on the in-memory backend reaches them, as in a server's process."""
-    from megaphone.publishing import mark_serving
+    from megaphone.engine.publishing import mark_serving
 
     mark_serving()
 

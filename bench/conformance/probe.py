@@ -175,8 +175,8 @@ SERVERS = [
     # app here never calls its write_frame extension, so this checks it changes nothing else.
     (
         "uvicorn-megaphone",
-        "megaphone.transports.uvicorn",
-        _uvicorn("megaphone.transports.uvicorn:WebSocketProtocol"),
+        "megaphone.server.uvicorn",
+        _uvicorn("megaphone.server.uvicorn:WebSocketProtocol"),
         f"--ws-max-size {MAX_SIZE}",
     ),
     (

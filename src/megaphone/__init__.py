@@ -18,31 +18,31 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _LAZY = {
-    "publish": "megaphone.publishing",
-    "apublish": "megaphone.publishing",
-    "PublishError": "megaphone.publishing",
-    "InvalidMessage": "megaphone.publishing",
-    "MessageTooLarge": "megaphone.publishing",
-    "PublishUnavailable": "megaphone.publishing",
-    "NoServerHere": "megaphone.publishing",
+    "publish": "megaphone.engine.publishing",
+    "apublish": "megaphone.engine.publishing",
+    "PublishError": "megaphone.engine.publishing",
+    "InvalidMessage": "megaphone.engine.publishing",
+    "MessageTooLarge": "megaphone.engine.publishing",
+    "PublishUnavailable": "megaphone.engine.publishing",
+    "NoServerHere": "megaphone.engine.publishing",
     "BackendUnavailable": "megaphone.backends",
-    "Message": "megaphone.message",
-    "broadcast_model": "megaphone.model_broadcast",
+    "Message": "megaphone.core.message",
+    "broadcast_model": "megaphone.contrib.model_broadcast",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # the names above, for type checkers and IDEs
-    from .backends import BackendUnavailable as BackendUnavailable
-    from .message import Message as Message
-    from .model_broadcast import broadcast_model as broadcast_model
-    from .publishing import InvalidMessage as InvalidMessage
-    from .publishing import MessageTooLarge as MessageTooLarge
-    from .publishing import NoServerHere as NoServerHere
-    from .publishing import PublishError as PublishError
-    from .publishing import PublishUnavailable as PublishUnavailable
-    from .publishing import apublish as apublish
-    from .publishing import publish as publish
+    from megaphone.backends import BackendUnavailable as BackendUnavailable
+    from megaphone.contrib.model_broadcast import broadcast_model as broadcast_model
+    from megaphone.core.message import Message as Message
+    from megaphone.engine.publishing import InvalidMessage as InvalidMessage
+    from megaphone.engine.publishing import MessageTooLarge as MessageTooLarge
+    from megaphone.engine.publishing import NoServerHere as NoServerHere
+    from megaphone.engine.publishing import PublishError as PublishError
+    from megaphone.engine.publishing import PublishUnavailable as PublishUnavailable
+    from megaphone.engine.publishing import apublish as apublish
+    from megaphone.engine.publishing import publish as publish
 
 
 def __getattr__(name: str) -> Any:

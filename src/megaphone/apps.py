@@ -9,12 +9,12 @@ class MegaphoneConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_out
 
-        from . import checks  # noqa: F401  (registers the system checks)
-        from .auth import on_user_logged_out
-        from .logs import ensure_request_errors_logged, install_server_log_filters
+        from megaphone import checks  # noqa: F401  (registers the system checks)
+        from megaphone.core.logs import ensure_request_errors_logged, install_server_log_filters
+        from megaphone.server.auth import on_user_logged_out
 
         user_logged_out.connect(on_user_logged_out, dispatch_uid="megaphone.logout")
         # Whatever serves the project: server log lines escaped and without secrets, and HTTP
-        # 500s logged (see megaphone.logs).
+        # 500s logged (see megaphone.core.logs).
         install_server_log_filters()
         ensure_request_errors_logged()

@@ -14,11 +14,11 @@
 :func:`application` returns Channels' ``ProtocolTypeRouter`` with every guard Megaphone
 recommends, outermost first:
 
-* ``http``: :class:`~megaphone.bodylimit.RequestBodyLimit` (bodies over ``MAX_REQUEST_BODY``
+* ``http``: :class:`~megaphone.server.bodylimit.RequestBodyLimit` (bodies over ``MAX_REQUEST_BODY``
   get 413 before they are read), then Django's ASGI handler (static files too, when asked);
-* ``websocket``: :class:`~megaphone.security.OriginValidator` (foreign browser origins: 403),
-  :class:`~megaphone.security.ConnectionLimiter` (``MAX_CONNECTIONS_PER_IP``: 403),
-  :func:`~megaphone.auth.AuthMiddlewareStack` (session cookie or ``?token=``), then
+* ``websocket``: :class:`~megaphone.server.guards.OriginValidator` (foreign browser origins: 403),
+  :class:`~megaphone.server.guards.ConnectionLimiter` (``MAX_CONNECTIONS_PER_IP``: 403),
+  :func:`~megaphone.server.auth.AuthMiddlewareStack` (session cookie or ``?token=``), then
   :func:`~megaphone.routing.websocket_router` (Megaphone's endpoints; any other path: 403).
 
 Call it at import time of the ASGI module: it sets Django up first (``get_asgi_application()``).
@@ -53,12 +53,12 @@ def application(
     from django.apps import apps
     from django.conf import settings
 
-    from .auth import AuthMiddlewareStack
-    from .bodylimit import RequestBodyLimit
-    from .logs import ensure_request_errors_logged
-    from .routing import websocket_router
-    from .routing import websocket_urlpatterns as megaphone_patterns
-    from .security import ConnectionLimiter, OriginValidator
+    from megaphone.core.logs import ensure_request_errors_logged
+    from megaphone.routing import websocket_router
+    from megaphone.routing import websocket_urlpatterns as megaphone_patterns
+    from megaphone.server.auth import AuthMiddlewareStack
+    from megaphone.server.bodylimit import RequestBodyLimit
+    from megaphone.server.guards import ConnectionLimiter, OriginValidator
 
     if static_files is None:
         static_files = settings.DEBUG and apps.is_installed("django.contrib.staticfiles")

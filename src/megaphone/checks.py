@@ -9,10 +9,10 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .backends import backend_from_url
-from .conf import DEFAULTS, TOPIC_OPTION_TYPES, get_config, unknown_keys
-from .decoding import invalid_strings
-from .origins import parse_pattern
+from megaphone.backends import backend_from_url
+from megaphone.conf import DEFAULTS, TOPIC_OPTION_TYPES, get_config, unknown_keys
+from megaphone.core.decoding import invalid_strings
+from megaphone.server.origins import parse_pattern
 
 #: What a ``TOPICS`` pattern may hold: topic-name characters and the glob characters ``*?[]!``.
 _PATTERN = re.compile(r"[A-Za-z0-9_.:@=*?\[\]!-]{1,200}")
@@ -58,7 +58,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 )
             )
     if config.PERMISSIONS is not None:
-        from .permissions import PolicyError, compile_rules
+        from megaphone.server.permissions import PolicyError, compile_rules
 
         try:
             compile_rules(config.PERMISSIONS)
@@ -66,7 +66,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             errors.append(
                 Error(
                     f"MEGAPHONE['PERMISSIONS'] cannot be used: {exc}",
-                    hint="See megaphone.permissions for the rule format.",
+                    hint="See megaphone.server.permissions for the rule format.",
                     id="megaphone.E010",
                 )
             )
@@ -356,9 +356,9 @@ def check_join_leave(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
 @register("megaphone")
 def check_uvicorn_protocols(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """``manage.py serve`` and ``runserver`` run Megaphone's uvicorn protocols only where the
-    installed uvicorn still has the internals they rely on (megaphone.transports.uvicorn_contract);
+    installed uvicorn still has the internals they rely on (megaphone.server.uvicorn_contract);
     one warning says what was lost otherwise."""
-    from .transports.uvicorn_contract import CONTRACTS, problems, protocols
+    from megaphone.server.uvicorn_contract import CONTRACTS, problems, protocols
 
     broken = problems()
     ours = {contract.ours for contract in CONTRACTS}

@@ -23,7 +23,7 @@ Guarantees (the same as megaphone.js, docs/clients.md):
 * A publish carries a ``msg_id``; one whose answer was lost to a reconnect is sent again with the
   same ``msg_id``, so the server publishes it once. Every request ends: answered, refused
   (:class:`ClientError` with the error code, or the close code), or ``"timeout"``.
-* What it does after each close code is :data:`megaphone.closecodes.CLOSE_ACTIONS`, the table
+* What it does after each close code is :data:`megaphone.core.closecodes.CLOSE_ACTIONS`, the table
   megaphone.js and the server share.
 
 :class:`SyncClient` wraps it for code that is not async.
@@ -50,10 +50,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from .closecodes import CloseAction, CloseCode, close_action, close_name
-from .logs import get_logger
+from megaphone.core.closecodes import CloseAction, CloseCode, close_action, close_name
+from megaphone.core.logs import get_logger
 
-logger = get_logger("megaphone.client")
+logger = get_logger(__name__)
 
 __all__ = [
     "Client",
@@ -337,7 +337,8 @@ class Client:
 
     ``url``: a ``ws://``/``wss://`` URL of ``/ws/connect/``, or a function (sync or async)
     returning one, called before every connection attempt. ``token``: a connection token
-    (``megaphone.tokens.issue_token``), sent as ``?token=``. ``session_cookie``: a Django session
+    (``megaphone.server.tokens.issue_token``), sent as ``?token=``. ``session_cookie``: a Django
+    session
     key, sent as the ``sessionid`` cookie (``cookie_name``). ``headers``: more HTTP headers.
 
     Times in seconds: ``min_delay``/``max_delay``: the reconnection backoff; ``stable_period``:

@@ -59,19 +59,20 @@ class Config:
     #: handshake, say); slower, it is dropped (``manage.py serve``).
     HANDSHAKE_TIMEOUT: float = 10.0
     #: Who may subscribe, publish, read history and presence, per topic glob: see
-    #: :mod:`megaphone.permissions`. None applies its DEFAULT_PERMISSIONS.
+    #: :mod:`megaphone.server.permissions`. None applies its DEFAULT_PERMISSIONS.
     PERMISSIONS: tuple[dict[str, str], ...] | None = None
-    #: Every worker publishes its figures for the live dashboard (:mod:`megaphone.dashboard`)
+    #: Every worker publishes its figures for the live dashboard
+    # (:mod:`megaphone.contrib.dashboard`)
     #: on the internal topic ``_megaphone.stats`` this often, in seconds, its rates averaged
     #: over its last 5 snapshots; the topic keeps ten minutes of them. 0 turns it off.
     DASHBOARD_INTERVAL: float = 2.0
-    #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.tokens`.
+    #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.server.tokens`.
     TOKEN_TTL: float = 300.0
     #: Origins a browser page may connect from besides the handshake's own (same scheme, host
     #: and port, the host in ``ALLOWED_HOSTS``) and Django's ``CSRF_TRUSTED_ORIGINS``: full
     #: origins as in the latter, e.g. ``["https://app.example.com", "https://*.example.com"]``;
     #: ``["*"]`` allows every origin. A client that sends no Origin header (wscat, scripts,
-    #: servers) is always accepted. See :mod:`megaphone.origins`.
+    #: servers) is always accepted. See :mod:`megaphone.server.origins`.
     ALLOWED_ORIGINS: tuple[str, ...] = ()
     #: Seconds ``megaphone.publish()`` / ``apublish()`` wait for the backend to accept a message
     #: before raising :class:`megaphone.PublishUnavailable` (the message may still go out).
@@ -90,7 +91,8 @@ class Config:
     API_BATCH_MAX: int = 100
     API_MAX_BODY_SIZE: int = 2621440
     #: Largest HTTP request body, in bytes, on every path of the application that
-    #: :func:`megaphone.asgi.application` builds (:class:`megaphone.bodylimit.RequestBodyLimit`):
+    #: :func:`megaphone.asgi.application` builds
+    # (:class:`megaphone.server.bodylimit.RequestBodyLimit`):
     #: over it, 413 before the body is read. 2.5 MiB, Django's ``FILE_UPLOAD_MAX_MEMORY_SIZE``
     #: and ``DATA_UPLOAD_MAX_MEMORY_SIZE``: a body Django takes stays in memory, so no request
     #: body touches the disk. Raise it if your views take larger uploads (Django spools those to
@@ -103,7 +105,7 @@ class Config:
     JOIN_LEAVE: bool = False
     #: Join/leave events of a topic are coalesced over windows this long, in seconds, per
     #: process: at most one batch per window, net of what cancelled out (see
-    #: :mod:`megaphone.joinleave`). 0 still coalesces what one loop turn announced.
+    #: :mod:`megaphone.engine.joinleave`). 0 still coalesces what one loop turn announced.
     JOIN_LEAVE_INTERVAL: float = 1.0
     #: Seconds a presence entry lives in a shared backend (Redis) without being refreshed: an
     #: entry of a process that died without saying goodbye vanishes after this long.

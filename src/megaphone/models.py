@@ -1,5 +1,6 @@
 """Durable history: topics configured ``durable: True`` keep their offsets, epoch and history in
-the Django database, so they survive a restart of every process. See :mod:`megaphone.durable`."""
+the Django database, so they survive a restart of every process. See
+:mod:`megaphone.backends.durable`."""
 
 from __future__ import annotations
 

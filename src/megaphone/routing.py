@@ -27,11 +27,11 @@ from typing import Any
 from channels.routing import URLRouter  # type: ignore[import-untyped]
 from django.urls import URLPattern, re_path
 
-from .logs import get_logger
-from .security import refuse_handshake
-from .transports.channels import BroadcastConsumer, ProtocolConsumer
+from megaphone.core.logs import get_logger
+from megaphone.server.consumers import BroadcastConsumer, ProtocolConsumer
+from megaphone.server.guards import refuse_handshake
 
-logger = get_logger("megaphone.routing")
+logger = get_logger(__name__)
 
 websocket_urlpatterns = [
     re_path(r"^ws/broadcast/$", BroadcastConsumer.as_asgi()),

@@ -5,23 +5,24 @@
 
 serves, under that prefix:
 
-* ``megaphone/dashboard/``: the live staff dashboard (:mod:`megaphone.dashboard`; log in as a
+* ``megaphone/dashboard/``: the live staff dashboard (:mod:`megaphone.contrib.dashboard`; log in as
+a
   staff user, through the admin's login page);
 * ``healthz``, ``readyz``, ``metrics``: liveness, readiness and Prometheus figures
-  (:mod:`megaphone.health`);
+  (:mod:`megaphone.contrib.health`);
 * ``api/``: the HTTP API and ``api/token`` (:mod:`megaphone.api_urls`; any other path under
   ``api/`` answers a JSON 404).
 
-A project that wants them apart includes ``megaphone.health`` and ``megaphone.api_urls`` and
-routes :func:`megaphone.dashboard.dashboard` itself.
+A project that wants them apart includes ``megaphone.contrib.health`` and ``megaphone.api_urls`` and
+routes :func:`megaphone.contrib.dashboard.dashboard` itself.
 """
 
 from django.urls import include, path
 
-from .dashboard import dashboard
+from megaphone.contrib.dashboard import dashboard
 
 urlpatterns = [
     path("megaphone/dashboard/", dashboard, name="megaphone-dashboard"),
-    path("", include("megaphone.health")),
+    path("", include("megaphone.contrib.health")),
     path("api/", include("megaphone.api_urls")),
 ]

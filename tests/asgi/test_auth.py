@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client as DjangoClient
 
 from example.asgi import application
-from megaphone.tokens import issue_token
+from megaphone.server.tokens import issue_token
 from tests.asgi.test_protocol import Client
 from tests.conftest import timeout
 

@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from example.asgi import application
-from megaphone.node import get_node
+from megaphone.engine.node import get_node
 from tests.settings import OPEN_PERMISSIONS
 
 
@@ -157,7 +157,7 @@ async def test_a_client_cannot_queue_more_than_max_publishing_behind_a_slow_pipe
 ) -> None:
     """With a backend that pipelines publishes, the raw endpoint does not wait for each answer,
     but at most MAX_PUBLISHING of a client's frames wait at once, even with no rate limit."""
-    from megaphone.transports.channels import MAX_PUBLISHING
+    from megaphone.server.consumers import MAX_PUBLISHING
 
     topic = f"pipe-{uuid.uuid4().hex[:8]}"
     client = await connect(path(topic))

@@ -11,7 +11,7 @@ from django.test import AsyncClient
 
 from example.asgi import application
 from megaphone.backends import BackendUnavailable
-from megaphone.node import get_node
+from megaphone.engine.node import get_node
 
 pytestmark = pytest.mark.django_db
 

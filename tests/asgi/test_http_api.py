@@ -15,11 +15,11 @@ from django.urls import get_resolver
 
 from example.asgi import application
 from megaphone import backends
+from megaphone.api.openapi import openapi_document
+from megaphone.api.views import STATUS
 from megaphone.backends import Backend, BackendUnavailable
 from megaphone.backends.memory import MemoryBackend
-from megaphone.http_api import STATUS
-from megaphone.message import Message
-from megaphone.openapi import openapi_document
+from megaphone.core.message import Message
 from tests.conftest import timeout
 
 KEY = "test-key-0123456789"

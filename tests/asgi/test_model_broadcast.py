@@ -14,7 +14,7 @@ from django.db import transaction
 
 import megaphone
 from example.asgi import application
-from megaphone.model_broadcast import unregister
+from megaphone.contrib.model_broadcast import unregister
 from tests.conftest import timeout
 
 pytestmark = pytest.mark.django_db(transaction=True)

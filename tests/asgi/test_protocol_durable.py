@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from megaphone import durable
+from megaphone.backends import durable
 from megaphone.models import DurableMessage, DurableTopic
 from tests.asgi.test_protocol import connect, raw, unique
 from tests.conftest import timeout

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 
 import megaphone
 from example.asgi import application
-from megaphone import publishing
+from megaphone.engine import publishing
 from tests.conftest import timeout
 
 

@@ -1,4 +1,5 @@
-"""Tier 2: megaphone.bodylimit.RequestBodyLimit in front of an ASGI application: a body over the
+"""Tier 2: megaphone.server.bodylimit.RequestBodyLimit in front of an ASGI application: a body over
+the
 limit never reaches it (413 from Content-Length, or a disconnect where a stream crosses it)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from megaphone.bodylimit import RequestBodyLimit
+from megaphone.server.bodylimit import RequestBodyLimit
 
 LIMIT = 1000
 

@@ -103,5 +103,7 @@ def test_publish_from_manage_py_shell_on_the_memory_backend_raises_no_server_her
         timeout=timeout(60),
     )
     assert result.returncode != 0
-    assert "megaphone.publishing.NoServerHere: cannot publish on 'broadcast'" in result.stderr
+    assert (
+        "megaphone.engine.publishing.NoServerHere: cannot publish on 'broadcast'" in result.stderr
+    )
     assert "use the Redis backend" in result.stderr

@@ -18,7 +18,7 @@ from typing import Any
 import websockets
 
 from megaphone.client import Client, Message, Subscription
-from megaphone.dashboard import STATS_TOPIC
+from megaphone.engine.stats import STATS_TOPIC
 from tests.conftest import ROOT, ServerProcess, create_superuser, timeout
 from tests.redis_server import RedisServer
 

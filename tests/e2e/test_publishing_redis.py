@@ -11,8 +11,8 @@ import websockets
 from django.test import override_settings
 
 import megaphone
-from megaphone import publishing
 from megaphone.backends.redis import MAX_CONNECTIONS
+from megaphone.engine import publishing
 from tests.conftest import ServerProcess, timeout
 from tests.redis_server import RedisServer
 

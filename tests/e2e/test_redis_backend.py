@@ -19,7 +19,7 @@ from megaphone.backends import Backend, BackendUnavailable, backend_from_url, ba
 from megaphone.backends import redis as redis_backend
 from megaphone.backends.memory import MemoryBackend
 from megaphone.backends.redis import RedisBackend
-from megaphone.message import Message
+from megaphone.core.message import Message
 from tests.conftest import timeout
 from tests.redis_server import RedisServer
 

@@ -16,8 +16,8 @@ import pytest
 
 from megaphone.backends import BackendUnavailable
 from megaphone.backends.redis import RedisBackend
-from megaphone.decoding import InvalidText
-from megaphone.message import Message
+from megaphone.core.decoding import InvalidText
+from megaphone.core.message import Message
 from tests.conftest import timeout
 from tests.redis_server import RedisServer
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from megaphone.transports.uvicorn import PARSE_SLICE, WebSocketProtocol, _Inbox
+from megaphone.server.uvicorn import PARSE_SLICE, WebSocketProtocol, _Inbox
 from tests.conftest import free_port, timeout
 
 from .rawws import CLOSE, TEXT, RawClient, frame
@@ -35,7 +35,7 @@ async def test_received_frames_wait_unparsed_while_the_application_has_events_to
 
     port = free_port()
     config = uvicorn.Config(
-        app, port=port, ws="megaphone.transports.uvicorn:WebSocketProtocol", lifespan="off"
+        app, port=port, ws="megaphone.server.uvicorn:WebSocketProtocol", lifespan="off"
     )
     server = uvicorn.Server(config)
     serving = asyncio.ensure_future(server.serve())

@@ -8,7 +8,7 @@ from typing import Any
 import uvicorn
 import websockets
 
-from megaphone.transports.frames import WRITE_FRAME_EXTENSION, event_frame
+from megaphone.core.frames import WRITE_FRAME_EXTENSION, event_frame
 from tests.conftest import free_port, timeout
 
 
@@ -36,7 +36,7 @@ async def serve_and_receive(deflate: bool) -> list[str | bytes]:
     config = uvicorn.Config(
         app,
         port=port,
-        ws="megaphone.transports.uvicorn:WebSocketProtocol",
+        ws="megaphone.server.uvicorn:WebSocketProtocol",
         ws_per_message_deflate=deflate,
         lifespan="off",
         log_level="warning",

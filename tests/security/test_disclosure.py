@@ -5,7 +5,7 @@ reveals the history (recovery with ``since``, the ``history`` op, the HTTP API) 
 (the ``presence`` op, join/leave events, the HTTP API's presence and counts, the dashboard's
 stats topic) refuses an anonymous client and serves a staff one. Two workers over a private
 Redis, so that events and entries cross processes. HTTP API keys are decided by their own topic
-patterns (:class:`megaphone.permissions.Service`): one key granted the topics, one not.
+patterns (:class:`megaphone.server.permissions.Service`): one key granted the topics, one not.
 """
 
 from __future__ import annotations

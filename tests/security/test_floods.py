@@ -26,7 +26,7 @@ from playwright.sync_api import WebSocket, expect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from megaphone.closecodes import CloseCode
+from megaphone.core.closecodes import CloseCode
 from tests.conftest import ServerProcess, timeout
 from tests.e2e.browser import chromium
 from tests.e2e.rawws import PING, TEXT, RawClient, frame, rss_kib

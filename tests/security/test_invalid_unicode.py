@@ -5,7 +5,8 @@ string in a protocol frame or an HTTP API body used to be accepted, sent as inva
 subscriber (their client closed with 1007), replayed by recovery, and it broke the topic's HTTP
 history (500); over Redis, its encode error killed the publish pipeline, failing or stranding the
 publishes of other clients batched with it. Now every input passes one strict decoding boundary
-(:mod:`megaphone.decoding`): the frame is refused with ``bad_request`` (the body with HTTP 400),
+(:mod:`megaphone.core.decoding`): the frame is refused with ``bad_request`` (the body with HTTP
+400),
 and nothing of it reaches the hub, history, a backend or another client.
 
 Every test runs on 1 worker (memory backend) and on 2 workers over a private Redis.

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from megaphone.backends import base, memory
 from megaphone.backends.memory import MemoryBackend
-from megaphone.node import Node
+from megaphone.engine.node import Node
 from tests.conftest import timeout
 from tests.unit.test_protocol_session import Harness
 

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 import megaphone
-from megaphone.node import get_node
+from megaphone.engine.node import get_node
 from tests.conftest import timeout
 
 

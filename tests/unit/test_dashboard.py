@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from megaphone.dashboard import STATS_HISTORY, STATS_TOPIC, RateMeter, snapshot
-from megaphone.message import Message
-from megaphone.node import Node, history_limits, start_node
-from megaphone.protocol import PRESENCE_PREFIX
+from megaphone.core.message import Message
+from megaphone.engine.node import Node, history_limits, start_node
+from megaphone.engine.stats import STATS_HISTORY, STATS_TOPIC, RateMeter, snapshot
+from megaphone.protocol.schema import PRESENCE_PREFIX
 
 
 class Recorder:

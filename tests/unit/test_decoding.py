@@ -1,4 +1,4 @@
-"""Tier 1: the strict decoding boundary (megaphone.decoding) and the gates built on it.
+"""Tier 1: the strict decoding boundary (megaphone.core.decoding) and the gates built on it.
 
 Text that is not valid Unicode (a lone surrogate, which Python's ``json`` decodes from a
 ``"\\ud800"`` escape) is refused where it enters: protocol frames (``bad_request``), Python-side
@@ -13,14 +13,14 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from megaphone import publishing
 from megaphone.backends.memory import MemoryBackend
-from megaphone.decoding import InvalidText, decode_json, invalid_strings, strict_query
-from megaphone.hub import Hub
-from megaphone.message import Message
-from megaphone.node import Node
-from megaphone.protocol import Code, ProtocolError, parse
-from megaphone.publishing import InvalidMessage
+from megaphone.core.decoding import InvalidText, decode_json, invalid_strings, strict_query
+from megaphone.core.hub import Hub
+from megaphone.core.message import Message
+from megaphone.engine import publishing
+from megaphone.engine.node import Node
+from megaphone.engine.publishing import InvalidMessage
+from megaphone.protocol.schema import Code, ProtocolError, parse
 
 #: Lone high, lone low, and a pair in the wrong order, as JSON escapes.
 ESCAPES = ["\\ud800", "\\udfff", "\\udc00\\ud800"]

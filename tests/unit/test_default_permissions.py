@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser, User
 from django.test import override_settings
 
-from megaphone.permissions import ACTIONS, allowed
+from megaphone.server.permissions import ACTIONS, allowed
 from tests.conftest import ROOT, timeout
 
 

@@ -8,9 +8,9 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from megaphone.message import Message, raw_frame
-from megaphone.transports.connection import Connection
-from megaphone.transports.frames import FrameWriter, event_frame, frame_writer, framed
+from megaphone.core.frames import FrameWriter, event_frame, frame_writer, framed
+from megaphone.core.message import Message, raw_frame
+from megaphone.server.connection import Connection
 
 
 def parse_all(data: bytes) -> list[Frame]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from megaphone.hub import Hub
-from megaphone.message import Message, raw_frame
+from megaphone.core.hub import Hub
+from megaphone.core.message import Message, raw_frame
 
 
 class Recorder:

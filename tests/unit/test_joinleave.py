@@ -1,4 +1,5 @@
-"""Tier 1: join/leave events coalesced per topic (megaphone.joinleave), on a real event loop."""
+"""Tier 1: join/leave events coalesced per topic (megaphone.engine.joinleave), on a real event
+loop."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from django.test import override_settings
 
-from megaphone.joinleave import JoinLeave
+from megaphone.engine.joinleave import JoinLeave
 from tests.conftest import timeout
 
 WINDOW = 0.05

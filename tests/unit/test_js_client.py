@@ -2,7 +2,8 @@
 
 ``tests/js/`` holds them (``node --test``, a fake WebSocket, mock timers). A second test keeps the
 JS client's close-code table (``CLOSE_CODES`` in megaphone.js), the server's and the Python
-client's (``CloseCode`` and ``CLOSE_ACTIONS`` in ``megaphone.closecodes``) and the documented one
+client's (``CloseCode`` and ``CLOSE_ACTIONS`` in ``megaphone.core.closecodes``) and the documented
+one
 (docs/protocol.md, "Close codes") the same table.
 """
 
@@ -15,7 +16,7 @@ import subprocess
 
 import pytest
 
-from megaphone.closecodes import CLOSE_ACTIONS, CloseCode
+from megaphone.core.closecodes import CLOSE_ACTIONS, CloseCode
 from tests.conftest import ROOT, timeout
 
 NODE = shutil.which("node")

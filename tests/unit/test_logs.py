@@ -1,4 +1,4 @@
-"""Tier 1: what reaches a log line (megaphone.logs): escaped values, redacted secrets, one line
+"""Tier 1: what reaches a log line (megaphone.core.logs): escaped values, redacted secrets, one line
 per refused handshake, and HTTP 500s sent to stderr when the project's LOGGING leaves them out."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import logging
 import pytest
 from django.test import override_settings
 
-from megaphone import logs
-from megaphone.logs import SafeArguments, escape, redact_query, redact_urls
+from megaphone.core import logs
+from megaphone.core.logs import SafeArguments, escape, redact_query, redact_urls
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from megaphone.backends import backend_from_url, base
 from megaphone.backends.memory import MemoryBackend
-from megaphone.message import Message
+from megaphone.core.message import Message
 
 
 def topic() -> str:

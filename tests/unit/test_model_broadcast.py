@@ -17,7 +17,7 @@ from django.test import override_settings
 import megaphone
 from megaphone import backends
 from megaphone.backends.memory import MemoryBackend
-from megaphone.model_broadcast import unregister
+from megaphone.contrib.model_broadcast import unregister
 from tests.unit.test_publishing import BrokenBackend
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,7 +105,7 @@ def test_a_publish_failure_after_the_commit_is_logged_not_raised(
     topic: str, broken_backend: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     megaphone.broadcast_model(Group, topic=topic)
-    with caplog.at_level(logging.ERROR, logger="megaphone.model_broadcast"):
+    with caplog.at_level(logging.ERROR, logger="megaphone.contrib.model_broadcast"):
         group = Group.objects.create(name="committed anyway")
     assert Group.objects.filter(pk=group.pk).exists()
     assert f"could not broadcast a change on {topic}" in caplog.text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megaphone.outbox import Outbox
+from megaphone.core.outbox import Outbox
 
 
 def test_take_batch_returns_everything_queued_in_order_then_nothing() -> None:

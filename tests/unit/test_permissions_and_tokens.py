@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.test import override_settings
 
-from megaphone.permissions import (
+from megaphone.server.permissions import (
     PolicyError,
     Service,
     allowed,
@@ -17,7 +17,7 @@ from megaphone.permissions import (
     may_see_presence,
     may_subscribe,
 )
-from megaphone.tokens import InvalidToken, issue_token, verify_token
+from megaphone.server.tokens import InvalidToken, issue_token, verify_token
 
 
 class User:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from megaphone.message import Message
-from megaphone.protocol import (
+from megaphone.core.message import Message
+from megaphone.protocol.schema import (
     Code,
     History,
     Ping,

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from megaphone.backends.memory import MemoryBackend
-from megaphone.node import Node
-from megaphone.protocol import message_event
-from megaphone.ratelimit import TokenBucket
-from megaphone.session import RateLimitIgnored, Session
-from megaphone.transports.connection import Connection
+from megaphone.core.ratelimit import TokenBucket
+from megaphone.engine.node import Node
+from megaphone.protocol.schema import message_event
+from megaphone.server.connection import Connection
+from megaphone.server.session import RateLimitIgnored, Session
 from tests.conftest import timeout
 
 

@@ -13,12 +13,18 @@ import pytest
 from django.test import override_settings
 
 import megaphone
-from megaphone import backends, publishing
+from megaphone import backends
 from megaphone.backends import BackendUnavailable
 from megaphone.backends.memory import MemoryBackend
-from megaphone.message import Message
-from megaphone.node import get_node
-from megaphone.publishing import InvalidMessage, MessageTooLarge, PublishError, PublishUnavailable
+from megaphone.core.message import Message
+from megaphone.engine import publishing
+from megaphone.engine.node import get_node
+from megaphone.engine.publishing import (
+    InvalidMessage,
+    MessageTooLarge,
+    PublishError,
+    PublishUnavailable,
+)
 
 
 def topic() -> str:

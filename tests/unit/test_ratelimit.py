@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megaphone.ratelimit import TokenBucket
+from megaphone.core.ratelimit import TokenBucket
 
 
 class Clock:

@@ -1,4 +1,5 @@
-"""Tier 1: topic names, settings, the Origin policy (megaphone.origins) and the system checks."""
+"""Tier 1: topic names, settings, the Origin policy (megaphone.server.origins) and the system
+checks."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from django.core.checks import run_checks
 from django.test import override_settings
 
 from megaphone.conf import DEFAULTS, get_config
-from megaphone.origins import origin_allowed
-from megaphone.topics import InvalidTopic, validate_topic
+from megaphone.core.topics import InvalidTopic, validate_topic
+from megaphone.server.origins import origin_allowed
 
 
 @pytest.mark.parametrize("name", ["broadcast", "chat.room-42", "user:17", "_x", "a" * 200, "A=b@c"])

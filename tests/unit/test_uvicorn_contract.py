@@ -1,5 +1,5 @@
 """Tier 1: the contract between Megaphone's uvicorn protocols and uvicorn's internals
-(megaphone.transports.uvicorn_contract): verified against the installed uvicorn, kept complete
+(megaphone.server.uvicorn_contract): verified against the installed uvicorn, kept complete
 against the subclasses' source, and broken on purpose to see the fallback and its one warning."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from megaphone.checks import check_uvicorn_protocols
-from megaphone.transports import uvicorn_contract
-from megaphone.transports.uvicorn_contract import HTTP, WEBSOCKET, Contract, contract_problems
-from megaphone.transports.uvicorn_options import uvicorn_options
+from megaphone.server import uvicorn_contract
+from megaphone.server.uvicorn_contract import HTTP, WEBSOCKET, Contract, contract_problems
+from megaphone.server.uvicorn_options import uvicorn_options
 
 SUBCLASSES = Path(uvicorn_contract.__file__).with_name("uvicorn.py")
 
@@ -29,8 +29,8 @@ def fresh_verification() -> Iterator[None]:
 
 def test_the_installed_uvicorn_keeps_the_contract() -> None:
     assert uvicorn_contract.problems() == {}
-    assert uvicorn_options()["ws"] == "megaphone.transports.uvicorn:WebSocketProtocol"
-    assert uvicorn_options()["http"] == "megaphone.transports.uvicorn:HttpProtocol"
+    assert uvicorn_options()["ws"] == "megaphone.server.uvicorn:WebSocketProtocol"
+    assert uvicorn_options()["http"] == "megaphone.server.uvicorn:HttpProtocol"
     assert check_uvicorn_protocols() == []
 
 
@@ -88,7 +88,7 @@ def test_a_missing_method_falls_back_to_the_stock_protocol_with_one_warning(
     assert contract_problems(WEBSOCKET) == ["WebSocketsSansIOProtocol: method keepalive_timeout()"]
     options = uvicorn_options()
     assert options["ws"] == "websockets-sansio"  # uvicorn's own
-    assert options["http"] == "megaphone.transports.uvicorn:HttpProtocol"  # its contract holds
+    assert options["http"] == "megaphone.server.uvicorn:HttpProtocol"  # its contract holds
     [warning] = check_uvicorn_protocols()
     assert warning.id == "megaphone.W060"
     assert "keepalive_timeout()" in warning.msg and "megaphone.write_frame" in warning.msg
@@ -120,4 +120,4 @@ def test_a_uvicorn_without_the_base_class_serves_with_its_own_protocols(
     assert uvicorn_options()["ws"] == "auto"
     assert uvicorn_options()["http"] == "httptools"
     [warning] = check_uvicorn_protocols()
-    assert "megaphone.transports.uvicorn cannot be imported" in warning.msg
+    assert "megaphone.server.uvicorn cannot be imported" in warning.msg

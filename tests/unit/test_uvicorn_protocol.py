@@ -10,7 +10,7 @@ import pytest
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 
-from megaphone.transports.uvicorn import _Flag, _Inbox, _ServerProtocol
+from megaphone.server.uvicorn import _Flag, _Inbox, _ServerProtocol
 from tests.e2e.rawws import CLOSE, CONTINUATION, TEXT, frame
 
 
@@ -82,7 +82,7 @@ async def test_a_close_after_the_server_closed_is_a_no_op() -> None:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
-    from megaphone.transports.uvicorn import WebSocketProtocol
+    from megaphone.server.uvicorn import WebSocketProtocol
 
     config = Config(app=None, ws=WebSocketProtocol)
     protocol = WebSocketProtocol(config=config, server_state=ServerState(), app_state={})

@@ -3,6 +3,11 @@
 ``memory://`` -> :class:`megaphone.backends.memory.MemoryBackend` (one process, the default);
 ``redis://`` and ``rediss://`` -> :mod:`megaphone.backends.redis` (many processes and machines).
 Implementations are imported lazily, so the Redis client is only needed when it is used.
+
+Owns: :mod:`~.base` (the interface and its errors), :mod:`~.memory`, :mod:`~.redis` and
+:mod:`~.durable` (history kept in the application's database).
+
+May import: :mod:`megaphone.core`, :mod:`megaphone.conf` and :mod:`megaphone.models`.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 from importlib import import_module
 from urllib.parse import urlsplit
 
-from .base import Backend, BackendUnavailable, HistoryPage
+from megaphone.backends.base import Backend, BackendUnavailable, HistoryPage
 
 __all__ = ["Backend", "BackendUnavailable", "HistoryPage", "backend_from_url"]
 

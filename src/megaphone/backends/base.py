@@ -40,7 +40,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..message import Message
+from megaphone.core.message import Message
 
 MessageCallback = Callable[[Message], None]
 #: ``topic -> (history_size, history_ttl)``: the history limits of one topic.

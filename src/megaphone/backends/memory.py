@@ -40,9 +40,9 @@ import time
 from collections import deque
 from typing import Any
 
-from .. import metrics
-from ..message import Message
-from .base import Backend, HistoryPage, MessageCallback, epoch_ttl
+from megaphone.backends.base import Backend, HistoryPage, MessageCallback, epoch_ttl
+from megaphone.core import metrics
+from megaphone.core.message import Message
 
 #: Bytes a message costs in history besides its payload (the message object, its slot in the
 #: topic's deque, its time and offset), as counted against ``history_max_bytes``.

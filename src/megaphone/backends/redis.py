@@ -19,7 +19,7 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   each: they wait for Redis, never for a free connection behind thousands of others.
 * **A failed call fails alone.** Each call is encoded before it joins a pipeline, so an argument
   Redis cannot take (text that is not valid Unicode) fails that call alone
-  (:class:`~megaphone.decoding.InvalidText`); Redis answering one script with an error fails
+  (:class:`~megaphone.core.decoding.InvalidText`); Redis answering one script with an error fails
   that script's call alone; only a lost connection fails the whole pipeline. Nothing is
   stranded: an unexpected error fails its own pipeline's calls, is logged, and the next
   pipeline goes out.
@@ -76,12 +76,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
-from ..decoding import InvalidText
-from ..logs import get_logger
-from ..message import Message
-from .base import Backend, BackendUnavailable, HistoryPage, MessageCallback, epoch_ttl
+from megaphone.backends.base import (
+    Backend,
+    BackendUnavailable,
+    HistoryPage,
+    MessageCallback,
+    epoch_ttl,
+)
+from megaphone.core.decoding import InvalidText
+from megaphone.core.logs import get_logger
+from megaphone.core.message import Message
 
-logger = get_logger("megaphone.backends.redis")
+logger = get_logger(__name__)
 
 #: Most connections one backend instance opens for commands (the pub/sub one is extra).
 MAX_CONNECTIONS = 20
@@ -416,7 +422,8 @@ class RedisBackend(Backend):
         self, topic: str, payload: str | bytes, *, json: bool = False, msg_id: str | None = None
     ) -> Message:
         """Text ``payload`` or a ``msg_id`` that is not valid Unicode raises
-        :class:`~megaphone.decoding.InvalidText` for this call alone (see :meth:`_topic_script`)."""
+        :class:`~megaphone.core.decoding.InvalidText` for this call alone (see
+        :meth:`_topic_script`)."""
         kind = b"b" if isinstance(payload, bytes) else (b"j" if json else b"t")
         args = [*self._script_args(topic), self._channel(topic), kind, msg_id or "", payload]
         offset, epoch, time, stored_kind, stored = await self._topic_script(
@@ -431,7 +438,7 @@ class RedisBackend(Backend):
         (:class:`BackendUnavailable` if Redis fails it).
 
         The command is encoded here, in the caller's own call, so that an argument Redis cannot
-        take fails that call alone (:class:`~megaphone.decoding.InvalidText` for text that is
+        take fails that call alone (:class:`~megaphone.core.decoding.InvalidText` for text that is
         not valid Unicode) and never joins a pipeline: the pipeline holds only bytes."""
         command = self._encode(what, ("EVALSHA", _SHAS[script], 3, *_keys(topic), *args))
         future = asyncio.get_running_loop().create_future()

@@ -32,12 +32,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from megaphone import client
 from megaphone.backends import Backend, BackendUnavailable
 from megaphone.conf import get_config, topic_options
-from megaphone.decoding import InvalidText, decode_json
-from megaphone.message import Message
-from megaphone.node import Node, start_node
-from megaphone.protocol import MAX_HISTORY_LIMIT, message_json
-from megaphone.publishing import PublishError, publish
-from megaphone.topics import InvalidTopic, validate_topic
+from megaphone.core.decoding import InvalidText, decode_json
+from megaphone.core.message import Message
+from megaphone.core.topics import InvalidTopic, validate_topic
+from megaphone.engine.node import Node, start_node
+from megaphone.engine.publishing import PublishError, publish
+from megaphone.protocol.schema import MAX_HISTORY_LIMIT, message_json
 
 MEMORY_BACKEND_ERROR = (
     "The in-memory backend does not cross processes: this command runs in a process of its own, "

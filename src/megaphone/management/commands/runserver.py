@@ -3,7 +3,7 @@
 With ``megaphone`` in ``INSTALLED_APPS`` *before* ``django.contrib.staticfiles`` (Django runs the
 command of the first app that has one, as with daphne), ``runserver`` serves ``ASGI_APPLICATION``
 (HTTP and Megaphone's WebSockets) under uvicorn with the settings of ``manage.py serve``
-(:func:`megaphone.transports.uvicorn_options.uvicorn_options`). What stays Django's: the
+(:func:`megaphone.server.uvicorn_options.uvicorn_options`). What stays Django's: the
 autoreloader (a change to any imported module restarts the server; ``--noreload`` turns it off),
 the system checks and the unapplied-migrations notice on each start, the banner, ``addrport`` and
 ``--ipv6``, and, when ``django.contrib.staticfiles`` is installed, static files while ``DEBUG`` is
@@ -28,9 +28,8 @@ from django.db import connections
 from django.utils import autoreload
 from django.utils.module_loading import import_string
 
-from megaphone.transports.uvicorn_options import uvicorn_options
-
-from .serve import asgi_application_path
+from megaphone.management.commands.serve import asgi_application_path
+from megaphone.server.uvicorn_options import uvicorn_options
 
 #: What the errors of binding the address mean, as Django's runserver says them.
 BIND_ERRORS = {

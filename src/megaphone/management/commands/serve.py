@@ -1,5 +1,5 @@
 """``manage.py serve``: run the project's ASGI application under uvicorn, configured for Megaphone
-(:func:`megaphone.transports.uvicorn_options.uvicorn_options`).
+(:func:`megaphone.server.uvicorn_options.uvicorn_options`).
 
 ``--reload`` restarts the server when a Python module it imported changes, with Django's
 autoreloader (the one ``runserver`` uses), and runs one worker.
@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import autoreload
 
-from megaphone.transports.uvicorn_options import uvicorn_options
+from megaphone.server.uvicorn_options import uvicorn_options
 
 
 def asgi_application_path() -> str:

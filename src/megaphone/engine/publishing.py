@@ -1,0 +1,403 @@
+"""Publishing from anywhere in Django: :func:`publish` for sync code, :func:`apublish` for async.
+
+``publish(topic, data)`` works from views, signal handlers, Celery tasks, management commands and
+the shell: any thread that is not running an event loop. It hands the message to **one**
+process-wide background event loop owned by Megaphone (a daemon thread, started on first use and
+reused by every caller, restarted after a ``fork``), which holds one backend for the process, so
+the number of backend connections does not grow with the number of threads or calls. It waits up
+to ``PUBLISH_TIMEOUT`` seconds for the backend to accept the message and returns it.
+
+``await apublish(topic, data)`` publishes through the node of the running event loop (the one the
+server's WebSocket connections use).
+
+What is sent, by the type of ``data``:
+
+* ``str``: a text message, exactly that text;
+* ``bytes`` (or ``bytearray``, ``memoryview``): a binary message, exactly those bytes;
+* anything else: its JSON text (compact, UTF-8, ``DjangoJSONEncoder``: datetimes, decimals and
+  UUIDs are fine), sent as a text message marked as JSON, so clients of the protocol endpoint
+  receive the value itself, as if a protocol client had published it.
+
+Text must be valid Unicode: a ``str`` (or a string inside a JSON value) or a ``msg_id`` holding a
+lone surrogate (``"\\ud800"``, or undecodable bytes read with ``surrogateescape``) raises
+:class:`InvalidMessage` before anything is sent.
+
+Both return the :class:`~megaphone.core.message.Message` with its ``offset`` and ``epoch`` once the
+backend has accepted it, or raise a :class:`PublishError`; they never pretend. On the in-memory
+backend, in a process that serves no clients (``manage.py shell``, a Celery worker, a script: no
+WebSocket endpoint of Megaphone's was built here), both raise :class:`NoServerHere`, since no
+server and no client shares this process's memory: use the Redis backend there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from megaphone.backends import BackendUnavailable
+from megaphone.backends.memory import MemoryBackend
+from megaphone.conf import get_config
+from megaphone.core.decoding import InvalidText, check_text, utf8_size
+from megaphone.core.message import Message
+from megaphone.core.topics import InvalidTopic, validate_topic
+from megaphone.engine.node import Node, get_node, start_node
+
+__all__ = [
+    "InvalidMessage",
+    "MessageTooLarge",
+    "NoServerHere",
+    "PublishError",
+    "PublishUnavailable",
+    "apublish",
+    "encode_data",
+    "publish",
+]
+
+
+class PublishError(Exception):
+    """Nothing was published; the subclass and the message say why."""
+
+    #: A stable, machine-readable reason (the HTTP API's error code).
+    code = "publish_failed"
+
+
+class InvalidMessage(PublishError, ValueError):
+    """The topic name or the data cannot be published (fix the call, do not retry)."""
+
+    code = "invalid_message"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class MessageTooLarge(InvalidMessage):
+    """The encoded message is larger than ``MAX_MESSAGE_SIZE``."""
+
+    code = "message_too_large"
+
+
+class PublishUnavailable(PublishError, BackendUnavailable):
+    """The backend did not accept the message (unreachable, or no answer within the timeout).
+
+    After a timeout the message may still be published later; retrying may then duplicate it.
+    """
+
+    code = "backend_unavailable"
+
+    @classmethod
+    def timed_out(cls, topic: str, timeout: float) -> PublishUnavailable:
+        return cls(f"the backend did not accept the message on {topic!r} within {timeout} s")
+
+
+class NoServerHere(PublishUnavailable):
+    """The in-memory backend, in a process that serves no clients: a message published here
+    would reach no one. Publishing across processes needs the Redis backend."""
+
+    @classmethod
+    def for_topic(cls, topic: str) -> NoServerHere:
+        return cls(
+            f"cannot publish on {topic!r}: the in-memory backend does not cross processes, and "
+            "this process serves no clients (it built none of Megaphone's WebSocket endpoints), "
+            "so no client would receive it. Publish from the server's process, or use the Redis "
+            "backend in the server and here: REDIS_URL=redis://127.0.0.1:6379/0 or "
+            "MEGAPHONE['BACKEND'] (docs/settings.md)."
+        )
+
+
+_serving = False
+
+
+def mark_serving() -> None:
+    """Record that this process serves clients (building Megaphone's WebSocket endpoints calls
+    it), so that :func:`publish` on the in-memory backend reaches them."""
+    global _serving
+    _serving = True
+
+
+def serves_clients() -> bool:
+    """Whether this process built Megaphone's WebSocket endpoints (or was forked from one that
+    did, as the workers of a server that preloads the application are)."""
+    return _serving
+
+
+def encoded_size(payload: str | bytes) -> int:
+    """Size of ``payload`` on the wire, in bytes (text counted UTF-8 encoded); raises
+    :class:`InvalidMessage` (``invalid_data``) for text that is not valid Unicode."""
+    if isinstance(payload, bytes):
+        return len(payload)
+    try:
+        return utf8_size(payload)
+    except InvalidText as exc:
+        raise InvalidMessage(f"data is {exc}", "invalid_data") from None
+
+
+def encode_data(data: Any) -> tuple[str | bytes, bool]:
+    """``(payload, is_json)`` for ``data``, following the rules in the module docstring."""
+    if isinstance(data, str):
+        return data, False
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data), False
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    try:
+        text = json.dumps(
+            data, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessage(f"data cannot be encoded as JSON: {exc}", "invalid_data") from exc
+    return text, True
+
+
+#: Longest ``msg_id`` (the protocol's limit too).
+MAX_MSG_ID_LENGTH = 64
+
+
+def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str | bytes, bool]:
+    """Validate ``topic`` and ``msg_id`` and encode ``data``; raise :class:`InvalidMessage` if
+    one is bad: codes ``invalid_topic``, ``invalid_msg_id`` (also for a ``msg_id`` that is not
+    valid Unicode), ``invalid_data`` (data JSON cannot encode, or text, a JSON string
+    included, that is not valid Unicode: a lone surrogate), ``message_too_large``."""
+    try:
+        validate_topic(topic)
+    except InvalidTopic as exc:
+        raise InvalidMessage(str(exc), "invalid_topic") from exc
+    if msg_id is not None and (
+        not isinstance(msg_id, str) or not 0 < len(msg_id) <= MAX_MSG_ID_LENGTH
+    ):
+        raise InvalidMessage(
+            f"msg_id must be a string of 1 to {MAX_MSG_ID_LENGTH} characters", "invalid_msg_id"
+        )
+    if msg_id is not None:
+        try:
+            check_text(msg_id, "msg_id")
+        except InvalidText as exc:
+            raise InvalidMessage(str(exc), "invalid_msg_id") from None
+    payload, is_json = encode_data(data)
+    size, limit = encoded_size(payload), get_config().MAX_MESSAGE_SIZE
+    if size > limit:
+        raise MessageTooLarge(f"message of {size} bytes on {topic!r}: the limit is {limit} bytes")
+    return topic, payload, is_json
+
+
+async def _publish_on(
+    node: Node, topic: str, payload: str | bytes, is_json: bool, msg_id: str | None
+) -> Message:
+    if isinstance(node.backend, MemoryBackend) and not serves_clients():
+        raise NoServerHere.for_topic(topic)
+    try:
+        return await node.publish(topic, payload, json=is_json, msg_id=msg_id)
+    except PublishError:
+        raise
+    except BackendUnavailable as exc:
+        raise PublishUnavailable(f"publish on {topic!r} failed: {exc}") from exc
+    except OSError as exc:
+        raise PublishUnavailable(f"publish on {topic!r} failed: {exc!r}") from exc
+
+
+async def apublish(
+    topic: str, data: Any, *, msg_id: str | None = None, timeout: float | None = None
+) -> Message:
+    """Publish ``data`` on ``topic`` from async code; return the accepted message.
+
+    ``msg_id`` makes the call idempotent: if ``topic`` already accepted a message with that id
+    (and still has it in history), that message is returned and nothing is published again, so
+    a caller may retry after a timeout without duplicating.
+
+    Raises :class:`InvalidMessage` (bad topic or data, :class:`MessageTooLarge`) or
+    :class:`PublishUnavailable` (backend down, or no answer within ``timeout`` seconds, by default
+    ``PUBLISH_TIMEOUT``).
+    """
+    topic, payload, is_json = prepare(topic, data, msg_id)
+    return await apublish_prepared(topic, payload, is_json, msg_id, timeout)
+
+
+async def apublish_prepared(
+    topic: str,
+    payload: str | bytes,
+    is_json: bool,
+    msg_id: str | None = None,
+    timeout: float | None = None,
+) -> Message:
+    """:func:`apublish` of what :func:`prepare` returned."""
+    timeout = get_config().PUBLISH_TIMEOUT if timeout is None else timeout
+    try:
+        async with asyncio.timeout(timeout):
+            if asyncio.get_running_loop() is _publisher.current_loop():
+                node = await _publisher.node()
+            else:
+                node = await get_node()
+            return await _publish_on(node, topic, payload, is_json, msg_id)
+    except TimeoutError:
+        raise PublishUnavailable.timed_out(topic, timeout) from None
+    except PublishError:
+        raise
+    except (BackendUnavailable, OSError) as exc:
+        raise PublishUnavailable(f"the backend cannot be reached: {exc}") from exc
+
+
+def publish(
+    topic: str, data: Any, *, msg_id: str | None = None, timeout: float | None = None
+) -> Message:
+    """Publish ``data`` on ``topic`` from sync code; block until the backend accepts it.
+
+    Raises :class:`RuntimeError` when called from a thread running an event loop (use
+    :func:`apublish` there), otherwise as :func:`apublish` does.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "megaphone.publish() was called from async code (this thread runs an event loop), "
+            "where it would block the loop: use `await megaphone.apublish(topic, data)` instead."
+        )
+    topic, payload, is_json = prepare(topic, data, msg_id)
+    return publish_prepared(topic, payload, is_json, msg_id, timeout)
+
+
+def publish_prepared(
+    topic: str,
+    payload: str | bytes,
+    is_json: bool,
+    msg_id: str | None = None,
+    timeout: float | None = None,
+) -> Message:
+    """:func:`publish` of what :func:`prepare` returned (no running loop in this thread)."""
+    timeout = get_config().PUBLISH_TIMEOUT if timeout is None else timeout
+    future = _publisher.submit(_publisher.publish(topic, payload, is_json, msg_id))
+    try:
+        return future.result(timeout)
+    except TimeoutError:
+        future.cancel()
+        raise PublishUnavailable.timed_out(topic, timeout) from None
+
+
+class _Publisher:
+    """The process's background event loop for sync callers, and its one node (one backend).
+
+    The node is rebuilt when ``MEGAPHONE['BACKEND']`` changes (tests override settings).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        # Touched only on the background loop:
+        self._node: asyncio.Task[Node] | None = None
+        self._node_url = ""
+        #: How many loops and nodes this process has started (tests check they stay bounded).
+        self.loops_started = 0
+        self.nodes_started = 0
+
+    def current_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop if self._pid == os.getpid() else None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            thread = self._thread
+            if (
+                self._loop is None
+                or self._pid != os.getpid()
+                or thread is None
+                or not thread.is_alive()
+            ):
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=self._run, args=(loop,), name="megaphone-publisher", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                self._node, self._node_url = None, ""
+                self.loops_started += 1
+            return self._loop
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def submit(self, coroutine: Any) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())
+
+    async def node(self) -> Node:
+        url = get_config().BACKEND
+        starting = self._node
+        if starting is not None and self._node_url != url:
+            self._node = None
+            if starting.done() and not starting.cancelled() and not starting.exception():
+                await starting.result().stop()
+            starting = None
+        if starting is None or (starting.done() and (starting.cancelled() or starting.exception())):
+            starting = self._node = asyncio.get_running_loop().create_task(self._start_node())
+            self._node_url = url
+        return await asyncio.shield(starting)
+
+    async def _start_node(self) -> Node:
+        node = await start_node(dashboard=False)
+        self.nodes_started += 1
+        return node
+
+    async def publish(
+        self, topic: str, payload: str | bytes, is_json: bool, msg_id: str | None
+    ) -> Message:
+        try:
+            node = await self.node()
+        except (BackendUnavailable, OSError) as exc:
+            raise PublishUnavailable(f"the backend cannot be reached: {exc}") from exc
+        return await _publish_on(node, topic, payload, is_json, msg_id)
+
+    async def _stop_node(self) -> None:
+        starting, self._node = self._node, None
+        if starting is None or not starting.done() or starting.cancelled():
+            return
+        if starting.exception() is None:
+            await starting.result().stop()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the node (closing its backend connections) and the background loop, if any.
+
+        Registered with :mod:`atexit`; the next :func:`publish` starts them again.
+        """
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            if loop is None or thread is None or self._pid != os.getpid():
+                return
+            self._loop = self._thread = None
+        if thread.is_alive():
+            with contextlib.suppress(Exception):  # best effort, at exit
+                asyncio.run_coroutine_threadsafe(self._stop_node(), loop).result(timeout)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+
+    def _after_fork(self) -> None:
+        # The child has no background thread: forget the parent's loop (its fds are shared with
+        # the parent, so it is not closed here) and start afresh on the next publish().
+        self._lock = threading.Lock()
+        self._loop = self._thread = None
+        self._node, self._node_url = None, ""
+
+
+_publisher = _Publisher()
+atexit.register(_publisher.shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_publisher._after_fork)
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Close the background publisher's backend connections and stop its thread (optional:
+    it also happens at interpreter exit)."""
+    _publisher.shutdown(timeout)

@@ -1,0 +1,91 @@
+"""Handshake checks that sit in front of every Megaphone WebSocket endpoint.
+
+:class:`ConnectionLimiter` caps open connections per client address (``MAX_CONNECTIONS_PER_IP``).
+
+:class:`OriginValidator` refuses (HTTP 403) a handshake whose ``Origin`` header names another
+origin than the handshake's own (scheme, host and port) and than those the settings list, so a
+page on a foreign site, or on another port or scheme of the same host, cannot open a socket with
+the visitor's cookies (cross-site WebSocket hijacking); the rule is in
+:mod:`megaphone.server.origins`.
+Unlike Channels' ``AllowedHostsOriginValidator``, a handshake with *no* Origin header is accepted:
+browsers always send one, so its absence means a non-browser client (wscat, a script, a server),
+which cookies do not follow.
+
+:func:`refuse_handshake` is how every Megaphone check refuses a handshake: one log line with the
+reason (see :func:`megaphone.core.logs.log_refusal`), a count in ``megaphone_refusals_total``, and
+HTTP 403 (what the ASGI spec gives a handshake closed before it is accepted, on every server).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from megaphone.conf import get_config
+from megaphone.core import metrics
+from megaphone.core.logs import get_logger, log_refusal
+from megaphone.server.origins import header, origin_allowed
+
+logger = get_logger(__name__)
+
+
+async def refuse_handshake(
+    scope: dict[str, Any],
+    receive: Any,
+    send: Any,
+    *,
+    reason: str,
+    label: str,
+    log: logging.Logger = logger,
+) -> None:
+    """Refuse the WebSocket handshake of ``scope`` before accepting it (HTTP 403): log
+    ``reason`` once on ``log`` and count it under ``label``."""
+    log_refusal(log, scope, reason)
+    metrics.REFUSALS.labels(label).inc()
+    message = await receive()
+    if message["type"] == "websocket.connect":  # else the client left already
+        await send({"type": "websocket.close"})
+
+
+class OriginValidator:
+    """ASGI middleware: WebSocket handshakes from a disallowed browser Origin get HTTP 403."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] == "websocket":
+            origin = header(scope, b"origin")
+            if origin is not None and not origin_allowed(origin, scope):
+                host = header(scope, b"host")
+                reason = f"Origin {origin!r} is not allowed (Host {host!r})"
+                return await refuse_handshake(scope, receive, send, reason=reason, label="origin")
+        return await self.application(scope, receive, send)
+
+
+class ConnectionLimiter:
+    """ASGI middleware: a handshake from an address that already has ``MAX_CONNECTIONS_PER_IP``
+    open WebSocket connections in this process gets HTTP 403. Counts are per worker process."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+        self.open: Counter[str] = Counter()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] != "websocket":
+            return await self.application(scope, receive, send)
+        address = (scope.get("client") or ("unknown",))[0]
+        limit = get_config().MAX_CONNECTIONS_PER_IP
+        if limit and self.open[address] >= limit:
+            reason = f"{address} already has {limit} connections"
+            return await refuse_handshake(
+                scope, receive, send, reason=reason, label="connections_per_ip"
+            )
+        self.open[address] += 1
+        try:
+            return await self.application(scope, receive, send)
+        finally:
+            self.open[address] -= 1
+            if not self.open[address]:
+                del self.open[address]

@@ -1,1 +1,0 @@
-"""Transports move frames between sockets and the hub. They hold no broadcast logic themselves."""
