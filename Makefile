@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MANAGE := $(PY) example/manage.py
 
+# The modules typings/channels/ types (checked against Channels' own code by `make lint`).
+CHANNELS_STUBS := channels.auth channels.consumer channels.db channels.exceptions channels.layers \
+	channels.routing channels.generic.websocket
+
 AUTOBAHN_VENV := .venv-autobahn
 AUTOBAHN_STAMP := $(AUTOBAHN_VENV)/.installed
 
@@ -30,8 +34,11 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not e2e and not browser" -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests example bench
-	$(VENV)/bin/ruff format --check src tests example bench
+	$(VENV)/bin/ruff check src tests example bench typings
+	$(VENV)/bin/ruff format --check src tests example bench typings
+	$(VENV)/bin/mypy
+	DJANGO_SETTINGS_MODULE=tests.mypy_settings $(PY) -m mypy.stubtest --ignore-missing-stub \
+		--mypy-config-file typings/stubtest.ini $(CHANNELS_STUBS)
 
 bench: $(STAMP)
 	$(PY) bench/run.py

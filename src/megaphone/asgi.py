@@ -49,7 +49,7 @@ def application(
 
     http = get_asgi_application()  # first: it sets Django up
 
-    from channels.routing import ProtocolTypeRouter  # type: ignore[import-untyped]
+    from channels.routing import ProtocolTypeRouter
     from django.apps import apps
     from django.conf import settings
 

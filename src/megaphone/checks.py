@@ -144,7 +144,11 @@ def check_topics(topics: object) -> list[Error]:
             elif (
                 not isinstance(value, expected)
                 or (isinstance(value, bool) and expected is not bool)
-                or (name in ("history_size", "history_ttl") and value < 0)
+                or (
+                    name in ("history_size", "history_ttl")
+                    and isinstance(value, int | float)
+                    and value < 0
+                )
             ):
                 errors.append(
                     Error(
@@ -237,7 +241,7 @@ def check_request_guards(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     (``megaphone.E041``, ``megaphone.W041``)."""
     messages: list[CheckMessage] = []
     config = get_config()
-    origins = config.ALLOWED_ORIGINS
+    origins: object = config.ALLOWED_ORIGINS  # the user's setting, not checked yet
     if not isinstance(origins, tuple):
         messages.append(
             Error(

@@ -709,7 +709,8 @@ class Client:
             if subscription := self._subscriptions.get(frame["topic"]):
                 subscription._deliver(frame)
         elif kind in ("reply", "error", "pong"):
-            request = self._requests.get(frame.get("id"))  # type: ignore[arg-type]
+            request_id = frame.get("id")
+            request = self._requests.get(request_id) if isinstance(request_id, int) else None
             if request is None:
                 if kind == "error":
                     logger.warning("server error %s", frame)

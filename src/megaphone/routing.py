@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from channels.routing import URLRouter  # type: ignore[import-untyped]
+from channels.routing import URLRouter
 from django.urls import URLPattern, re_path
 
 from megaphone.core.logs import get_logger
@@ -53,5 +53,6 @@ class WebSocketNotFound:
 def websocket_router(patterns: Sequence[URLPattern] = websocket_urlpatterns) -> URLRouter:
     """Channels' ``URLRouter`` over ``patterns``, then :class:`WebSocketNotFound` for any other
     path."""
-    not_found = re_path(r"", WebSocketNotFound())  # type: ignore[arg-type]  # an ASGI app
+    # django-stubs types re_path's views as Django views; Channels routes ASGI apps with it.
+    not_found = re_path(r"", WebSocketNotFound())  # type: ignore[arg-type]
     return URLRouter([*patterns, not_found])

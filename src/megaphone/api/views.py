@@ -23,7 +23,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -230,9 +230,8 @@ def parse_message(value: Any, where: str = "") -> _Publish:
     if not isinstance(value, dict):
         raise ApiError(Code.INVALID_REQUEST, f"{where or 'the body'} must be a JSON object")
     prefix = f"{where}." if where else ""
-    topic = value.get("topic")
     try:
-        validate_topic(topic)
+        topic = validate_topic(value.get("topic"))
     except InvalidTopic as exc:
         raise ApiError(Code.INVALID_TOPIC, f"{prefix}topic: {exc}") from None
     if "data" not in value:
@@ -309,7 +308,7 @@ async def _publish(item: _Publish) -> Message:
 
 # Views --------------------------------------------------------------------------------------
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 
 
 def endpoint(*methods: str, auth: bool = True) -> Callable[[View], View]:

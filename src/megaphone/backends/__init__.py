@@ -12,6 +12,7 @@ May import: :mod:`megaphone.core`, :mod:`megaphone.conf` and :mod:`megaphone.mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
 from urllib.parse import urlsplit
 
@@ -36,5 +37,6 @@ def backend_from_url(url: str, **options: object) -> Backend:
             f"unknown Megaphone backend {url!r}: use one of "
             + ", ".join(f"{s}://" for s in _SCHEMES)
         ) from None
-    backend_class: type[Backend] = getattr(import_module(module_name), class_name)
+    # Looked up by name: its keyword options are checked when it is called, not here.
+    backend_class: Callable[..., Backend] = getattr(import_module(module_name), class_name)
     return backend_class(url, **options)

@@ -315,7 +315,7 @@ class RedisBackend(Backend):
             raise ValueError(f"invalid Redis URL {url!r}: {exc}") from None
         self._client = aioredis.Redis(connection_pool=self._pool)
         # str -> UTF-8 (strict), int and float -> their digits, bytes as they are.
-        encoder = self._pool.get_encoder()  # type: ignore[no-untyped-call]
+        encoder = self._pool.get_encoder()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         self._encode_arg: Callable[[Any], bytes] = encoder.encode
         # Pub/sub channels are shared by every database of a server: name the database in them.
         self._channel_prefix = f"megaphone:{self._pool.connection_kwargs.get('db', 0)}:"
@@ -498,7 +498,7 @@ class RedisBackend(Backend):
 
     async def _run_pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` at once on a pooled connection; their replies, errors included."""
-        connection = await self._pool.get_connection()
+        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         try:
             await connection.send_packed_command(connection.pack_commands(commands))
             replies: list[Any] = []
@@ -563,7 +563,7 @@ class RedisBackend(Backend):
 
     async def presence_add(self, topic: str, client: str, info: dict[str, object]) -> None:
         """Entries expire ``presence_ttl`` seconds after they were last added."""
-        args = [
+        args: list[str | int] = [
             client,
             json.dumps(info, separators=(",", ":")),
             math.ceil(self.presence_ttl * 1000),
@@ -576,7 +576,8 @@ class RedisBackend(Backend):
     async def presence_remove(self, topic: str, client: str) -> None:
         keys = self._presence_keys(topic)
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys[0], client).hdel(keys[1], client)
+            pipe.zrem(keys[0], client)
+            pipe.hdel(keys[1], client)
             await self._call(f"remove presence on {topic!r}", pipe.execute())
 
     async def presence(self, topic: str) -> dict[str, dict[str, object]]:
@@ -659,7 +660,7 @@ class RedisBackend(Backend):
         kwargs = {**self._pool.connection_kwargs, "socket_timeout": SOCKET_TIMEOUT}
         connection = self._pool.connection_class(**kwargs)
         try:
-            await connection.connect()
+            await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         except (TimeoutError, RedisError, OSError) as exc:
             await connection.disconnect()
             raise self._redis_error("open the pub/sub connection", exc) from exc

@@ -48,7 +48,7 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated in prometheus-client
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -37,9 +37,10 @@ def frame_writer(scope: dict[str, Any]) -> FrameWriter | None:
 
 def event_frame(event: dict[str, Any]) -> bytes:
     """The final, unmasked, uncompressed frame of an ASGI ``websocket.send`` event."""
-    data = event.get("bytes")
+    data: bytes | None = event.get("bytes")
     if data is None:
-        opcode, data = 0x81, event["text"].encode()  # strict: every text entered valid
+        text: str = event["text"]
+        opcode, data = 0x81, text.encode()  # strict: every text entered valid
     else:
         opcode = 0x82
     length = len(data)

@@ -31,7 +31,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import unquote_plus
 
 #: Longest text of one value in a log line; longer ones end with ``...[N chars]``.
@@ -186,7 +186,7 @@ def log_refusal(logger: logging.Logger, scope: Mapping[str, Any], reason: str) -
     _refusal_logged.set(True)
 
 
-class _RequestErrorsToStderr(logging.StreamHandler):  # type: ignore[type-arg]
+class _RequestErrorsToStderr(logging.StreamHandler[TextIO]):
     """The handler :func:`ensure_request_errors_logged` adds (a class of its own, so that it is
     recognised and added once)."""
 

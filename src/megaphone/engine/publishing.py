@@ -37,8 +37,9 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from megaphone.backends import BackendUnavailable
 from megaphone.backends.memory import MemoryBackend
@@ -47,6 +48,8 @@ from megaphone.core.decoding import InvalidText, check_text, utf8_size
 from megaphone.core.message import Message
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.node import Node, get_node, start_node
+
+_T = TypeVar("_T")
 
 __all__ = [
     "InvalidMessage",
@@ -330,7 +333,7 @@ class _Publisher:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    def submit(self, coroutine: Any) -> Future[Any]:
+    def submit(self, coroutine: Coroutine[Any, Any, _T]) -> Future[_T]:
         return asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())
 
     async def node(self) -> Node:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from megaphone.core.decoding import InvalidText, check_text, decode_json, encode_json, utf8_size
 from megaphone.core.message import Message
@@ -121,7 +123,7 @@ class Ping:
 Request = Subscribe | Unsubscribe | Publish | History | Presence | Ping
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -131,7 +133,7 @@ def _parse_id(frame: dict[str, Any]) -> int | str | None:
         return None
     if _is_int(value):
         if 0 <= value <= MAX_INT_ID:
-            return value  # type: ignore[no-any-return]
+            return value
         raise ProtocolError(Code.BAD_REQUEST, "id must be an integer from 0 to 2**53-1")
     if isinstance(value, str):
         if len(value) <= MAX_ID_LENGTH:
@@ -162,9 +164,10 @@ class _Fields:
         value = self.frame.get(name, default)
         if not _is_int(value) or not minimum <= value <= maximum:
             raise self.fail(f"{name} must be an integer from {minimum} to {maximum}")
-        return value  # type: ignore[no-any-return]
+        return value
 
-    def str(self, name: str, max_length: int = MAX_ID_LENGTH) -> str | None:
+    # builtins.int: in this class, ``int`` is the method above.
+    def str(self, name: str, max_length: builtins.int = MAX_ID_LENGTH) -> str | None:
         value = self.frame.get(name)
         if value is None:
             return None
@@ -231,7 +234,7 @@ def _history(fields: _Fields) -> History:
     return History(fields.id, topic, since, epoch, limit)
 
 
-_OPS = {
+_OPS: dict[str, Callable[[_Fields], Request]] = {
     "subscribe": _subscribe,
     "unsubscribe": lambda f: Unsubscribe(f.id, f.topic()),
     "publish": _publish,
@@ -264,7 +267,7 @@ def parse(text: str) -> Request:
     if handler is None:
         raise ProtocolError(Code.UNKNOWN_OP, f"unknown op {op[:40]!r}", request_id)
     try:
-        return handler(_Fields(frame, request_id))  # type: ignore[no-any-return]
+        return handler(_Fields(frame, request_id))
     except (ValueError, RecursionError) as exc:
         if isinstance(exc, ProtocolError):
             raise

@@ -93,7 +93,8 @@ def _who(value: object) -> Callable[[Any, str, str], bool]:
     if "." not in value:
         raise PolicyError(f"unknown who {value!r}: use one of {', '.join(WHO)} or a dotted path")
     try:
-        return import_string(value)  # type: ignore[no-any-return]
+        who: Callable[[Any, str, str], bool] = import_string(value)
+        return who
     except ImportError as exc:
         raise PolicyError(f"cannot import {value!r}: {exc}") from None
 
@@ -102,7 +103,7 @@ def compile_rules(rules: object) -> list[Rule]:
     """Check and compile rules; raise :class:`PolicyError` for the first bad one."""
     if not isinstance(rules, (list, tuple)):
         raise PolicyError("PERMISSIONS must be a list of rules")
-    compiled = []
+    compiled: list[Rule] = []
     for index, rule in enumerate(rules):
         if not isinstance(rule, Mapping) or not isinstance(rule.get("topics"), str):
             raise PolicyError(f"rule {index} must be a dict with a 'topics' glob")

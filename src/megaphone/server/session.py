@@ -83,10 +83,7 @@ class Subscription:
         """Send what was buffered and is not a duplicate, then deliver live."""
         buffer, self.buffer = self.buffer or [], None
         for message in buffer:
-            if self.buffer is not None:  # a gap switched back to buffering
-                self.buffer.append(message)
-            else:
-                self.deliver(message)
+            self.deliver(message)  # which buffers it if a gap switched back to buffering
 
 
 class _PresenceListener:
@@ -378,7 +375,7 @@ class Session:
         )
 
     async def _join(self, topic: str, info: dict[str, Any] | None, announce: bool) -> None:
-        entry = {"client": self.client, "user": self.user, "info": info}
+        entry: dict[str, object] = {"client": self.client, "user": self.user, "info": info}
         await self.node.presence_add(topic, self.client, entry)
         if announce:
             self.node.join_leave.announce("join", topic, entry)

@@ -229,6 +229,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             max_size=(built.max_message_size, built.max_fragment_size),
             logger=built.logger,
         )
+        # In place of uvicorn's asyncio.Queue and asyncio.Event: what it uses of them.
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
         self.writable.set()
@@ -300,7 +301,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         # The ASGI task is scheduled but has not run yet: the scope can still gain a key.
         if self.response.status_code == 101 and not self.config.ws_per_message_deflate:
-            self.scope["extensions"][WRITE_FRAME_EXTENSION] = {  # type: ignore[index]
+            self.scope["extensions"][WRITE_FRAME_EXTENSION] = {
                 "write": self.write_frame,
                 "drain": self.drain,
             }
@@ -359,7 +360,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_cont(self, event: Frame) -> None:
         if event.data:
-            if not isinstance(self.frames[0], bytearray):
+            # uvicorn annotates frames as list[bytes]; it holds any bytes-like, this bytearray too.
+            if not isinstance(self.frames[0], bytearray):  # type: ignore[unreachable]
                 self.frames = [bytearray(b"".join(self.frames))]  # type: ignore[list-item]
             self.frames[0] += event.data
         if event.fin:
@@ -418,6 +420,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     _head_timer: asyncio.TimerHandle | None = None
 
+    # asyncio.Transport, not BaseTransport: uvicorn's own override narrows it so.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()

@@ -1,0 +1,3 @@
+from channels._asgi import Application
+
+def AuthMiddlewareStack(inner: Application) -> Application: ...
