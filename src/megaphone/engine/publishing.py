@@ -44,7 +44,7 @@ from megaphone.backends import BackendUnavailable
 from megaphone.backends.memory import MemoryBackend
 from megaphone.conf import get_config
 from megaphone.core.decoding import InvalidText, check_text, utf8_size
-from megaphone.core.message import Message
+from megaphone.core.message import MAX_MSG_ID_LENGTH, Message
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.node import Node, get_node, start_node
 
@@ -128,17 +128,6 @@ def serves_clients() -> bool:
     return _serving
 
 
-def encoded_size(payload: str | bytes) -> int:
-    """Size of ``payload`` on the wire, in bytes (text counted UTF-8 encoded); raises
-    :class:`InvalidMessage` (``invalid_data``) for text that is not valid Unicode."""
-    if isinstance(payload, bytes):
-        return len(payload)
-    try:
-        return utf8_size(payload)
-    except InvalidText as exc:
-        raise InvalidMessage(f"data is {exc}", "invalid_data") from None
-
-
 def encode_data(data: Any) -> tuple[str | bytes, bool]:
     """``(payload, is_json)`` for ``data``, following the rules in the module docstring."""
     if isinstance(data, str):
@@ -154,10 +143,6 @@ def encode_data(data: Any) -> tuple[str | bytes, bool]:
     except (TypeError, ValueError) as exc:
         raise InvalidMessage(f"data cannot be encoded as JSON: {exc}", "invalid_data") from exc
     return text, True
-
-
-#: Longest ``msg_id`` (the protocol's limit too).
-MAX_MSG_ID_LENGTH = 64
 
 
 def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str | bytes, bool]:
@@ -181,7 +166,11 @@ def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str 
         except InvalidText as exc:
             raise InvalidMessage(str(exc), "invalid_msg_id") from None
     payload, is_json = encode_data(data)
-    size, limit = encoded_size(payload), get_config().MAX_MESSAGE_SIZE
+    try:
+        size = utf8_size(payload)
+    except InvalidText as exc:
+        raise InvalidMessage(f"data is {exc}", "invalid_data") from None
+    limit = get_config().MAX_MESSAGE_SIZE
     if size > limit:
         raise MessageTooLarge(f"message of {size} bytes on {topic!r}: the limit is {limit} bytes")
     return topic, payload, is_json
