@@ -262,7 +262,7 @@ ClientFrame = (
 )
 _decode_frame = msgspec.json.Decoder(ClientFrame).decode
 #: The ops of this protocol version, from the declaration.
-OPS = tuple(frame.__struct_config__.tag for frame in ClientFrame.__args__)  # type: ignore[attr-defined]
+OPS = tuple(frame.__struct_config__.tag for frame in ClientFrame.__args__)
 
 
 class _Id(Struct):
@@ -285,7 +285,7 @@ def parse(text: str) -> Request:
     Unicode. The error carries the request's ``id`` when that alone can still be read.
     """
     try:
-        return _decode_frame(text).request()  # type: ignore[no-any-return]
+        return _decode_frame(text).request()
     except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
         raise _refusal(text) from None
 
