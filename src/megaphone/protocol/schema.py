@@ -261,8 +261,11 @@ ClientFrame = (
     SubscribeFrame | UnsubscribeFrame | PublishFrame | HistoryFrame | PresenceFrame | PingFrame
 )
 _decode_frame = msgspec.json.Decoder(ClientFrame).decode
-#: The ops of this protocol version, from the declaration.
-OPS = tuple(frame.__struct_config__.tag for frame in ClientFrame.__args__)
+#: The ops of this protocol version, from the declaration, and the frame of each.
+FRAMES: dict[str, type[_Frame]] = {
+    frame.__struct_config__.tag: frame for frame in ClientFrame.__args__
+}
+OPS = tuple(FRAMES)
 
 
 class _Id(Struct):
@@ -292,8 +295,9 @@ def parse(text: str) -> Request:
 
 def _refusal(text: str) -> ProtocolError:
     """The :class:`ProtocolError` for a frame the declaration refused, found on the error path
-    only (the valid frame costs one decoding): the ``id`` first, then ``op``, then the op's
-    fields, so that the code does not depend on the order of the frame's keys."""
+    only (the valid frame costs one decoding): the ``id`` first, then ``op``, then ``topic``,
+    then the op's other fields, so that the code does not depend on the order of the frame's
+    keys."""
     try:
         frame = decode_json(text)
     except InvalidText as exc:
@@ -308,16 +312,18 @@ def _refusal(text: str) -> ProtocolError:
         op = msgspec.convert(frame, _Op).op
     except msgspec.ValidationError:
         return ProtocolError(Code.BAD_REQUEST, "op is missing or not a string", request_id)
-    if op not in OPS:
+    if op not in FRAMES:
         return ProtocolError(Code.UNKNOWN_OP, f"unknown op {op[:40]!r}", request_id)
+    if "topic" in FRAMES[op].__struct_fields__:
+        if "topic" not in frame:
+            return ProtocolError(Code.BAD_REQUEST, "topic is missing", request_id)
+        try:
+            validate_topic(frame["topic"])
+        except InvalidTopic as invalid:
+            return ProtocolError(Code.INVALID_TOPIC, str(invalid), request_id)
     try:
         msgspec.convert(frame, ClientFrame).request()
     except msgspec.ValidationError as exc:
-        if explain(exc)[0] == "topic" and "topic" in frame:
-            try:
-                validate_topic(frame["topic"])
-            except InvalidTopic as invalid:
-                return ProtocolError(Code.INVALID_TOPIC, str(invalid), request_id)
         return _invalid(exc, request_id)
     except ProtocolError as exc:
         return exc
