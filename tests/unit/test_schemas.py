@@ -119,7 +119,8 @@ def test_a_topic_with_a_trailing_newline_is_refused() -> None:
 
 def test_the_error_code_does_not_depend_on_the_order_of_the_fields() -> None:
     long_id = "x" * (MAX_ID_LENGTH + 1)
-    assert refusal('{"topic": 5, "op": "subscribe", "id": "%s"}' % long_id) == Code.TOO_LARGE
+    keys_out_of_order = '{"topic": 5, "op": "subscribe", "id": "' + long_id + '"}'
+    assert refusal(keys_out_of_order) == Code.TOO_LARGE
     assert refusal('{"topic": 5, "id": 3, "op": "fly"}') == Code.UNKNOWN_OP
     with pytest.raises(ProtocolError) as raised:
         parse('{"since": {"offset": -1, "epoch": "e"}, "topic": "$x", "op": "subscribe", "id": 4}')
