@@ -21,13 +21,14 @@ from megaphone.backends import backend_from_url
 from megaphone.conf import (
     DEFAULTS,
     SETTINGS,
-    TOPIC_OPTION_TYPES,
     Config,
     Setting,
+    TopicOptions,
+    base_options,
     get_config,
     unknown_keys,
 )
-from megaphone.core.decoding import invalid_strings
+from megaphone.core.decoding import explain, invalid_strings
 from megaphone.server.origins import parse_pattern
 
 #: What a ``TOPICS`` pattern may hold: topic-name characters and the glob characters ``*?[]!``.
@@ -184,6 +185,12 @@ def check_text(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     ]
 
 
+@cache
+def _options_hint() -> str:
+    properties = msgspec.json.schema(TopicOptions)["$defs"]["TopicOptions"]["properties"]
+    return "Options: " + "; ".join(f"{n}: {_expected(p)}" for n, p in properties.items()) + "."
+
+
 def check_topics(topics: tuple[tuple[Any, Any], ...]) -> list[Error]:
     """The patterns (``megaphone.E020``) and options (``megaphone.E021``) of ``TOPICS``, of its
     declared shape already (pairs: :func:`get_config` turns the dict into a tuple of them)."""
@@ -205,29 +212,17 @@ def check_topics(topics: tuple[tuple[Any, Any], ...]) -> list[Error]:
                 )
             )
             continue
-        for name, value in options.items():
-            kind = TOPIC_OPTION_TYPES.get(name)
-            if kind is None:
-                errors.append(
-                    Error(
-                        f"MEGAPHONE['TOPICS'][{pattern!r}] has an unknown option {name!r}.",
-                        hint="Options: " + ", ".join(TOPIC_OPTION_TYPES) + ".",
-                        id="megaphone.E021",
-                    )
+        try:
+            # Over the defaults' (valid) options, as topic_options() puts them.
+            msgspec.convert({**base_options(Config()), **options}, TopicOptions, strict=True)
+        except msgspec.ValidationError as exc:
+            errors.append(
+                Error(
+                    f"MEGAPHONE['TOPICS'][{pattern!r}]: {explain(exc)[1]}.",
+                    hint=_options_hint(),
+                    id="megaphone.E021",
                 )
-            elif (
-                not isinstance(value, kind)
-                or (isinstance(value, bool) and kind is not bool)
-                or (isinstance(value, int | float) and value < 0)
-            ):
-                errors.append(
-                    Error(
-                        f"MEGAPHONE['TOPICS'][{pattern!r}][{name!r}] has a wrong value {value!r}.",
-                        hint="history_size: an integer >= 0; history_ttl: seconds >= 0; "
-                        "the others: True or False.",
-                        id="megaphone.E021",
-                    )
-                )
+            )
     return errors
 
 

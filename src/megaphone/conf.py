@@ -22,7 +22,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from msgspec import Meta
+from msgspec import Meta, Struct
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,14 +241,15 @@ def get_config() -> Config:
     return Config(**{name: values[name] for name in DEFAULTS})
 
 
-@dataclass(frozen=True, slots=True)
-class TopicOptions:
-    """What applies to one topic: the global settings, overridden by its ``TOPICS`` entry."""
+class TopicOptions(Struct, frozen=True, forbid_unknown_fields=True):
+    """What applies to one topic: the global settings, overridden by its ``TOPICS`` entry. The
+    declaration of a ``TOPICS`` entry's options too: ``megaphone.E021`` refuses an entry that
+    does not fit it (:func:`megaphone.checks.check_topics`)."""
 
     #: History kept for recovery: at most ``history_size`` messages, none older than
     #: ``history_ttl`` seconds.
-    history_size: int
-    history_ttl: float
+    history_size: Count
+    history_ttl: SecondsOrZero
     #: Track who is subscribed (``presence`` op); send join/leave events to subscribers.
     presence: bool
     join_leave: bool
@@ -258,30 +259,28 @@ class TopicOptions:
     publish: bool = True
 
 
-#: The options a ``TOPICS`` entry may set, with the type each takes.
-TOPIC_OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "history_size": int,
-    "history_ttl": (int, float),
-    "presence": bool,
-    "join_leave": bool,
-    "durable": bool,
-    "publish": bool,
-}
+#: The options a ``TOPICS`` entry may set.
+TOPIC_OPTIONS: tuple[str, ...] = TopicOptions.__struct_fields__
+
+
+def base_options(config: Config) -> dict[str, Any]:
+    """The options of a topic that no ``TOPICS`` entry matches: the global settings."""
+    return {
+        "history_size": config.HISTORY_SIZE,
+        "history_ttl": config.HISTORY_TTL,
+        "presence": config.PRESENCE,
+        "join_leave": config.JOIN_LEAVE,
+    }
 
 
 @lru_cache(maxsize=4096)
 def topic_options(topic: str) -> TopicOptions:
     """The options of ``topic``: the first ``TOPICS`` pattern matching it, over the defaults."""
     config = get_config()
-    values: dict[str, Any] = {
-        "history_size": config.HISTORY_SIZE,
-        "history_ttl": float(config.HISTORY_TTL),
-        "presence": config.PRESENCE,
-        "join_leave": config.JOIN_LEAVE,
-    }
+    values = base_options(config)
     for pattern, options in config.TOPICS:
         if isinstance(pattern, str) and isinstance(options, dict) and fnmatchcase(topic, pattern):
-            values.update({k: v for k, v in options.items() if k in TOPIC_OPTION_TYPES})
+            values.update({k: v for k, v in options.items() if k in TOPIC_OPTIONS})
             break
     values["history_ttl"] = float(values["history_ttl"])
     return TopicOptions(**values)

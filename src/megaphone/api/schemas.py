@@ -209,7 +209,7 @@ def decode(value: Any, into: type[T]) -> T:
         prefix, item = _message_at(value, where, into)
         if isinstance(item, dict):
             _check_topic(item.get("topic"), prefix)
-        raise ApiError(Code.INVALID_REQUEST, message.replace("the value", "the body")) from None
+        raise ApiError(Code.INVALID_REQUEST, message if where else f"the body: {message}") from None
     if isinstance(result, PublishRequest):
         _check_topic(result.topic, "")
     elif isinstance(result, BatchRequest):

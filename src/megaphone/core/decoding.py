@@ -75,15 +75,15 @@ _MISSING = re.compile(r"^Object missing required field `(\w+)`$")
 def explain(error: msgspec.ValidationError) -> tuple[str, str]:
     """``(where, message)`` of a value a msgspec declaration refused: ``where`` is the path of
     the refused field (``"since.offset"``, ``"messages[1].topic"``; ``""`` for the value
-    itself) and ``message`` says what was wrong, naming it (``"since.epoch is missing"``,
-    ``"msg_id: Expected `str` of length <= 64"``)."""
+    itself) and ``message`` says what was wrong, naming the field (``"since.epoch is
+    missing"``, ``"msg_id: Expected `str` of length <= 64"``)."""
     match = _WHERE.match(str(error))
     what, where = (match.group(1), (match.group(2) or "").lstrip(".")) if match else ("", "")
     missing = _MISSING.match(what)
     if missing:
         where = f"{where}.{missing.group(1)}" if where else missing.group(1)
         return where, f"{where} is missing"
-    return where, f"{where or 'the value'}: {what}"[:200]
+    return where, (f"{where}: {what}" if where else what)[:200]
 
 
 def utf8_size(text: str | bytes) -> int:
