@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from megaphone.backends import backend_from_url
+from megaphone.backends import InvalidBackend, backend_from_url
 from megaphone.conf import (
     DEFAULTS,
     SETTINGS,
@@ -114,6 +114,24 @@ def _valid(config: Config, *names: str) -> bool:
     return True
 
 
+def _backend_error(exc: Exception, *, by_path: bool) -> Error:
+    """``MEGAPHONE['BACKEND']`` names nothing usable: E005 for a class path, E002 for a URL."""
+    if by_path:
+        return Error(
+            f"MEGAPHONE['BACKEND'] names no usable backend class: {exc}",
+            hint="Give 'package.module:ClassName' of a class satisfying "
+            "megaphone.backends.Backend (subclass megaphone.backends.BaseBackend for the "
+            "defaults), built as ClassName(url, **options); see docs/settings.md.",
+            id="megaphone.E005",
+        )
+    return Error(
+        f"MEGAPHONE['BACKEND'] cannot be used: {exc}",
+        hint="Use memory:// (one process), redis://host:6379/0, or the path of a backend "
+        "class, package.module:ClassName.",
+        id="megaphone.E002",
+    )
+
+
 @register("megaphone")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     errors = []
@@ -130,14 +148,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if _valid(config, "BACKEND"):
         try:
             backend_from_url(config.BACKEND)
+        except InvalidBackend as exc:
+            errors.append(_backend_error(exc, by_path=exc.by_path))
         except (ValueError, ImportError) as exc:
-            errors.append(
-                Error(
-                    f"MEGAPHONE['BACKEND'] cannot be used: {exc}",
-                    hint="Use memory:// (one process) or redis://host:6379/0.",
-                    id="megaphone.E002",
-                )
-            )
+            errors.append(_backend_error(exc, by_path=False))
     if config.PERMISSIONS is not None and _valid(config, "PERMISSIONS"):
         from megaphone.server.permissions import PolicyError, compile_rules
 

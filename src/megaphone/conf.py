@@ -42,8 +42,8 @@ PerSecond = Annotated[float, Meta(ge=0)]
 _BOUND = Check("megaphone.E003")
 _API = Check("megaphone.E031")
 _RATE = Check("megaphone.E050")
-_SECONDS = Check("megaphone.E005")
-_SWITCH = Check("megaphone.E007")
+_SECONDS = Check("megaphone.E013")
+_SWITCH = Check("megaphone.E014")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,10 @@ class Config:
     #: ``redis://host:port/db``. Defaults to the ``REDIS_URL`` environment variable when set.
     BACKEND: Annotated[
         str,
-        Meta(description="a backend URL: memory:// or redis://host:6379/0"),
+        Meta(
+            description="a backend URL (memory://, redis://host:6379/0) or class path "
+            "(package.module:ClassName)"
+        ),
         Check("megaphone.E002"),
     ] = "memory://"
     #: Largest message a client may send, in bytes (text is counted UTF-8 encoded). A larger one
@@ -78,7 +81,7 @@ class Config:
     #: Open WebSocket connections allowed per client IP address, per worker process (0: no
     #: limit). Behind a proxy, run the server with --proxy-headers or every client shares the
     #: proxy's address. Over it, the handshake is refused (HTTP 403).
-    MAX_CONNECTIONS_PER_IP: Annotated[Count, Check("megaphone.E006")] = 0
+    MAX_CONNECTIONS_PER_IP: Annotated[Count, Check("megaphone.E043")] = 0
     #: Dead-connection detection: the server pings every PING_INTERVAL seconds and closes a
     #: connection that has not answered within PING_TIMEOUT seconds (``manage.py serve``).
     PING_INTERVAL: Annotated[Seconds, _SECONDS] = 20.0

@@ -30,7 +30,7 @@ from megaphone.api import schemas
 from megaphone.api.errors import STATUS, ApiError, Code
 from megaphone.api.keys import ApiKey, authenticate, rate_limit, require_topic
 from megaphone.api.openapi import openapi_document
-from megaphone.backends import Backend, BackendUnavailable
+from megaphone.backends import BackendUnavailable
 from megaphone.conf import get_config, topic_options
 from megaphone.core.decoding import InvalidText, decode_json, explain, strict_query
 from megaphone.core.logs import get_logger
@@ -210,10 +210,10 @@ async def topics(request: HttpRequest, key: ApiKey) -> HttpResponse:
     node = await _node()
     counts: dict[str, int] | None = None
     scope: Any = "process"
-    cluster_topics = getattr(node.backend, "topics", None)
-    if cluster_topics is not None:
+    cluster = node.backend.cluster_topics
+    if cluster is not None:
         try:
-            counts, scope = await cluster_topics(), "cluster"
+            counts, scope = await cluster.listened_topics(), "cluster"
         except BackendUnavailable as exc:
             raise ApiError(Code.BACKEND_UNAVAILABLE, str(exc)) from None
     if counts is None:
@@ -255,7 +255,7 @@ async def presence(request: HttpRequest, topic: str, key: ApiKey) -> HttpRespons
     require_topic(key, topic, may_see_presence(key, topic))
     rate_limit(key, 1)
     node = await _node()
-    if type(node.backend).presence is Backend.presence:
+    if node.backend.presence_store is None:
         raise ApiError(
             Code.PRESENCE_UNSUPPORTED, f"the {type(node.backend).__name__} keeps no presence"
         )

@@ -77,10 +77,12 @@ from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
 from megaphone.backends.base import (
-    Backend,
     BackendUnavailable,
+    BaseBackend,
+    ClusterTopics,
     HistoryPage,
     MessageCallback,
+    PresenceStore,
     epoch_ttl,
 )
 from megaphone.core.decoding import InvalidText
@@ -295,10 +297,19 @@ def _encode_wire(message: Message) -> bytes:
     return head.encode() + _KINDS[message.kind] + b"\n" + payload
 
 
-class RedisBackend(Backend):
-    """Backend on one Redis server; see the module docstring for what it guarantees."""
+class RedisBackend(BaseBackend):
+    """Backend on one Redis server; see the module docstring for what it guarantees. Its own
+    :class:`~.base.PresenceStore` and :class:`~.base.ClusterTopics`."""
 
     pipelines_publishes = True
+
+    @property
+    def presence_store(self) -> PresenceStore | None:
+        return self
+
+    @property
+    def cluster_topics(self) -> ClusterTopics:
+        return self
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)

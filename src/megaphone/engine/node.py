@@ -27,7 +27,7 @@ from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from megaphone.backends import Backend, BackendUnavailable, backend_from_url
-from megaphone.backends.base import HistoryPage
+from megaphone.backends.base import HistoryPage, PresenceStore
 from megaphone.conf import get_config, topic_options
 from megaphone.core import metrics
 from megaphone.core.decoding import check_text
@@ -187,27 +187,35 @@ class Node:
             return await _durable_history(topic, since, limit, size=size, ttl=ttl)
         return await self.backend.history(topic, since, limit)
 
+    def _presence_store(self) -> PresenceStore:
+        """The backend's presence; :class:`BackendUnavailable` if it declares none."""
+        store = self.backend.presence_store
+        if store is None:
+            raise BackendUnavailable(f"{type(self.backend).__name__} does not keep presence")
+        return store
+
     async def presence_add(self, topic: str, client: str, info: dict[str, object]) -> None:
         """Record ``client`` on ``topic``, and keep refreshing it until removed."""
         self._presence[topic, client] = info
-        await self.backend.presence_add(topic, client, info)
+        await self._presence_store().presence_add(topic, client, info)
         if self._presence_refresher is None or self._presence_refresher.done():
             self._presence_refresher = asyncio.ensure_future(self._refresh_presence())
 
     async def presence_remove(self, topic: str, client: str) -> None:
         self._presence.pop((topic, client), None)
-        await self.backend.presence_remove(topic, client)
+        await self._presence_store().presence_remove(topic, client)
 
     async def presence(self, topic: str) -> dict[str, dict[str, object]]:
-        return await self.backend.presence(topic)
+        return await self._presence_store().presence(topic)
 
     async def _refresh_presence(self) -> None:
         """Re-add this process's entries three times per ``presence_ttl``, while there are any."""
         while self._presence:
-            await asyncio.sleep(self.backend.presence_ttl / 3)
+            store = self._presence_store()
+            await asyncio.sleep(store.presence_ttl / 3)
             for (topic, client), info in list(self._presence.items()):
                 try:
-                    await self.backend.presence_add(topic, client, info)
+                    await store.presence_add(topic, client, info)
                 except BackendUnavailable:
                     metrics.BACKEND_ERRORS.labels("presence").inc()
                     break
