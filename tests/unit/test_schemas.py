@@ -15,7 +15,6 @@ import pytest
 from megaphone.api.errors import STATUS
 from megaphone.api.openapi import openapi_document
 from megaphone.core.message import MAX_MSG_ID_LENGTH
-from megaphone.core.ratelimit import TokenBucket
 from megaphone.core.topics import MAX_TOPIC_LENGTH, TOPIC_PATTERN
 from megaphone.protocol.schema import (
     MAX_HISTORY_LIMIT,
@@ -125,23 +124,3 @@ def test_the_error_code_does_not_depend_on_the_order_of_the_fields() -> None:
     with pytest.raises(ProtocolError) as raised:
         parse('{"since": {"offset": -1, "epoch": "e"}, "topic": "$x", "op": "subscribe", "id": 4}')
     assert (raised.value.code, raised.value.id) == (Code.INVALID_TOPIC, 4)  # topic first
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_bucket_takes_several_tokens_at_once_or_says_how_long_to_wait() -> None:
-    clock = Clock()
-    bucket = TokenBucket(rate=2, burst=5, clock=clock)
-    assert bucket.take(3) == 0
-    assert bucket.take(3) == pytest.approx(0.5)  # 2 left, 1 more at 2/s
-    assert bucket.allow() and bucket.allow() and not bucket.allow()
-    clock.now += 10
-    assert bucket.take(8) == 0  # more than the burst: once the bucket is full
-    assert bucket.take(1) == pytest.approx(0.5)
-    assert TokenBucket(rate=0, burst=1, clock=clock).take(100) == 0
