@@ -185,11 +185,11 @@ class _TopicFrame(_Frame, kw_only=True):
             raise ProtocolError(Code.INVALID_TOPIC, str(exc), self.id) from None
 
 
-class PositionFrame(Struct, forbid_unknown_fields=False):
+class PositionFrame(Struct):
     """``since`` of a ``subscribe``: the last offset the client saw, and its epoch."""
 
     offset: Offset
-    epoch: Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
+    epoch: Epoch
 
 
 class SubscribeFrame(_TopicFrame, tag="subscribe", kw_only=True):
