@@ -29,10 +29,11 @@ from megaphone.conf import (
     unknown_keys,
 )
 from megaphone.core.decoding import explain, invalid_strings
+from megaphone.core.topics import MAX_TOPIC_LENGTH
 from megaphone.server.origins import parse_pattern
 
 #: What a ``TOPICS`` pattern may hold: topic-name characters and the glob characters ``*?[]!``.
-_PATTERN = re.compile(r"[A-Za-z0-9_.:@=*?\[\]!-]{1,200}")
+_PATTERN = re.compile(rf"[A-Za-z0-9_.:@=*?\[\]!-]{{1,{MAX_TOPIC_LENGTH}}}")
 
 
 def _expected(schema: dict[str, Any]) -> str:
