@@ -10,7 +10,7 @@ MANAGE := $(PY) example/manage.py
 
 # The modules typings/channels/ types (checked against Channels' own code by `make lint`).
 CHANNELS_STUBS := channels.auth channels.consumer channels.db channels.exceptions channels.layers \
-	channels.routing channels.generic.websocket
+	channels.routing channels.generic.websocket channels.testing.application channels.testing.websocket
 
 AUTOBAHN_VENV := .venv-autobahn
 AUTOBAHN_STAMP := $(AUTOBAHN_VENV)/.installed
