@@ -157,7 +157,11 @@ class BackendConformance:
         for i in range(10):
             await two.publish(name, f"m{i}")
         for backend in {id(b): b for b in (one, two)}.values():
-            await until(lambda b=backend: len(start.of(b, name)) >= 10)
+
+            def got_all(backend: Backend = backend) -> bool:
+                return len(start.of(backend, name)) >= 10
+
+            await until(got_all)
             assert [m.offset for m in start.of(backend, name)] == list(range(1, 11))
         await one.unsubscribe(name)
         await one.unsubscribe(name)  # idempotent
@@ -166,7 +170,12 @@ class BackendConformance:
         backend = await start()
         name = unique()
         await backend.subscribe(name)
-        sent = [("text é", False), (b"\x00\n\xff", False), ('{"x": [1]}', True), ("", False)]
+        sent: list[tuple[str | bytes, bool]] = [
+            ("text é", False),
+            (b"\x00\n\xff", False),
+            ('{"x": [1]}', True),
+            ("", False),
+        ]
         for payload, json in sent:
             await backend.publish(name, payload, json=json)
         expected = [(i + 1, p, j) for i, (p, j) in enumerate(sent)]

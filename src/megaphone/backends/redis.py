@@ -301,6 +301,7 @@ class RedisBackend(BaseBackend):
     """Backend on one Redis server; see the module docstring for what it guarantees. Its own
     :class:`~.base.PresenceStore` and :class:`~.base.ClusterTopics`."""
 
+    crosses_processes = True
     pipelines_publishes = True
 
     @property
