@@ -58,10 +58,11 @@ def _locked_topic(name: str) -> DurableTopic:
     """``name``'s row, locked for the transaction; created (in :func:`initial_epoch`) if new."""
     queryset = DurableTopic.objects.select_for_update()
     try:
-        return queryset.get(name=name)
+        row: DurableTopic = queryset.get(name=name)
     except DurableTopic.DoesNotExist:
         DurableTopic.objects.get_or_create(name=name, defaults={"epoch": initial_epoch(name)})
-        return queryset.get(name=name)
+        row = queryset.get(name=name)
+    return row
 
 
 def _trim(topic: str, offset: int, size: int, ttl: float, now: float) -> None:
