@@ -66,6 +66,11 @@ class Config:
     #: on the internal topic ``_megaphone.stats`` this often, in seconds, its rates averaged
     #: over its last 5 snapshots; the topic keeps ten minutes of them. 0 turns it off.
     DASHBOARD_INTERVAL: float = 2.0
+    #: Every serving worker relays, this often in seconds, the messages published inside a
+    #: transaction that committed and were not relayed by their own process (it died between
+    #: the commit and the relay, or the backend was down), once they are that old: see
+    #: :mod:`megaphone.backends.transactional`. 0 turns the relay off.
+    TRANSACTION_RELAY_INTERVAL: float = 1.0
     #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.server.tokens`.
     TOKEN_TTL: float = 300.0
     #: Origins a browser page may connect from besides the handshake's own (same scheme, host
