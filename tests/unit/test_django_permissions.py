@@ -13,6 +13,9 @@ from django.test import override_settings
 from megaphone.server.permissions import PolicyError, aallowed, compile_rules
 from tests.unit.test_protocol_session import Harness
 
+# The policy's worker threads go through database_sync_to_async, which tidies connections.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 #: Calls of :func:`recording`: (thread, action, topic).
 CALLS: list[tuple[threading.Thread, str, str]] = []
 
