@@ -186,6 +186,9 @@ class TopicOptions:
     durable: bool = False
     #: Whether clients of the WebSocket endpoints may publish (server-side publishing always can).
     publish: bool = True
+    #: A latest-value topic: a new subscriber of the protocol endpoint gets the topic's latest
+    #: message first, with or without ``since`` (see :mod:`megaphone.server.session`).
+    latest: bool = False
 
 
 #: The options a ``TOPICS`` entry may set, with the type each takes.
@@ -196,6 +199,7 @@ TOPIC_OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "join_leave": bool,
     "durable": bool,
     "publish": bool,
+    "latest": bool,
 }
 
 

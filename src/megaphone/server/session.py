@@ -11,6 +11,14 @@ live. Live, it delivers only the next offset of its epoch: a duplicate is droppe
 lost by the bus, or offsets assigned out of order) is filled from history the same way, and if it
 cannot be filled the client gets an ``unsubscribed`` frame with ``insufficient_state`` and
 resubscribes from its position, which answers ``recovered: false`` if the gap is really lost.
+
+Latest-value topics (``TOPICS`` option ``latest``): a subscribe that recovers nothing (no
+``since``, or ``recovered: false``) sends the topic's latest message right after the reply (whose
+``offset`` is then the one just before it), before any live one, the same way (subscribed first, then the latest read from history, then the
+buffer), so the client has the current state without an HTTP fetch. It needs the history right
+(it discloses a message published before the subscription), and the history to still hold that
+message (``history_ttl``): a topic whose latest message expired sends nothing before live ones.
+A subscribe that recovers gets its missed messages as on any topic, the latest last.
 """
 
 from __future__ import annotations
@@ -239,7 +247,9 @@ class Session:
         since = request.since
         watches = options.presence and options.join_leave
         watches = watches and await amay_see_presence(self.principal, topic)
-        reads_history = since is not None and await amay_read_history(self.principal, topic)
+        reads_history = (since is not None or options.latest) and await amay_read_history(
+            self.principal, topic
+        )
         if topic in self.subscriptions:  # subscribed meanwhile, while the policy was asked
             raise ProtocolError(Code.ALREADY_SUBSCRIBED, "already subscribed", request.id)
         subscription = self.subscriptions[topic] = Subscription(self, topic)
@@ -258,6 +268,10 @@ class Session:
                 recovered = None
             else:
                 page, recovered = await self._read_since(topic, since.offset, since.epoch)
+            latest = None
+            if options.latest and reads_history and not recovered and page.offset > 0:
+                latest, held = await self._read_since(topic, page.offset - 1, page.epoch)
+                latest = latest if held else None
         except BaseException:
             await self._unsubscribe(topic, leave=False)
             raise
@@ -267,9 +281,15 @@ class Session:
         if recovered is not None:
             result["recovered"] = recovered
             result["missed"] = page.offset - subscription.last
+        if latest is not None:  # sent first: the latest message, then what came after it
+            # The client's position is just before it, so a client that takes the reply's
+            # offset as its own (the JS and Python clients do) keeps the latest, not a duplicate.
+            subscription.last = result["offset"] = page.offset - 1
         self.send(reply_frame(request.id, result))
         if recovered:
             self._spawn(self._catch_up(subscription, page))
+        elif latest is not None:
+            self._spawn(self._catch_up(subscription, latest))
         else:
             subscription.go_live()
         if options.presence:  # after the reply: the client's own join event follows it
