@@ -14,8 +14,9 @@ resubscribes from its position, which answers ``recovered: false`` if the gap is
 
 Latest-value topics (``TOPICS`` option ``latest``): a subscribe that recovers nothing (no
 ``since``, or ``recovered: false``) sends the topic's latest message right after the reply (whose
-``offset`` is then the one just before it), before any live one, the same way (subscribed first, then the latest read from history, then the
-buffer), so the client has the current state without an HTTP fetch. It needs the history right
+``offset`` is then the one just before it), before any live one, the same way (subscribed
+first, then the latest read from history, then the buffer), so the client has the current state
+without an HTTP fetch. It needs the history right
 (it discloses a message published before the subscription), and the history to still hold that
 message (``history_ttl``): a topic whose latest message expired sends nothing before live ones.
 A subscribe that recovers gets its missed messages as on any topic, the latest last.
