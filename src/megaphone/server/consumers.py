@@ -36,6 +36,7 @@ from megaphone.engine.publishing import mark_serving
 from megaphone.protocol.schema import message_event
 from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic
 from megaphone.server.connection import Connection
+from megaphone.server.hooks import PublishRejected, screen
 from megaphone.server.permissions import aallowed, amay_subscribe
 from megaphone.server.session import RateLimitIgnored, Session
 
@@ -372,6 +373,14 @@ class BroadcastConsumer(_Endpoint):
             logger.info("closing %s: clients may not publish on %s", self.scope["path"], self.topic)
             await self._close_with(CloseCode.FORBIDDEN)
             return
+        try:
+            payload, is_json = await screen(self.topic, payload, False, self.user, "raw")
+        except PublishRejected as exc:
+            logger.info(
+                "closing %s: a client_publish hook refused: %s", self.scope["path"], exc.code
+            )
+            await self._close_with(CloseCode.FORBIDDEN)
+            return
         if self.node.backend.pipelines_publishes and not options.durable:
             # Without waiting for the answer: the client's next frames are published behind it,
             # in order, so a burst costs one round trip to the backend, not one per frame, and
@@ -379,12 +388,12 @@ class BroadcastConsumer(_Endpoint):
             # once, whatever the rate limit: a client cannot queue more while the backend is slow.
             if len(self._publishing) >= MAX_PUBLISHING:
                 await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.ensure_future(self.node.publish(self.topic, payload))
+            task = asyncio.ensure_future(self.node.publish(self.topic, payload, json=is_json))
             self._publishing.add(task)
             task.add_done_callback(self._published)
             return
         try:
-            await self.node.publish(self.topic, payload)
+            await self.node.publish(self.topic, payload, json=is_json)
         except BackendUnavailable as exc:
             self._publish_failed(exc)
 

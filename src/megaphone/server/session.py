@@ -52,6 +52,7 @@ from megaphone.protocol.schema import (
     reply_frame,
 )
 from megaphone.server.connection import Connection
+from megaphone.server.hooks import PublishRejected, screen
 from megaphone.server.permissions import (
     Action,
     aallowed,
@@ -230,8 +231,14 @@ class Session:
             self._refuse("publish", request.id)
         if not topic_options(request.topic).publish:
             raise ProtocolError(Code.FORBIDDEN, "clients may not publish here", request.id)
+        try:
+            payload, is_json = await screen(
+                request.topic, request.payload, request.json, self.principal, "protocol"
+            )
+        except PublishRejected as exc:
+            raise ProtocolError(exc.code, exc.message, request.id) from None
         message = await self.node.publish(
-            request.topic, request.payload, json=request.json, msg_id=request.msg_id
+            request.topic, payload, json=is_json, msg_id=request.msg_id
         )
         result = {"topic": message.topic, "offset": message.offset, "epoch": message.epoch}
         self.send(reply_frame(request.id, result))

@@ -1,5 +1,8 @@
-"""Registers the object permission of tests/e2e/test_django_permissions.py: a group's members
-may view it (``auth.view_group`` on that group), as a project would with django-rules."""
+"""The test app of tests/e2e/django_settings.py: the object permission of
+test_django_permissions.py (a group's members may view it, ``auth.view_group`` on that group, as
+a project would with django-rules), and the client_publish hook of test_hooks.py (on
+``moderated.*``: "spam" is refused with the code ``spam``, text is upper-cased, a JSON object
+gets ``"checked": true``)."""
 
 from __future__ import annotations
 
@@ -20,3 +23,18 @@ class PermsAppConfig(AppConfig):
             return group is not None and user.groups.filter(pk=group.pk).exists()
 
         rules.add_perm("auth.view_group", is_member)
+
+        from megaphone.server.hooks import PublishRejected, client_publish
+
+        def moderate(sender: str, topic: str, data: Any, **kwargs: Any) -> Any:
+            if not topic.startswith("moderated."):
+                return None
+            if isinstance(data, str) and "spam" in data:
+                raise PublishRejected("spam", "no spam here")
+            if isinstance(data, str):
+                return data.upper()
+            if isinstance(data, dict):
+                return {**data, "checked": True}
+            return None
+
+        client_publish.connect(moderate, weak=False)
