@@ -21,4 +21,5 @@ MEGAPHONE = {
         {"topics": "editors", "default": "group:editors"},
         *OPEN_PERMISSIONS,
     ],
+    "TOPICS": {"room.*": {"presence": True}},
 }

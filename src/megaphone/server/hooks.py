@@ -28,6 +28,15 @@ client is connected to::
             raise PublishRejected("spam", "no spam here")
         if topic.startswith("chat."):
             return {"text": data, "by": getattr(user, "username", None)}
+
+:data:`presence_joined` and :data:`presence_left` are sent when a protocol client enters or
+leaves a topic's presence (topics with ``presence`` on), once per event across all workers: by
+the worker that client is connected to, after the backend recorded it, with ``topic``,
+``client`` (its id in presence), ``user`` and ``info``. Each ``presence_joined`` is followed by
+one ``presence_left`` for the same client and topic (unsubscribe, disconnect, or a lost place in
+the topic before it resubscribes), except when the worker itself dies: the backend then expires
+the entry (``PRESENCE_TTL``) and no signal is sent. Receivers run off the event loop (sync ones
+in a worker thread); one that raises is logged and does not affect the client.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ logger = get_logger(__name__)
 
 #: Sent before a client's message is published; see the module docstring.
 client_publish = Signal()
+#: A client entered, or left, a topic's presence; see the module docstring.
+presence_joined = Signal()
+presence_left = Signal()
 
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
@@ -87,3 +99,17 @@ async def screen(
         logger.error("a client_publish receiver's replacement on %s is invalid: %s", topic, exc)
         raise PublishRejected(exc.code or "rejected", str(exc)) from None
     return payload, is_json
+
+
+async def send_presence(
+    signal: Signal, topic: str, client: str, user: Any, info: dict[str, Any] | None
+) -> None:
+    """Send :data:`presence_joined` or :data:`presence_left`; a receiver's error is logged."""
+    if not signal.has_listeners():
+        return
+    responses = await signal.asend_robust(
+        sender="protocol", topic=topic, client=client, user=user, info=info
+    )
+    for _receiver, response in responses:
+        if isinstance(response, Exception):
+            logger.error("a presence receiver failed on %s", topic, exc_info=response)

@@ -52,7 +52,13 @@ from megaphone.protocol.schema import (
     reply_frame,
 )
 from megaphone.server.connection import Connection
-from megaphone.server.hooks import PublishRejected, screen
+from megaphone.server.hooks import (
+    PublishRejected,
+    presence_joined,
+    presence_left,
+    screen,
+    send_presence,
+)
 from megaphone.server.permissions import (
     Action,
     aallowed,
@@ -154,6 +160,8 @@ class Session:
         self._info: dict[str, dict[str, Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Topics whose presence_joined signal was sent and presence_left not yet.
+        self._joined: set[str] = set()
 
     def hello(self) -> str:
         """The first frame the client gets."""
@@ -421,6 +429,8 @@ class Session:
         await self.node.presence_add(topic, self.client, entry)
         if announce:
             self.node.join_leave.announce("join", topic, entry)
+        self._joined.add(topic)
+        await send_presence(presence_joined, topic, self.client, self.principal, info)
 
     async def _unsubscribe(self, topic: str, *, leave: bool = True) -> None:
         subscription = self.subscriptions.pop(topic, None)
@@ -437,6 +447,9 @@ class Session:
                 if leave and options.join_leave:
                     entry = {"client": self.client, "user": self.user, "info": info}
                     self.node.join_leave.announce("leave", topic, entry)
+                if topic in self._joined:
+                    self._joined.discard(topic)
+                    await send_presence(presence_left, topic, self.client, self.principal, info)
             except BackendUnavailable as exc:
                 logger.error("could not remove %s from presence on %s: %s", self.client, topic, exc)
 

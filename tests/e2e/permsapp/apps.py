@@ -2,7 +2,8 @@
 test_django_permissions.py (a group's members may view it, ``auth.view_group`` on that group, as
 a project would with django-rules), and the client_publish hook of test_hooks.py (on
 ``moderated.*``: "spam" is refused with the code ``spam``, text is upper-cased, a JSON object
-gets ``"checked": true``)."""
+gets ``"checked": true``), and presence receivers appending each event to the file
+``MEGAPHONE_TEST_PRESENCE_LOG`` names (test_hooks.py)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,19 @@ class PermsAppConfig(AppConfig):
             return None
 
         client_publish.connect(moderate, weak=False)
+
+        import os
+
+        from megaphone.server.hooks import presence_joined, presence_left
+
+        def record(event: str) -> Any:
+            def receiver(sender: str, topic: str, client: str, **kwargs: Any) -> None:
+                path = os.environ.get("MEGAPHONE_TEST_PRESENCE_LOG")
+                if path:
+                    with open(path, "a") as log:
+                        log.write(f"{event} {topic} {client} {os.getpid()}\n")
+
+            return receiver
+
+        presence_joined.connect(record("join"), weak=False)
+        presence_left.connect(record("leave"), weak=False)
