@@ -34,7 +34,7 @@ def database() -> str:
 
 def in_transaction(using: str | None = None) -> bool:
     """Whether this thread is inside an atomic block on the outbox's database."""
-    return transaction.get_connection(using or database()).in_atomic_block
+    return bool(transaction.get_connection(using or database()).in_atomic_block)
 
 
 def new_msg_id() -> str:

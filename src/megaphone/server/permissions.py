@@ -111,7 +111,7 @@ class Who:
     blocking: bool
 
 
-Rule = tuple[str, dict[str, Who]]
+Rule = tuple[str, dict[Action, Who]]
 
 
 def _is_authenticated(user: Any) -> bool:
