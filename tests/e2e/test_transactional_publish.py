@@ -118,3 +118,21 @@ async def test_delivered_iff_committed_exactly_once_even_if_the_publisher_dies(
         )
     finally:
         await client.close()
+
+
+async def test_on_the_memory_backend_the_server_relays_a_shells_committed_message(
+    server: ServerProcess,
+) -> None:
+    """A process serving no client cannot reach the in-memory backend's subscribers; inside a
+    transaction its message is committed to the outbox and the server's worker relays it."""
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    client = Client(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+    client.hello = await client.recv()
+    try:
+        await client.result(op="subscribe", topic=topic)
+        committed = await asyncio.to_thread(shell, server, COMMIT, topic)
+        assert committed.returncode == 0, committed.stderr
+        [message] = await messages(client, 1)
+        assert message["data"] == "committed" and message["offset"] == 1, message
+    finally:
+        await client.close()
