@@ -63,6 +63,15 @@ def shell(server: ServerProcess, code: str, topic: str) -> subprocess.CompletedP
     )
 
 
+async def subscriber(server: ServerProcess) -> tuple[str, Client]:
+    """A protocol client subscribed to a new topic, and that topic."""
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    client = Client(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+    client.hello = await client.recv()
+    await client.result(op="subscribe", topic=topic)
+    return topic, client
+
+
 async def messages(client: Client, count: int) -> list[dict[str, Any]]:
     received = []
     while len(received) < count:
@@ -81,11 +90,8 @@ async def test_delivered_iff_committed_exactly_once_even_if_the_publisher_dies(
         "REDIS_URL": redis_server.url,
     }
     server = server_factory(workers=2, env=env)
-    topic = f"tx-{uuid.uuid4().hex[:8]}"
-    client = Client(await websockets.connect(f"{server.ws_url}/ws/connect/"))
-    client.hello = await client.recv()
+    topic, client = await subscriber(server)
     try:
-        await client.result(op="subscribe", topic=topic)
         rolled_back = await asyncio.to_thread(shell, server, ROLLBACK, topic)
         assert rolled_back.returncode == 0, rolled_back.stderr
         started = time.monotonic()
@@ -125,11 +131,8 @@ async def test_on_the_memory_backend_the_server_relays_a_shells_committed_messag
 ) -> None:
     """A process serving no client cannot reach the in-memory backend's subscribers; inside a
     transaction its message is committed to the outbox and the server's worker relays it."""
-    topic = f"tx-{uuid.uuid4().hex[:8]}"
-    client = Client(await websockets.connect(f"{server.ws_url}/ws/connect/"))
-    client.hello = await client.recv()
+    topic, client = await subscriber(server)
     try:
-        await client.result(op="subscribe", topic=topic)
         committed = await asyncio.to_thread(shell, server, COMMIT, topic)
         assert committed.returncode == 0, committed.stderr
         [message] = await messages(client, 1)
