@@ -1,5 +1,6 @@
 """The conformance suite (tests/backends/conformance.py) run on every built-in backend: memory,
-and Redis on a private ``redis-server`` (killed for the failure tests)."""
+Redis on a private ``redis-server`` (killed for the failure tests), and Redis behind Sentinel
+(a master, its replica, three Sentinels; its failovers are tests/e2e/test_redis_sentinel.py's)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 from megaphone.backends import Backend
 from megaphone.backends.memory import MemoryBackend
 from megaphone.backends.redis import RedisBackend
+from megaphone.backends.redis_sentinel import RedisSentinelBackend
 from tests.backends.conformance import BackendConformance, Harness
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, SentinelSetup
 
 
 class MemoryHarness(Harness):
@@ -51,3 +53,20 @@ class TestRedis(BackendConformance):
     @pytest.fixture
     def harness(self, redis_server: RedisServer) -> Harness:
         return RedisHarness(redis_server)
+
+
+class SentinelHarness(Harness):
+    shared = True
+
+    def __init__(self, setup: SentinelSetup) -> None:
+        self.setup = setup
+
+    async def build(self, **options: Any) -> Backend:
+        backend: Backend = RedisSentinelBackend(self.setup.url, **options)
+        return backend
+
+
+class TestRedisSentinel(BackendConformance):
+    @pytest.fixture
+    def harness(self, redis_sentinel: SentinelSetup) -> Harness:
+        return SentinelHarness(redis_sentinel)

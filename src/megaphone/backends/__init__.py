@@ -4,6 +4,9 @@
 
 * ``memory://`` -> :class:`megaphone.backends.memory.MemoryBackend` (one process, the default);
 * ``redis://`` and ``rediss://`` -> :mod:`megaphone.backends.redis` (many processes and machines);
+* ``redis+sentinel://host:port,host:port/<service>/<db>`` ->
+  :mod:`megaphone.backends.redis_sentinel` (the same, on the master Sentinel names, following
+  its failovers);
 
 or the path of a class of the application's, ``package.module:ClassName`` (no ``://`` before
 the colon), e.g. ``"myapp.backends:MyBackend"``: anything satisfying
@@ -15,6 +18,7 @@ value that names nothing usable raises :class:`InvalidBackend` (the system check
 ``megaphone.E002`` and ``megaphone.E005`` report it at startup).
 
 Owns: :mod:`~.base` (the protocols and their errors), :mod:`~.memory`, :mod:`~.redis`,
+:mod:`~.redis_sentinel`,
 :mod:`~.durable` (durable topics: a wrapper choosing, per topic, another history store) and
 :mod:`~.database` (that store, in the application's database).
 
@@ -59,6 +63,7 @@ _SCHEMES = {
     "memory": "megaphone.backends.memory:MemoryBackend",
     "redis": "megaphone.backends.redis:RedisBackend",
     "rediss": "megaphone.backends.redis:RedisBackend",
+    "redis+sentinel": "megaphone.backends.redis_sentinel:RedisSentinelBackend",
 }
 
 #: ``package.module:ClassName``: a backend class of the application's.
