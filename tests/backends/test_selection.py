@@ -100,3 +100,11 @@ def test_a_bad_sentinel_url_is_a_clear_error(url: str, says: str) -> None:
     assert says in str(error.value)
     with override_settings(MEGAPHONE={"BACKEND": url}):
         assert "megaphone.E002" in [m.id for m in run_checks()]
+
+
+def test_a_cluster_url_says_it_is_not_supported_yet() -> None:
+    url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"
+    with pytest.raises(InvalidBackend, match="Redis Cluster is not supported yet"):
+        backend_from_url(url)
+    with override_settings(MEGAPHONE={"BACKEND": url}):
+        assert "megaphone.E002" in [m.id for m in run_checks()]

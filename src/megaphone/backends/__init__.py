@@ -7,6 +7,7 @@
 * ``redis+sentinel://host:port,host:port/<service>/<db>`` ->
   :mod:`megaphone.backends.redis_sentinel` (the same, on the master Sentinel names, following
   its failovers);
+* ``redis+cluster://`` is refused with a clear "not supported yet";
 
 or the path of a class of the application's, ``package.module:ClassName`` (no ``://`` before
 the colon), e.g. ``"myapp.backends:MyBackend"``: anything satisfying
@@ -66,6 +67,12 @@ _SCHEMES = {
     "redis+sentinel": "megaphone.backends.redis_sentinel:RedisSentinelBackend",
 }
 
+#: Schemes of the design's backend URLs that are not implemented yet, with what to say.
+_NOT_YET = {
+    "redis+cluster": "Redis Cluster is not supported yet (see docs/deploy.md, Redis Sentinel "
+    "and Redis Cluster); use redis:// or redis+sentinel://",
+}
+
 #: ``package.module:ClassName``: a backend class of the application's.
 CLASS_PATH = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<name>[A-Za-z_]\w*)$")
 
@@ -102,6 +109,8 @@ def _resolve(value: str) -> tuple[str, str, bool]:
     if "://" not in value and (path := CLASS_PATH.match(value)):
         return path["module"], path["name"], True
     scheme = urlsplit(value).scheme
+    if scheme in _NOT_YET:
+        raise InvalidBackend(f"{value!r}: {_NOT_YET[scheme]}", by_path=False)
     if scheme not in _SCHEMES:
         raise InvalidBackend(
             f"unknown Megaphone backend {value!r}: use one of "
