@@ -18,6 +18,7 @@ from megaphone.backends import BackendUnavailable
 from megaphone.backends.memory import MemoryBackend
 from megaphone.core.message import Message
 from megaphone.engine import publishing
+from megaphone.engine.background import background
 from megaphone.engine.node import get_node
 from megaphone.engine.publishing import (
     InvalidMessage,
@@ -118,7 +119,7 @@ async def test_publish_from_async_code_says_to_use_apublish() -> None:
 
 def test_one_background_loop_and_one_node_for_every_thread() -> None:
     megaphone.publish(topic(), "warm up")
-    loops, nodes = publishing._publisher.loops_started, publishing._publisher.nodes_started
+    loops, nodes = background.loops_started, background.nodes_started
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -134,8 +135,8 @@ def test_one_background_loop_and_one_node_for_every_thread() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert publishing._publisher.loops_started == loops
-    assert publishing._publisher.nodes_started == nodes
+    assert background.loops_started == loops
+    assert background.nodes_started == nodes
     names = [t.name for t in threading.enumerate()]
     assert names.count("megaphone-publisher") == 1
 
