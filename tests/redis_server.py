@@ -223,3 +223,75 @@ def redis_errors() -> type[Exception]:
     import redis
 
     return redis.RedisError
+
+
+class ClusterSetup:
+    """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, every node a
+    :class:`RedisServer` on a free port (``--cluster-enabled``), created with ``redis-cli
+    --cluster create``; :meth:`stop` kills them all."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters * (1 + replicas)):
+                node_dir = directory / f"node-{len(self.nodes)}"
+                node_dir.mkdir()
+                node = RedisServer(
+                    node_dir,
+                    (
+                        *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                        *("--cluster-port", str(free_port())),  # not port + 10000: may be taken
+                    ),
+                )
+                node.start()
+                self.nodes.append(node)
+            subprocess.run(
+                [
+                    str(shutil.which("redis-cli")),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    *("--cluster-replicas", str(replicas), "--cluster-yes"),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=timeout(60),
+            )
+            self.wait_until(self._ok)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ok(self) -> bool:
+        try:
+            return all(self._state(n) == "ok" for n in self.nodes)
+        except (OSError, redis_errors()):
+            return False
+
+    @staticmethod
+    def _state(node: RedisServer) -> object:
+        with node.client() as client:
+            info = client.execute_command("CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            return "ok" if "cluster_state:ok" in text else "not ok"
+
+    def wait_until(self, condition: Callable[[], bool], seconds: float = 30) -> None:
+        deadline = time.monotonic() + timeout(seconds)
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster: condition not met in {seconds} s")
+            time.sleep(0.05)
+
+    def owner(self, key: str) -> RedisServer:
+        """The master serving ``key``'s hash slot."""
+        with self.nodes[0].client() as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if int(start) <= slot <= int(end):
+                    port = int(master[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no master serves the slot of {key!r}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
