@@ -16,8 +16,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import free_port, timeout, wait_for_port
+
+if TYPE_CHECKING:
+    import redis
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -66,7 +70,7 @@ class RedisServer:
         self.stop()
         self.start()
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> redis.Redis:
         """A synchronous redis-py client of this server (close it)."""
         import redis
 
@@ -103,7 +107,8 @@ class Sentinel:
             )
         wait_for_port(self.port, self.process, 10)
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> redis.Redis:
+        """A synchronous redis-py client of this Sentinel (close it)."""
         import redis
 
         return redis.Redis(port=self.port, socket_timeout=timeout(5))

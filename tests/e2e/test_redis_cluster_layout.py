@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -24,7 +25,7 @@ def cluster(tmp_path: Path) -> Iterator[ClusterSetup]:
     setup.stop()
 
 
-def run(cluster: ClusterSetup, script: str, topic: str, args: list[object]) -> list[object]:
+def run(cluster: ClusterSetup, script: str, topic: str, args: list[object]) -> list[Any]:
     """``script`` on ``topic``'s keys, on the master that owns their slot."""
     keys = redis_backend._keys(topic)
     with cluster.owner(keys[0]).client() as client:
