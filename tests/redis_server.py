@@ -165,11 +165,7 @@ class SentinelSetup:
         return next(s for port, s in self.servers.items() if port != master)
 
     def wait_until(self, condition: Callable[[], bool], seconds: float = 30) -> None:
-        deadline = time.monotonic() + timeout(seconds)
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Sentinel setup: condition not met in {seconds} s")
-            time.sleep(0.05)
+        wait_until(condition, seconds, "Sentinel setup")
 
     def wait_for_replication(self, master: RedisServer, replica: RedisServer) -> None:
         def linked() -> bool:
@@ -222,6 +218,15 @@ class SentinelSetup:
             sentinel.stop()
         for server in self.servers.values():
             server.stop()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` until it holds; :class:`TimeoutError` after ``seconds`` (scaled)."""
+    deadline = time.monotonic() + timeout(seconds)
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: condition not met in {seconds} s")
+        time.sleep(0.05)
 
 
 def redis_errors() -> type[Exception]:
@@ -281,11 +286,7 @@ class ClusterSetup:
             return "ok" if "cluster_state:ok" in text else "not ok"
 
     def wait_until(self, condition: Callable[[], bool], seconds: float = 30) -> None:
-        deadline = time.monotonic() + timeout(seconds)
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cluster: condition not met in {seconds} s")
-            time.sleep(0.05)
+        wait_until(condition, seconds, "cluster")
 
     def owner(self, key: str) -> RedisServer:
         """The master serving ``key``'s hash slot."""

@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 
-from megaphone.backends import Backend
+from megaphone.backends import Backend, backend_from_url
 from megaphone.backends.memory import MemoryBackend
-from megaphone.backends.redis import RedisBackend
-from megaphone.backends.redis_sentinel import RedisSentinelBackend
 from tests.backends.conformance import BackendConformance, Harness
 from tests.redis_server import RedisServer, SentinelSetup
 
@@ -22,15 +20,22 @@ class MemoryHarness(Harness):
         return backend
 
 
-class RedisHarness(Harness):
+class UrlHarness(Harness):
+    """A backend shared across processes, built from its URL as the node builds it."""
+
     shared = True
 
-    def __init__(self, server: RedisServer) -> None:
-        self.server = server
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     async def build(self, **options: Any) -> Backend:
-        backend: Backend = RedisBackend(self.server.url, **options)
-        return backend
+        return backend_from_url(self.url, **options)
+
+
+class RedisHarness(UrlHarness):
+    def __init__(self, server: RedisServer) -> None:
+        super().__init__(server.url)
+        self.server = server
 
     def outage(self) -> None:
         self.server.stop()
@@ -55,18 +60,7 @@ class TestRedis(BackendConformance):
         return RedisHarness(redis_server)
 
 
-class SentinelHarness(Harness):
-    shared = True
-
-    def __init__(self, setup: SentinelSetup) -> None:
-        self.setup = setup
-
-    async def build(self, **options: Any) -> Backend:
-        backend: Backend = RedisSentinelBackend(self.setup.url, **options)
-        return backend
-
-
 class TestRedisSentinel(BackendConformance):
     @pytest.fixture
     def harness(self, redis_sentinel: SentinelSetup) -> Harness:
-        return SentinelHarness(redis_sentinel)
+        return UrlHarness(redis_sentinel.url)  # failovers: tests/e2e/test_redis_sentinel.py
