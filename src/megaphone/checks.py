@@ -146,9 +146,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         )
     config = get_config()
     errors.extend(invalid_settings(config))
+    backend = None
     if _valid(config, "BACKEND"):
         try:
-            backend_from_url(config.BACKEND)
+            backend = backend_from_url(config.BACKEND)
         except InvalidBackend as exc:
             errors.append(_backend_error(exc, by_path=exc.by_path))
         except (ValueError, ImportError) as exc:
@@ -169,11 +170,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if _valid(config, "TOPICS"):
         errors.extend(check_topics(config.TOPICS))
     workers = int(os.environ.get("MEGAPHONE_WORKERS") or os.environ.get("WEB_CONCURRENCY") or 1)
-    if workers > 1 and str(config.BACKEND).startswith("memory:"):
+    if workers > 1 and backend is not None and not backend.crosses_processes:
         errors.append(
             Error(
-                f"{workers} worker processes with the in-memory backend: a message published in "
-                "one worker would never reach the clients of the others.",
+                f"{workers} worker processes on {backend.name}, a backend that does not cross "
+                "processes: a message published in one worker would never reach the clients of "
+                "the others.",
                 hint="Set REDIS_URL (or MEGAPHONE['BACKEND']) to redis://host:6379/0, "
                 "or run one worker.",
                 id="megaphone.E004",

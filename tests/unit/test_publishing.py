@@ -15,6 +15,7 @@ from django.test import override_settings
 import megaphone
 from megaphone import backends
 from megaphone.backends import BackendUnavailable
+from megaphone.backends.durable import DurableTopics
 from megaphone.backends.memory import MemoryBackend
 from megaphone.core.message import Message
 from megaphone.engine import publishing
@@ -173,7 +174,8 @@ def test_backend_that_does_not_answer_times_out(broken_backend: None) -> None:
 
 async def test_apublish_backend_failure_and_timeout(broken_backend: None) -> None:
     # apublish uses this loop's node, built from the (overridden) settings on first use.
-    assert isinstance((await get_node()).backend, BrokenBackend)
+    backend = (await get_node()).backend
+    assert isinstance(backend, DurableTopics) and isinstance(backend.inner, BrokenBackend)
     with pytest.raises(PublishUnavailable):
         await megaphone.apublish(topic(), "x")
     with pytest.raises(PublishUnavailable, match=r"within 0\.3 s"):

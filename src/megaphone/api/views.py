@@ -205,25 +205,18 @@ async def publish_batch(request: HttpRequest, key: ApiKey) -> HttpResponse:
 
 @endpoint("GET", "HEAD")
 async def topics(request: HttpRequest, key: ApiKey) -> HttpResponse:
-    """``GET topics``: topics with subscribers, and how many."""
+    """``GET topics``: topics with subscribers in the answering worker, and how many (scope
+    ``process``). No backend counts subscribers across processes: ``ClusterTopics`` counts the
+    processes listening, which is another figure (``manage.py megaphone topics`` shows it)."""
     rate_limit(key, 1)
     node = await _node()
-    counts: dict[str, int] | None = None
-    scope: Any = "process"
-    cluster = node.backend.cluster_topics
-    if cluster is not None:
-        try:
-            counts, scope = await cluster.listened_topics(), "cluster"
-        except BackendUnavailable as exc:
-            raise ApiError(Code.BACKEND_UNAVAILABLE, str(exc)) from None
-    if counts is None:
-        counts = node.hub.topics()
+    counts = node.hub.topics()
     listed = [
         schemas.TopicCount(name, count)
         for name, count in sorted(counts.items())
         if not name.startswith("$") and may_see_presence(key, name)
     ]
-    return schemas.json_response(schemas.Topics(scope, listed))
+    return schemas.json_response(schemas.Topics("process", listed))
 
 
 @endpoint("GET", "HEAD")
@@ -256,9 +249,7 @@ async def presence(request: HttpRequest, topic: str, key: ApiKey) -> HttpRespons
     rate_limit(key, 1)
     node = await _node()
     if node.backend.presence_store is None:
-        raise ApiError(
-            Code.PRESENCE_UNSUPPORTED, f"the {type(node.backend).__name__} keeps no presence"
-        )
+        raise ApiError(Code.PRESENCE_UNSUPPORTED, f"the {node.backend.name} keeps no presence")
     if not topic_options(topic).presence:
         raise ApiError(
             Code.PRESENCE_OFF,

@@ -37,7 +37,6 @@ import json
 from typing import Any
 
 from megaphone.backends import BackendUnavailable
-from megaphone.backends.memory import MemoryBackend
 from megaphone.conf import get_config
 from megaphone.core.decoding import InvalidText, check_text, utf8_size
 from megaphone.core.message import MAX_MSG_ID_LENGTH, Message
@@ -176,7 +175,7 @@ def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str 
 async def _publish_on(
     node: Node, topic: str, payload: str | bytes, is_json: bool, msg_id: str | None
 ) -> Message:
-    if isinstance(node.backend, MemoryBackend) and not serves_clients():
+    if not node.backend.crosses_processes and not serves_clients():
         raise NoServerHere.for_topic(topic)
     try:
         return await node.publish(topic, payload, json=is_json, msg_id=msg_id)
