@@ -49,11 +49,13 @@ _SWITCH = Check("megaphone.E014")
 @dataclass(frozen=True, slots=True)
 class Config:
     #: Where messages cross processes and where history lives: ``memory://`` (one process) or
-    #: ``redis://host:port/db``. Defaults to the ``REDIS_URL`` environment variable when set.
+    #: ``redis://host:port/db`` (see :mod:`megaphone.backends`). Defaults to the
+    #: ``MEGAPHONE_BACKEND`` environment variable when set, else to ``REDIS_URL``.
     BACKEND: Annotated[
         str,
         Meta(
-            description="a backend URL (memory://, redis://host:6379/0) or class path "
+            description="a backend URL (memory://, redis://host:6379/0, "
+            "redis+sentinel://host:26379,host:26379/service/0) or class path "
             "(package.module:ClassName)"
         ),
         Check("megaphone.E002"),
@@ -213,8 +215,8 @@ DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.
 
 
 def _defaults_from_environment() -> dict[str, Any]:
-    redis_url = os.environ.get("REDIS_URL")
-    return {"BACKEND": redis_url} if redis_url else {}
+    backend = os.environ.get("MEGAPHONE_BACKEND") or os.environ.get("REDIS_URL")
+    return {"BACKEND": backend} if backend else {}
 
 
 def unknown_keys() -> list[str]:
@@ -224,7 +226,8 @@ def unknown_keys() -> list[str]:
 
 @cache
 def get_config() -> Config:
-    """The effective configuration: defaults, then ``REDIS_URL``, then ``settings.MEGAPHONE``."""
+    """The effective configuration: defaults, then ``MEGAPHONE_BACKEND`` (or ``REDIS_URL``),
+    then ``settings.MEGAPHONE``."""
     user = dict(getattr(settings, "MEGAPHONE", {}))
     values = {**DEFAULTS, **_defaults_from_environment(), **user}
     origins = values["ALLOWED_ORIGINS"]
