@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tests.postgres_server import PostgresServer
     from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,6 +257,22 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on a free port with an empty ``megaphone`` database (see
+    tests/postgres_server.py), removed at the end; the test may stop and restart it."""
+    from tests.postgres_server import AVAILABLE, PostgresServer
+
+    if not AVAILABLE:
+        pytest.skip("needs PostgreSQL's initdb and pg_ctl (MEGAPHONE_PG_BIN)")
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

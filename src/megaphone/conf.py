@@ -25,7 +25,8 @@ from django.dispatch import receiver
 @dataclass(frozen=True, slots=True)
 class Config:
     #: Where messages cross processes and where history lives: ``memory://`` (one process) or
-    #: ``redis://host:port/db``. Defaults to the ``REDIS_URL`` environment variable when set.
+    #: ``redis://host:port/db``, ``postgres://user@host:port/db``... Defaults to the
+    #: ``MEGAPHONE_BACKEND`` environment variable when set, else to ``REDIS_URL``.
     BACKEND: str = "memory://"
     #: Largest message a client may send, in bytes (text is counted UTF-8 encoded). A larger one
     #: closes that client's connection with 1009; nothing of it is buffered or delivered.
@@ -133,8 +134,9 @@ DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
 
 
 def _defaults_from_environment() -> dict[str, Any]:
-    redis_url = os.environ.get("REDIS_URL")
-    return {"BACKEND": redis_url} if redis_url else {}
+    """``MEGAPHONE_BACKEND`` if set, else ``REDIS_URL``: the backend when the settings name none."""
+    url = os.environ.get("MEGAPHONE_BACKEND") or os.environ.get("REDIS_URL")
+    return {"BACKEND": url} if url else {}
 
 
 def unknown_keys() -> list[str]:
@@ -144,7 +146,8 @@ def unknown_keys() -> list[str]:
 
 @cache
 def get_config() -> Config:
-    """The effective configuration: defaults, then ``REDIS_URL``, then ``settings.MEGAPHONE``."""
+    """The effective configuration: defaults, then ``MEGAPHONE_BACKEND`` or ``REDIS_URL``, then
+    ``settings.MEGAPHONE``."""
     user = dict(getattr(settings, "MEGAPHONE", {}))
     values = {**DEFAULTS, **_defaults_from_environment(), **user}
     origins = values["ALLOWED_ORIGINS"]

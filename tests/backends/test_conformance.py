@@ -1,5 +1,6 @@
 """The conformance suite (tests/backends/conformance.py) run on every built-in backend: memory,
-and Redis on a private ``redis-server`` (killed for the failure tests)."""
+Redis on a private ``redis-server`` (killed for the failure tests), and PostgreSQL on a private
+server (stopped for the failure tests, wiped to lose every topic's state)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 
 from megaphone.backends import Backend
 from megaphone.backends.memory import MemoryBackend
+from megaphone.backends.postgres import PostgresBackend
 from megaphone.backends.redis import RedisBackend
 from tests.backends.conformance import BackendConformance, Harness
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 
 
@@ -51,3 +54,30 @@ class TestRedis(BackendConformance):
     @pytest.fixture
     def harness(self, redis_server: RedisServer) -> Harness:
         return RedisHarness(redis_server)
+
+
+class PostgresHarness(Harness):
+    shared = True
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+
+    async def build(self, **options: Any) -> Backend:
+        backend: Backend = PostgresBackend(self.server.url, **options)
+        return backend
+
+    def outage(self) -> None:
+        self.server.stop()
+
+    def end_outage(self) -> None:
+        if not self.server.running:
+            self.server.start()
+
+    def lose_everything(self) -> None:
+        self.server.wipe()
+
+
+class TestPostgres(BackendConformance):
+    @pytest.fixture
+    def harness(self, postgres_server: PostgresServer) -> Harness:
+        return PostgresHarness(postgres_server)

@@ -52,6 +52,20 @@ def test_redis_url_environment_selects_the_backend(monkeypatch: pytest.MonkeyPat
     assert get_config().BACKEND == "memory://"
 
 
+def test_megaphone_backend_environment_selects_the_backend_before_redis_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/3")
+    monkeypatch.setenv("MEGAPHONE_BACKEND", "postgres://me@127.0.0.1:5432/app")
+    get_config.cache_clear()
+    try:
+        assert get_config().BACKEND == "postgres://me@127.0.0.1:5432/app"
+    finally:
+        monkeypatch.delenv("REDIS_URL")
+        monkeypatch.delenv("MEGAPHONE_BACKEND")
+        get_config.cache_clear()
+
+
 def scope(host: str, scheme: str = "ws", **headers: str) -> dict[str, object]:
     """A WebSocket handshake's scope with that Host (and headers)."""
     pairs = [(b"host", host.encode())] + [

@@ -4,19 +4,21 @@
 
 * ``memory://`` -> :class:`megaphone.backends.memory.MemoryBackend` (one process, the default);
 * ``redis://`` and ``rediss://`` -> :mod:`megaphone.backends.redis` (many processes and machines);
+* ``postgres://`` and ``postgresql://`` -> :mod:`megaphone.backends.postgres` (the same, on one
+  PostgreSQL database: LISTEN/NOTIFY and tables);
 
 or the path of a class of the application's, ``package.module:ClassName`` (no ``://`` before
 the colon), e.g. ``"myapp.backends:MyBackend"``: anything satisfying
 :class:`~megaphone.backends.base.Backend`. Either is built as ``Class(value, **options)``, with
 the whole setting as its ``url`` (a class of the application's reads what it needs from it or
 from its own settings) and the options of :class:`~megaphone.backends.base.BaseBackend`.
-Implementations are imported lazily, so the Redis client is only needed when it is used. A
-value that names nothing usable raises :class:`InvalidBackend` (the system checks
+Implementations are imported lazily, so the Redis and PostgreSQL clients are only needed when
+they are used. A value that names nothing usable raises :class:`InvalidBackend` (the system checks
 ``megaphone.E002`` and ``megaphone.E005`` report it at startup).
 
 Owns: :mod:`~.base` (the protocols and their errors), :mod:`~.memory`, :mod:`~.redis`,
-:mod:`~.durable` (durable topics: a wrapper choosing, per topic, another history store) and
-:mod:`~.database` (that store, in the application's database).
+:mod:`~.postgres`, :mod:`~.durable` (durable topics: a wrapper choosing, per topic, another
+history store) and :mod:`~.database` (that store, in the application's database).
 
 May import: :mod:`megaphone.core`, :mod:`megaphone.conf` and :mod:`megaphone.models`.
 """
@@ -59,6 +61,8 @@ _SCHEMES = {
     "memory": "megaphone.backends.memory:MemoryBackend",
     "redis": "megaphone.backends.redis:RedisBackend",
     "rediss": "megaphone.backends.redis:RedisBackend",
+    "postgres": "megaphone.backends.postgres:PostgresBackend",
+    "postgresql": "megaphone.backends.postgres:PostgresBackend",
 }
 
 #: ``package.module:ClassName``: a backend class of the application's.
