@@ -19,7 +19,8 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   8000-byte payload limit is stored in the ``spill`` table and its NOTIFY carries only the row's
   id; listeners read it from there (kept :data:`SPILL_TTL` seconds). The message's time is the
   database server's clock. NOTIFYs are delivered in commit order, hence in offset order.
-* **One LISTEN per backend instance** (per worker process) on one channel for the whole schema:
+* **One LISTEN per backend instance** (per worker process; its connection's
+  ``application_name`` is ``megaphone listener``, the others' ``megaphone``) on one channel for the whole schema:
   every process receives the NOTIFY of every message and hands those of the topics it
   subscribed to ``on_message``, on the backend's loop, in order; the others are skipped
   unparsed past their header. (So the cost of a message grows with the number of processes,
@@ -338,8 +339,9 @@ class PostgresBackend(BaseBackend):
 
     # Connections ----------------------------------------------------------------------------
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        """A new autocommit connection; the schema is created on the instance's first one."""
+    async def _connect(self, name: str = "megaphone") -> psycopg.AsyncConnection[Any]:
+        """A new autocommit connection named ``name`` (``application_name``, as
+        ``pg_stat_activity`` shows it); the schema is created on the instance's first one."""
         if self._alias is not None and self._params is None:
             self._params = _django_params(self._alias)
         kwargs: dict[str, Any] = {
@@ -347,7 +349,7 @@ class PostgresBackend(BaseBackend):
             "autocommit": True,
             "connect_timeout": CONNECT_TIMEOUT,
             "client_encoding": "UTF8",
-            "application_name": "megaphone",
+            "application_name": name,
             # A dead peer is noticed within ~10 s even without traffic.
             "keepalives": 1,
             "keepalives_idle": 5,
@@ -639,7 +641,7 @@ class PostgresBackend(BaseBackend):
             connection: psycopg.AsyncConnection[Any] | None = None
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
-                    connection = await self._connect()
+                    connection = await self._connect("megaphone listener")
                     await connection.execute(
                         sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
                     )

@@ -1,0 +1,280 @@
+"""Tier 3: ``manage.py serve --workers 2`` over a private PostgreSQL server (postgres://).
+
+Protocol and raw clients spread over the workers receive every message once, in offset order,
+with one NOTIFY per message (counted by a LISTEN session of the test's own); publishes from
+another process (a Celery-like worker calling ``megaphone.publish``) arrive; clients recover
+after every process and the database restarted; the database restarted mid-stream, or every
+connection terminated with ``pg_terminate_backend``, ends with every subscriber holding every
+acknowledged message or an explicit ``recovered: false``: never a silent gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import websockets
+
+from megaphone.backends import BackendUnavailable
+from megaphone.backends.postgres import PostgresBackend
+from tests.conftest import ROOT, ServerProcess, start_server, timeout
+from tests.postgres_server import PostgresServer
+
+from .test_protocol import Client
+from .test_redis_scaleout import (
+    REDIS_SETTINGS_ENV,
+    Follower,
+    close_all,
+    followers,
+    publish_pipelined,
+    unique,
+)
+
+#: The Redis scale-out tests' settings (no dashboard figures, no publish-rate limit, an API key)
+#: are the backend's business of none: the same, on PostgreSQL.
+SETTINGS_ENV = REDIS_SETTINGS_ENV
+CHANNEL = "megaphone_megaphone"  # the backend's one channel, for its default schema
+
+
+def env_of(postgres_server: PostgresServer) -> dict[str, str]:
+    return {**SETTINGS_ENV, "MEGAPHONE_BACKEND": postgres_server.url}
+
+
+def start(
+    server_factory: Callable[..., ServerProcess], postgres_server: PostgresServer
+) -> ServerProcess:
+    return server_factory(workers=2, env=env_of(postgres_server))
+
+
+class NotifyCounter:
+    """A LISTEN session of the test's own, counting the NOTIFYs of the backend's channel."""
+
+    def __init__(self, postgres_server: PostgresServer) -> None:
+        self.url = postgres_server.url
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> NotifyCounter:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), timeout(10))
+        return self
+
+    async def _run(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            await conn.execute(f"LISTEN {CHANNEL}")
+            self._ready.set()
+            async for _ in conn.notifies():
+                self.count += 1
+
+    async def until(self, n: int) -> None:
+        async with asyncio.timeout(timeout(20)):
+            while self.count < n:
+                await asyncio.sleep(0.02)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def test_every_client_of_both_workers_gets_every_message_once_with_one_notify_each(
+    server_factory: Callable[..., ServerProcess], postgres_server: PostgresServer
+) -> None:
+    server = start(server_factory, postgres_server)
+    topic = unique("pgscale")
+    clients = await followers(server, topic, 100)
+    raw = [
+        await websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/", max_queue=None)
+        for _ in range(10)
+    ]
+    publisher = await Client.open(server)
+    try:
+        # Each worker LISTENs once, whatever its number of clients and topics.
+        assert listening_workers(postgres_server) == 2
+        async with NotifyCounter(postgres_server) as notifies:
+            offsets = await publish_pipelined(publisher, topic, 300)
+            assert offsets == list(range(1, 301))
+            for text in ("raw one", "raw two"):
+                await raw[0].send(text)
+            await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 302, 60) for c in clients))
+            await notifies.until(302)
+            assert notifies.count == 302  # one NOTIFY per message, nothing else
+        epoch = clients[0].received[0][0]
+        expected = [(epoch, i + 1, {"n": i}) for i in range(300)]
+        expected += [(epoch, 301, "raw one"), (epoch, 302, "raw two")]
+        for client in clients:
+            assert client.received == expected
+        for socket in raw:  # the raw endpoint: the same frames, protocol publishes included
+            got = [await asyncio.wait_for(socket.recv(), timeout(10)) for _ in range(302)]
+            assert got[-2:] == ["raw one", "raw two"]
+    finally:
+        await publisher.close()
+        await close_all(clients)
+        await asyncio.gather(*(s.close() for s in raw))
+
+
+def listening_workers(postgres_server: PostgresServer) -> int:
+    """The backend's listening connections (one per process that started a backend)."""
+    rows = postgres_server.psql(
+        "megaphone",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'megaphone listener'",
+    )
+    return int(rows.strip())
+
+
+CELERY_LIKE = """
+import sys, django
+django.setup()
+import megaphone
+for i in range(int(sys.argv[2])):
+    megaphone.publish(sys.argv[1], f"from a worker {i}")
+"""
+
+
+async def test_publishes_from_a_separate_process_reach_every_worker(
+    server_factory: Callable[..., ServerProcess], postgres_server: PostgresServer
+) -> None:
+    server = start(server_factory, postgres_server)
+    topic = unique("broadcast.pgcelery")
+    clients = await followers(server, topic, 20)
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", CELERY_LIKE, topic, "25"],
+            env={**_base_env(), **env_of(postgres_server)},
+            cwd=ROOT / "example",
+            capture_output=True,
+            text=True,
+            timeout=timeout(60),
+        )
+        assert done.returncode == 0, done.stderr
+        await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 25, 30) for c in clients))
+        for client in clients:
+            assert [data for _, _, data in client.received] == [
+                f"from a worker {i}" for i in range(25)
+            ]
+    finally:
+        await close_all(clients)
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MEGAPHONE_BACKEND")}
+
+
+async def publish_through(
+    backend: PostgresBackend, topic: str, n: int, fault: Callable[[], None], at: int
+) -> list[int]:
+    """Publish ``n`` messages, one every few ms, calling ``fault()`` before the ``at``-th;
+    return the offsets of those acknowledged (a publish that raised was not: it is retried
+    until the database answers again, under a new number)."""
+    acknowledged: list[int] = []
+    for i in range(n):
+        if i == at:
+            await asyncio.to_thread(fault)
+        while True:
+            try:
+                acknowledged.append((await backend.publish(topic, str(i), json=True)).offset)
+                break
+            except BackendUnavailable:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.003)
+    return acknowledged
+
+
+def no_silent_gap(clients: list[Follower], acknowledged: list[int]) -> None:
+    """Every subscriber ends with every acknowledged message, or was told it could not."""
+    for client in clients:
+        refused = [r for r in client.results[1:] if r.get("recovered") is False]
+        got = client.offsets()
+        assert got == sorted(set(got)), got  # in order, no duplicate
+        assert set(acknowledged) <= set(got) or refused, (acknowledged, got, client.results)
+
+
+async def fault_mid_stream(
+    server_factory: Callable[..., ServerProcess],
+    postgres_server: PostgresServer,
+    fault: Callable[[], None],
+) -> list[Follower]:
+    server = start(server_factory, postgres_server)
+    topic = unique("pgfault")
+    clients = await followers(server, topic, 40)
+    publisher = PostgresBackend(postgres_server.url)  # a process of its own
+    await publisher.start(lambda m: None)
+    try:
+        acknowledged = await publish_through(publisher, topic, 120, fault, 40)
+        assert acknowledged == sorted(set(acknowledged))
+        last = acknowledged[-1]
+        await asyncio.gather(*(c.follow(lambda c: c.offsets()[-1:] == [last], 60) for c in clients))
+        no_silent_gap(clients, acknowledged)
+        return clients
+    finally:
+        await publisher.stop()
+        await close_all(clients)
+
+
+async def test_the_database_restarted_mid_stream_loses_nothing_silently(
+    server_factory: Callable[..., ServerProcess], postgres_server: PostgresServer
+) -> None:
+    clients = await fault_mid_stream(server_factory, postgres_server, postgres_server.restart)
+    # PostgreSQL keeps its tables across a restart: everyone recovered every message.
+    for client in clients:
+        assert client.offsets() == list(range(1, client.offsets()[-1] + 1))
+
+
+async def test_terminated_connections_lose_nothing_silently(
+    server_factory: Callable[..., ServerProcess], postgres_server: PostgresServer
+) -> None:
+    def terminate() -> None:
+        killed = postgres_server.psql(
+            "megaphone",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'megaphone%' AND pid <> pg_backend_pid()",
+        )
+        assert int(killed) >= 2  # the listeners of both workers at least
+
+    clients = await fault_mid_stream(server_factory, postgres_server, terminate)
+    for client in clients:
+        assert client.offsets() == list(range(1, client.offsets()[-1] + 1))
+
+
+async def test_clients_recover_after_every_process_and_the_database_restarted(
+    server_factory: Callable[..., ServerProcess],
+    postgres_server: PostgresServer,
+    tmp_path: Any,
+) -> None:
+    server = start(server_factory, postgres_server)
+    topic = unique("pgrestart")
+    clients = await followers(server, topic, 10)
+    publisher = await Client.open(server)
+    try:
+        assert await publish_pipelined(publisher, topic, 20) == list(range(1, 21))
+        await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 20, 30) for c in clients))
+        await publisher.close()
+        server.stop()
+        postgres_server.restart()
+        # Published while no server ran: by another process, straight into the database.
+        backend = PostgresBackend(postgres_server.url)
+        await backend.start(lambda m: None)
+        try:
+            missed = [(await backend.publish(topic, str(i), json=True)).offset for i in range(5)]
+        finally:
+            await backend.stop()
+        assert missed == [21, 22, 23, 24, 25]
+        again = start_server(tmp_path, workers=2, env=env_of(postgres_server), port=server.port)
+        try:
+            await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 25, 60) for c in clients))
+            for client in clients:
+                assert client.offsets() == list(range(1, 26))
+                assert client.results[-1]["recovered"] is True, client.results
+        finally:
+            await close_all(clients)
+            again.stop()
+    finally:
+        await close_all(clients)
