@@ -278,3 +278,35 @@ async def test_clients_recover_after_every_process_and_the_database_restarted(
             again.stop()
     finally:
         await close_all(clients)
+
+
+async def test_messages_notified_while_the_listeners_reconnect_are_caught_up(
+    server_factory: Callable[..., ServerProcess], postgres_server: PostgresServer
+) -> None:
+    """The last messages, NOTIFYed while no worker listened, with nothing published after them
+    (so no later offset reveals the gap to the sessions): the listeners' catch-up delivers
+    them."""
+    server = start(server_factory, postgres_server)
+    topic = unique("pgcatchup")
+    clients = await followers(server, topic, 20)
+    publisher = PostgresBackend(postgres_server.url)
+    await publisher.start(lambda m: None)
+    try:
+        for i in range(3):
+            await publisher.publish(topic, str(i))
+        await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 3, 30) for c in clients))
+        killed = postgres_server.psql(
+            "megaphone",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'megaphone listener'",
+        )
+        assert int(killed) == 3  # both workers' and the publisher's
+        # Faster than a listener reconnects (its backoff starts at 25 ms).
+        sent = [(await publisher.publish(topic, str(i))).offset for i in range(3, 8)]
+        assert sent == [4, 5, 6, 7, 8]
+        await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 8, 30) for c in clients))
+        for client in clients:
+            assert client.offsets() == list(range(1, 9))
+    finally:
+        await publisher.stop()
+        await close_all(clients)
