@@ -287,6 +287,8 @@ def _django_params(alias: str) -> dict[str, Any]:
     """The connection parameters of Django's database ``alias`` (a PostgreSQL one)."""
     from django.db import connections  # type: ignore[import-untyped]
 
+    if alias not in connections:
+        raise ValueError(f"postgres:// uses the Django database {alias!r}, which is not defined")
     connection = connections[alias]
     if connection.vendor != "postgresql":
         raise ValueError(
@@ -311,7 +313,9 @@ class PostgresBackend(BaseBackend):
         self._conninfo, self._schema, self._alias = _schema_from(url)
         self._s = sql.Identifier(self._schema)
         self._channel = f"megaphone_{self._schema}"
-        self._params: dict[str, Any] | None = None
+        # The Django database's connection parameters, read once, here: a database that is not
+        # a PostgreSQL one fails the backend's construction (system check megaphone.E002).
+        self._params = _django_params(self._alias) if self._alias is not None else None
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._schema_ready = False
@@ -342,8 +346,6 @@ class PostgresBackend(BaseBackend):
     async def _connect(self, name: str = "megaphone") -> psycopg.AsyncConnection[Any]:
         """A new autocommit connection named ``name`` (``application_name``, as
         ``pg_stat_activity`` shows it); the schema is created on the instance's first one."""
-        if self._alias is not None and self._params is None:
-            self._params = _django_params(self._alias)
         kwargs: dict[str, Any] = {
             **(self._params or {}),
             "autocommit": True,

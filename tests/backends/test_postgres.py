@@ -1,0 +1,72 @@
+"""What the PostgreSQL backend adds to the conformance suite: its URLs (a libpq URL with a schema
+of its own, or the Django database) and payloads past NOTIFY's 8000-byte limit."""
+
+from __future__ import annotations
+
+import django.db
+import pytest
+from django.db.utils import ConnectionHandler
+
+from megaphone.backends import InvalidBackend, backend_from_url
+from megaphone.backends.postgres import NOTIFY_LIMIT, PostgresBackend
+from megaphone.core.message import Message
+from tests.backends.conformance import until
+from tests.postgres_server import PostgresServer
+
+
+def test_an_invalid_schema_is_refused_clearly() -> None:
+    with pytest.raises(InvalidBackend, match="invalid schema"):
+        backend_from_url("postgres://u@127.0.0.1/db?schema=Robert');DROP")
+
+
+def test_the_django_database_must_be_a_postgresql_one() -> None:
+    # The tests' own default database is SQLite.
+    with pytest.raises(InvalidBackend, match="'default', which is sqlite"):
+        backend_from_url("postgres://")
+    with pytest.raises(InvalidBackend, match="'nope', which is not defined"):
+        backend_from_url("postgres://?alias=nope")
+
+
+async def test_the_django_database_and_a_schema_of_its_own(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "megaphone",
+        "USER": "megaphone",
+        "HOST": "127.0.0.1",
+        "PORT": str(postgres_server.port),
+    }
+    monkeypatch.setattr(django.db, "connections", ConnectionHandler({"default": database}))
+    backend = PostgresBackend("postgres://?schema=from_django", history_size=10)
+    await backend.start(lambda message: None)
+    try:
+        assert (await backend.publish("t", "hello")).offset == 1
+        assert [m.payload for m in (await backend.history("t")).messages] == ["hello"]
+    finally:
+        await backend.stop()
+    tables = postgres_server.psql(
+        "megaphone", "SELECT tablename FROM pg_tables WHERE schemaname = 'from_django' ORDER BY 1"
+    )
+    assert tables.split() == ["messages", "presence", "spill", "topics"]
+
+
+async def test_payloads_too_large_for_a_notify_go_through_the_spill_table(
+    postgres_server: PostgresServer,
+) -> None:
+    one, two = PostgresBackend(postgres_server.url), PostgresBackend(postgres_server.url)
+    received: list[Message] = []
+    await one.start(lambda message: None)
+    await two.start(received.append)
+    try:
+        await two.subscribe("big")
+        sent: list[str | bytes] = ["é" * NOTIFY_LIMIT, bytes(range(256)) * 40, "small \x00 nul"]
+        for payload in sent:
+            await one.publish("big", payload)
+        await until(lambda: len(received) == 3)
+        assert [m.payload for m in received] == sent
+        spilled = postgres_server.psql("megaphone", "SELECT count(*) FROM megaphone.spill")
+        assert int(spilled) == 2
+    finally:
+        await one.stop()
+        await two.stop()
