@@ -20,8 +20,8 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   id; listeners read it from there (kept :data:`SPILL_TTL` seconds). The message's time is the
   database server's clock. NOTIFYs are delivered in commit order, hence in offset order.
 * **One LISTEN per backend instance** (per worker process; its connection's
-  ``application_name`` is ``megaphone listener``, the others' ``megaphone``) on one channel for the whole schema:
-  every process receives the NOTIFY of every message and hands those of the topics it
+  ``application_name`` is ``megaphone listener``, the others' ``megaphone``) on one channel for
+  the whole schema: every process receives the NOTIFY of every message and hands those of the topics it
   subscribed to ``on_message``, on the backend's loop, in order; the others are skipped
   unparsed past their header. (So the cost of a message grows with the number of processes,
   not of clients or topics.)
