@@ -87,7 +87,7 @@ async def main() -> None:
     try:
         print(
             "| concurrent publishers | publishes/s | DB CPU per publish | Python CPU per publish |"
-        )  # noqa: E501
+        )
         print("|---|---|---|---|")
         for concurrency in args.concurrency:
             r = await run(server, args.messages, concurrency)

@@ -21,9 +21,9 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   database server's clock. NOTIFYs are delivered in commit order, hence in offset order.
 * **One LISTEN per backend instance** (per worker process; its connection's
   ``application_name`` is ``megaphone listener``, the others' ``megaphone``) on one channel for
-  the whole schema: every process receives the NOTIFY of every message and hands those of the topics it
-  subscribed to ``on_message``, on the backend's loop, in order; the others are skipped
-  unparsed past their header. (So the cost of a message grows with the number of processes,
+  the whole schema: every process receives the NOTIFY of every message and hands those of the
+  topics it subscribed to ``on_message``, on the backend's loop, in order; the others are
+  skipped unparsed past their header. (So the cost of a message grows with the number of processes,
   not of clients or topics.)
 * **No deaf subscriptions, no silent loss.** When the listening connection breaks (database
   restarted, connection terminated, no answer to the health query for :data:`HEALTH_INTERVAL`
