@@ -96,6 +96,7 @@ async def test_every_client_of_both_workers_gets_every_message_once_with_one_not
     try:
         # Each worker LISTENs once, whatever its number of clients and topics.
         assert listening_workers(postgres_server) == 2
+        calls_before = publish_calls(postgres_server)
         async with NotifyCounter(postgres_server) as notifies:
             offsets = await publish_pipelined(publisher, topic, 300)
             assert offsets == list(range(1, 301))
@@ -104,6 +105,7 @@ async def test_every_client_of_both_workers_gets_every_message_once_with_one_not
             await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 302, 60) for c in clients))
             await notifies.until(302)
             assert notifies.count == 302  # one NOTIFY per message, nothing else
+        assert publish_calls(postgres_server) - calls_before == 302  # one statement each
         epoch = clients[0].received[0][0]
         expected = [(epoch, i + 1, {"n": i}) for i in range(300)]
         expected += [(epoch, 301, "raw one"), (epoch, 302, "raw two")]
@@ -118,11 +120,21 @@ async def test_every_client_of_both_workers_gets_every_message_once_with_one_not
         await asyncio.gather(*(s.close() for s in raw))
 
 
+def publish_calls(postgres_server: PostgresServer) -> int:
+    """Calls of the publish function sent by clients (pg_stat_statements, top level)."""
+    rows = postgres_server.psql(
+        "megaphone",
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+        'WHERE toplevel AND query LIKE \'SELECT * FROM "megaphone"."publish"(%\'',
+    )
+    return int(rows.strip())
+
+
 def listening_workers(postgres_server: PostgresServer) -> int:
     """The backend's listening connections (one per process that started a backend)."""
     rows = postgres_server.psql(
         "megaphone",
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'megaphone listener'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'megaphone listener' AND datname = current_database()",
     )
     return int(rows.strip())
 
@@ -235,7 +247,8 @@ async def test_terminated_connections_lose_nothing_silently(
         killed = postgres_server.psql(
             "megaphone",
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name LIKE 'megaphone%' AND pid <> pg_backend_pid()",
+            "WHERE application_name LIKE 'megaphone%' AND pid <> pg_backend_pid() "
+            "AND datname = current_database()",
         )
         assert int(killed) >= 2  # the listeners of both workers at least
 
@@ -298,7 +311,7 @@ async def test_messages_notified_while_the_listeners_reconnect_are_caught_up(
         killed = postgres_server.psql(
             "megaphone",
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'megaphone listener'",
+            "WHERE application_name = 'megaphone listener' AND datname = current_database()",
         )
         assert int(killed) == 3  # both workers' and the publisher's
         # Faster than a listener reconnects (its backoff starts at 25 ms).
@@ -309,4 +322,42 @@ async def test_messages_notified_while_the_listeners_reconnect_are_caught_up(
             assert client.offsets() == list(range(1, 9))
     finally:
         await publisher.stop()
+        await close_all(clients)
+
+
+async def test_a_lost_database_starts_new_epochs_and_every_client_is_told(
+    server_factory: Callable[..., ServerProcess], postgres_server: PostgresServer
+) -> None:
+    """The database replaced by an empty one (its disk lost): the workers re-create the schema,
+    the topic starts a new epoch, and every protocol client gets ``recovered: false``."""
+    server = start(server_factory, postgres_server)
+    topic = unique("pglost")
+    clients = await followers(server, topic, 20)
+    publisher = await Client.open(server)
+    try:
+        assert await publish_pipelined(publisher, topic, 10) == list(range(1, 11))
+        await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 10, 30) for c in clients))
+        old_epoch = clients[0].received[0][0]
+        postgres_server.wipe()
+        async with asyncio.timeout(timeout(30)):
+            while True:  # publishing fails loudly until the workers reconnect
+                await publisher.send(op="publish", topic=topic, data="after")
+                reply = await publisher.recv(15)
+                if reply["type"] == "reply":
+                    answer = reply["result"]
+                    break
+                assert reply["code"] == "backend_unavailable", reply
+                await asyncio.sleep(0.1)
+        assert answer["offset"] == 1 and answer["epoch"] != old_epoch, answer
+
+        def told(client: Follower) -> bool:
+            return any(r.get("recovered") is False for r in client.results[1:])
+
+        await asyncio.gather(*(c.follow(told, 30) for c in clients))
+        for client in clients:
+            assert client.offsets(old_epoch) == list(range(1, 11))
+            refused = [r for r in client.results[1:] if r.get("recovered") is False]
+            assert refused[0]["epoch"] == answer["epoch"], client.results
+    finally:
+        await publisher.close()
         await close_all(clients)
