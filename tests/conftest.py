@@ -262,17 +262,26 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def postgres_server() -> Iterator[PostgresServer]:
     """A private PostgreSQL server on a free port with an empty ``megaphone`` database (see
-    tests/postgres_server.py), removed at the end; the test may stop and restart it."""
-    from tests.postgres_server import AVAILABLE, PostgresServer
+    tests/postgres_server.py), removed at the end; the test may stop and restart it. Without
+    PostgreSQL's binaries (or with MEGAPHONE_TEST_PG=shared), a database of the test's own on
+    the shared server instead, dropped at the end; tests that stop the server then skip."""
+    from tests.postgres_server import AVAILABLE, PostgresServer, SharedDatabase
 
-    if not AVAILABLE:
-        pytest.skip("needs PostgreSQL's initdb and pg_ctl (MEGAPHONE_PG_BIN)")
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
+    if AVAILABLE and os.environ.get("MEGAPHONE_TEST_PG") != "shared":
+        server = PostgresServer()
+        try:
+            server.start()
+            yield server
+        finally:
+            server.remove()
+    elif SharedDatabase.reachable():
+        database = SharedDatabase()
+        try:
+            yield database  # type: ignore[misc]  # the same interface
+        finally:
+            database.remove()
+    else:
+        pytest.skip("needs PostgreSQL's initdb and pg_ctl (MEGAPHONE_PG_BIN) or a server at 5432")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,9 @@
 """A private PostgreSQL server per test: ``initdb`` in a fresh directory, ``postgres`` on a free
 port (127.0.0.1 only, trust authentication, no Unix socket outside its directory), stoppable
-mid-test.
+mid-test. Where PostgreSQL's binaries are missing, :class:`SharedDatabase` instead: a database
+of the test's own on the shared server at 127.0.0.1:5432 (trust authentication), created for the
+test and dropped after it; nothing else on that server is touched, and the tests that need to
+stop the server skip.
 
 Tests never use a database they did not create: :class:`PostgresServer` runs the binaries of
 :data:`PG_BIN` (as the ``postgres`` user when the tests run as root: PostgreSQL refuses root).
@@ -12,12 +15,17 @@ its data; :meth:`PostgresServer.wipe` starts it again empty (a lost database). T
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
+
+import psycopg
+import pytest
 
 from tests.conftest import free_port, timeout, wait_for_port
 
@@ -44,7 +52,81 @@ def _as_owner(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.getuid() == 0 else command
 
 
-class PostgresServer:
+#: The shared server of the fallback (never restarted, never written outside a test's database).
+SHARED = os.environ.get("MEGAPHONE_SHARED_PG", "postgres://postgres@127.0.0.1:5432")
+
+
+class _Database:
+    """What the tests use of a server: its URL, queries, and faults (where allowed)."""
+
+    port: int
+    running = True
+    name = "megaphone"
+    #: The role the tests connect as.
+    user = "megaphone"
+
+    @property
+    def url(self) -> str:
+        return f"{self.server_url}/{self.name}"
+
+    @property
+    def server_url(self) -> str:
+        return f"postgres://{self.user}@127.0.0.1:{self.port}"
+
+    def psql(self, database: str, query: str) -> str:
+        """``query``'s rows, one a line, columns separated by ``|`` (as ``psql -At`` prints
+        them); ``database`` "megaphone" is the test's own."""
+        name = self.name if database == "megaphone" else database
+        with psycopg.connect(f"{self.server_url}/{name}", autocommit=True) as connection:
+            cursor = connection.execute(query.encode())
+            rows = cursor.fetchall() if cursor.description else []
+        return "".join("|".join(str(v) for v in row) + "\n" for row in rows)
+
+    def stop(self) -> None:
+        pytest.skip("the shared PostgreSQL server is never stopped")
+
+    def start(self) -> None:
+        pytest.skip("the shared PostgreSQL server is never stopped")
+
+    def restart(self) -> None:
+        self.stop()
+
+    def wipe(self) -> None:
+        self.stop()
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+
+class SharedDatabase(_Database):
+    """A database of the test's own on the shared server, dropped by :meth:`remove`."""
+
+    def __init__(self) -> None:
+        self.shared = SHARED
+        self.name = f"megaphone_test_{uuid.uuid4().hex[:12]}"
+        self.port = int(self.shared.rsplit(":", 1)[1])
+        self.user = self.shared.split("//", 1)[1].split("@", 1)[0]
+        self.psql("postgres", f'CREATE DATABASE "{self.name}"')
+        with contextlib.suppress(psycopg.Error):  # not there: tests that read it skip that part
+            self.psql("megaphone", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    @property
+    def server_url(self) -> str:
+        return self.shared
+
+    @staticmethod
+    def reachable() -> bool:
+        try:
+            psycopg.connect(f"{SHARED}/postgres", connect_timeout=2).close()
+        except psycopg.Error:
+            return False
+        return True
+
+    def remove(self) -> None:
+        self.psql("postgres", f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class PostgresServer(_Database):
     def __init__(self) -> None:
         self.port = free_port()
         # Not under pytest's tmp_path: the postgres user must own it, and root's is private.
@@ -55,10 +137,6 @@ class PostgresServer:
         if os.getuid() == 0:
             shutil.chown(self.directory, "postgres")
         self._initdb()
-
-    @property
-    def url(self) -> str:
-        return f"postgres://megaphone@127.0.0.1:{self.port}/megaphone"
 
     def _initdb(self) -> None:
         subprocess.run(
@@ -117,21 +195,6 @@ class PostgresServer:
         shutil.rmtree(self.data)
         self._initdb()
         self.start()
-
-    def psql(self, database: str, query: str) -> str:
-        """``query``'s rows as ``psql -At`` prints them."""
-        result = subprocess.run(
-            [
-                str(PG_BIN / "psql"),
-                *("-h", "127.0.0.1", "-p", str(self.port), "-U", "megaphone", "-d", database),
-                *("-At", "-v", "ON_ERROR_STOP=1", "-c", query),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=timeout(30),
-        )
-        return result.stdout
 
     def remove(self) -> None:
         self.stop()

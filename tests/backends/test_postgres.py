@@ -3,9 +3,9 @@ of its own, or the Django database) and payloads past NOTIFY's 8000-byte limit."
 
 from __future__ import annotations
 
-import django.db
+import django.db  # type: ignore[import-untyped]
 import pytest
-from django.db.utils import ConnectionHandler
+from django.db.utils import ConnectionHandler  # type: ignore[import-untyped]
 
 from megaphone.backends import InvalidBackend, backend_from_url
 from megaphone.backends.postgres import NOTIFY_LIMIT, PostgresBackend
@@ -32,8 +32,8 @@ async def test_the_django_database_and_a_schema_of_its_own(
 ) -> None:
     database = {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": "megaphone",
-        "USER": "megaphone",
+        "NAME": postgres_server.url.rsplit("/", 1)[1],
+        "USER": postgres_server.user,
         "HOST": "127.0.0.1",
         "PORT": str(postgres_server.port),
     }
