@@ -3,11 +3,13 @@ of its own, or the Django database) and payloads past NOTIFY's 8000-byte limit."
 
 from __future__ import annotations
 
+import asyncio
+
 import django.db  # type: ignore[import-untyped]
 import pytest
 from django.db.utils import ConnectionHandler  # type: ignore[import-untyped]
 
-from megaphone.backends import InvalidBackend, backend_from_url
+from megaphone.backends import InvalidBackend, backend_from_url, base
 from megaphone.backends.postgres import NOTIFY_LIMIT, PostgresBackend
 from megaphone.core.message import Message
 from tests.backends.conformance import until
@@ -70,3 +72,26 @@ async def test_payloads_too_large_for_a_notify_go_through_the_spill_table(
     finally:
         await one.stop()
         await two.stop()
+
+
+async def test_sweep_deletes_every_row_that_expired(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "MIN_EPOCH_TTL", 0.2)
+    backend = PostgresBackend(postgres_server.url, limits=lambda topic: (10, 0.2), presence_ttl=0.2)
+    await backend.start(lambda message: None)
+    try:
+        for payload in ("a", "b" * 2 * NOTIFY_LIMIT):  # the second spills
+            await backend.publish("gone", payload)
+        await backend.presence_add("gone", "c1", {})
+        tables = ("messages", "topics", "presence", "spill")
+        query = " + ".join(f"(SELECT count(*) FROM megaphone.{t})" for t in tables)
+        assert int(postgres_server.psql("megaphone", f"SELECT {query}")) == 5
+        await asyncio.sleep(0.5)  # the TTLs themselves
+        # A spilled payload is kept minutes, for listeners that are slow to read it.
+        postgres_server.psql("megaphone", "UPDATE megaphone.spill SET expires_at = now()")
+        while await backend.sweep():
+            pass
+        assert int(postgres_server.psql("megaphone", f"SELECT {query}")) == 0
+    finally:
+        await backend.stop()

@@ -222,6 +222,8 @@ END $$;
 """
 
 _KINDS = {"text": "t", "binary": "b", "json": "j"}
+#: The tables whose rows expire (column ``expires_at``), swept in one statement.
+_EXPIRING = ("messages", "topics", "presence", "spill")
 
 
 #: What PostgreSQL answers when the schema is gone (the database was dropped and created again).
@@ -520,23 +522,33 @@ class PostgresBackend(BaseBackend):
         await self._run("answer SELECT 1", "SELECT 1")
 
     async def sweep(self) -> bool:
-        """Delete, at most :data:`SWEEP_BATCH` rows a table, the expired messages, topics,
-        presence entries and spilled payloads; push back the expiry of the subscribed topics
-        due (every third of their :func:`~.base.epoch_ttl`; never re-creating a row). True if a
-        batch was full (more is due now)."""
+        """Delete, in one statement, at most :data:`SWEEP_BATCH` rows a table, the expired
+        messages, topics, presence entries and spilled payloads; push back the expiry of the
+        subscribed topics due (every third of their :func:`~.base.epoch_ttl`; never re-creating
+        a row). True if a batch was full (more is due now)."""
         now = time.monotonic()
         due = [topic for topic, at in self._refresh_at.items() if at <= now][:SWEEP_BATCH]
-        statements: list[sql.Composed] = [
+        deletes = [
             sql.SQL(
-                "DELETE FROM {s}.{t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {s}.{t} "
-                "WHERE expires_at < clock_timestamp() LIMIT {n}))"
-            ).format(s=self._s, t=sql.Identifier(table), n=sql.Literal(SWEEP_BATCH))
-            for table in ("messages", "topics", "presence", "spill")
+                "{name} AS (DELETE FROM {s}.{t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {s}.{t} "
+                "WHERE expires_at < clock_timestamp() LIMIT {n})) RETURNING 1)"
+            ).format(
+                name=sql.Identifier(f"d_{table}"),
+                s=self._s,
+                t=sql.Identifier(table),
+                n=sql.Literal(SWEEP_BATCH),
+            )
+            for table in _EXPIRING
         ]
-        full = False
-        for statement in statements:
-            rows = await self._run_count("sweep", statement)
-            full = full or rows >= SWEEP_BATCH
+        counts = sql.SQL(", ").join(
+            sql.SQL("(SELECT count(*) FROM {})").format(sql.Identifier(f"d_{table}"))
+            for table in _EXPIRING
+        )
+        rows = await self._run(
+            "sweep",
+            sql.SQL("WITH {} SELECT greatest({})").format(sql.SQL(", ").join(deletes), counts),
+        )
+        full = int(rows[0][0]) >= SWEEP_BATCH
         if due:
             ttls = [epoch_ttl(*self.history_limits(topic)) for topic in due]
             await self._run(
@@ -551,12 +563,6 @@ class PostgresBackend(BaseBackend):
             for topic, ttl in zip(due, ttls, strict=True):
                 self._refresh_at[topic] = now + ttl / 3
         return full
-
-    async def _run_count(self, what: str, statement: sql.Composed) -> int:
-        rows = await self._run(
-            what, sql.SQL("WITH d AS ({} RETURNING 1) SELECT count(*) FROM d").format(statement)
-        )
-        return int(rows[0][0])
 
     # Presence -------------------------------------------------------------------------------
 
