@@ -14,6 +14,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,7 +22,7 @@ import websockets
 
 from megaphone.backends import BackendUnavailable
 from megaphone.backends.postgres import PostgresBackend
-from tests.conftest import ROOT, ServerProcess, start_server, timeout
+from tests.conftest import ROOT, ServerProcess, free_port, launch, start_server, timeout
 from tests.postgres_server import PostgresServer
 
 from .test_protocol import Client
@@ -367,3 +368,32 @@ async def test_a_lost_database_starts_new_epochs_and_every_client_is_told(
     finally:
         await publisher.close()
         await close_all(clients)
+
+
+async def test_make_run_backend_selects_postgres(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """``make run BACKEND=<url> WORKERS=2``: the contract's way to pick a backend."""
+    port = free_port()
+    command = ["make", "-s", "-C", str(ROOT), "run", f"BACKEND={postgres_server.url}"]
+    server = launch([*command, f"PORT={port}", "WORKERS=2"], tmp_path, port, SETTINGS_ENV)
+    try:
+        async with asyncio.timeout(timeout(30)):
+            while server.log().count("Started server process") < 2:
+                await asyncio.sleep(0.05)
+        topic = unique("pgmake")
+        url = f"{server.ws_url}/ws/broadcast/{topic}/"
+        sockets = [await websockets.connect(url) for _ in range(8)]  # over both workers
+        try:
+            await sockets[0].send("through PostgreSQL")
+            for socket in sockets:
+                assert await asyncio.wait_for(socket.recv(), timeout(10)) == "through PostgreSQL"
+        finally:
+            await asyncio.gather(*(s.close() for s in sockets))
+        stored = postgres_server.psql(
+            "megaphone", f"SELECT \"offset\" FROM megaphone.topics WHERE topic = '{topic}'"
+        )
+        assert stored.strip() == "1"
+        assert listening_workers(postgres_server) == 2
+    finally:
+        server.stop()
