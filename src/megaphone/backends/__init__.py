@@ -17,7 +17,8 @@ they are used. A value that names nothing usable raises :class:`InvalidBackend` 
 ``megaphone.E002`` and ``megaphone.E005`` report it at startup).
 
 Owns: :mod:`~.base` (the protocols and their errors), :mod:`~.memory`, :mod:`~.redis`,
-:mod:`~.postgres`, :mod:`~.durable` (durable topics: a wrapper choosing, per topic, another
+:mod:`~.postgres`, :mod:`~.recovery` (what a reconnecting process missed: shared by the last two),
+:mod:`~.durable` (durable topics: a wrapper choosing, per topic, another
 history store) and :mod:`~.database` (that store, in the application's database).
 
 May import: :mod:`megaphone.core`, :mod:`megaphone.conf` and :mod:`megaphone.models`.

@@ -74,6 +74,7 @@ from megaphone.backends.base import (
     PresenceStore,
     epoch_ttl,
 )
+from megaphone.backends.recovery import advance, missed
 from megaphone.core.decoding import InvalidText
 from megaphone.core.logs import get_logger
 from megaphone.core.message import Message
@@ -629,18 +630,13 @@ class PostgresBackend(BaseBackend):
         except BaseException:
             self._topics.discard(topic)
             raise
-        self._advance(topic, page.epoch, page.offset)
+        advance(self._positions, topic, page.epoch, page.offset)
         self._refresh_at[topic] = time.monotonic() + epoch_ttl(*self.history_limits(topic)) / 3
 
     async def unsubscribe(self, topic: str) -> None:
         self._topics.discard(topic)
         self._positions.pop(topic, None)
         self._refresh_at.pop(topic, None)
-
-    def _advance(self, topic: str, epoch: str, offset: int) -> None:
-        position = self._positions.get(topic)
-        if position is None or position[0] != epoch or position[1] < offset:
-            self._positions[topic] = (epoch, offset)
 
     async def _listen_forever(self) -> None:
         """Connect, LISTEN and catch up, dispatch; start again whenever the connection breaks."""
@@ -690,24 +686,20 @@ class PostgresBackend(BaseBackend):
         position = self._positions.get(topic)
         if position is None:
             return
-        epoch, offset = position
-        page = await self.history(topic, offset)
-        if page.epoch == epoch and page.offset < offset:
-            logger.error("PostgreSQL lost messages of %r up to offset %d: new epoch", topic, offset)
-            await self._run(
-                f"renew the epoch of {topic!r}",
-                sql.SQL(
-                    'DELETE FROM {}.topics WHERE topic = %s AND epoch = %s AND "offset" < %s'
-                ).format(self._s),
-                [topic, epoch, offset],
-            )
-            page = await self.history(topic, offset)
-        if page.epoch != epoch:  # history lost: the new epoch's messages, which say so
-            page = await self.history(topic, 0)
+        page = await missed(topic, position, self.history, self._renew, store="PostgreSQL")
         for message in page.messages:
             self._deliver(message)
         if topic in self._topics:
-            self._advance(topic, page.epoch, page.offset)
+            advance(self._positions, topic, page.epoch, page.offset)
+
+    async def _renew(self, topic: str, epoch: str, offset: int) -> None:
+        await self._run(
+            f"renew the epoch of {topic!r}",
+            sql.SQL(
+                'DELETE FROM {}.topics WHERE topic = %s AND epoch = %s AND "offset" < %s'
+            ).format(self._s),
+            [topic, epoch, offset],
+        )
 
     async def _dispatch(self, payload: str) -> None:
         try:
@@ -745,7 +737,7 @@ class PostgresBackend(BaseBackend):
             self._deliver(message)
 
     def _deliver(self, message: Message) -> None:
-        self._advance(message.topic, message.epoch, message.offset)
+        advance(self._positions, message.topic, message.epoch, message.offset)
         callback = self._on_message
         if callback is not None:
             callback(message)
