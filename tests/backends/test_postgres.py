@@ -95,3 +95,32 @@ async def test_sweep_deletes_every_row_that_expired(
         assert int(postgres_server.psql("megaphone", f"SELECT {query}")) == 0
     finally:
         await backend.stop()
+
+
+async def test_offsets_gone_back_start_a_new_epoch_instead_of_being_reused(
+    postgres_server: PostgresServer,
+) -> None:
+    """The database restored from an older backup: a listener that delivered offset 5 finds
+    the topic at offset 2 of the same epoch when it reconnects, and renews the topic."""
+    received: list[Message] = []
+    backend = PostgresBackend(postgres_server.url)
+    await backend.start(received.append)
+    try:
+        await backend.subscribe("restored")
+        first = [await backend.publish("restored", str(i)) for i in range(5)]
+        await until(lambda: len(received) == 5)
+        postgres_server.psql(
+            "megaphone",
+            "UPDATE megaphone.topics SET \"offset\" = 2 WHERE topic = 'restored';"
+            "DELETE FROM megaphone.messages WHERE topic = 'restored' AND \"offset\" > 2;"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'megaphone listener' AND datname = current_database()",
+        )
+        row = "SELECT count(*) FROM megaphone.topics WHERE topic = 'restored'"
+        await until(lambda: postgres_server.psql("megaphone", row).strip() == "0", 10)
+        again = await backend.publish("restored", "after")
+        assert again.epoch != first[0].epoch and again.offset == 1
+        await until(lambda: received[-1].payload == "after")
+        assert [m.offset for m in received] == [1, 2, 3, 4, 5, 1]
+    finally:
+        await backend.stop()
