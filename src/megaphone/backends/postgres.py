@@ -322,6 +322,7 @@ class PostgresBackend(BaseBackend):
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._schema_ready = False
+        self._stopped = False
         self._schema_lock = asyncio.Lock()
         self._on_message: MessageCallback | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -408,7 +409,8 @@ class PostgresBackend(BaseBackend):
                     cursor = await connection.execute(query, params)
                     rows = await cursor.fetchall() if cursor.description else []
             except _MISSING as exc:
-                self._idle.append(connection)  # type: ignore[arg-type]  # it answered
+                assert connection is not None  # it answered
+                await self._release(connection)
                 if not self._schema_ready:
                     raise self._error(what, exc) from exc
                 raise _SchemaMissing from exc
@@ -420,8 +422,16 @@ class PostgresBackend(BaseBackend):
                 if connection is not None:
                     await self._discard(connection)
                 raise
-            self._idle.append(connection)
+            await self._release(connection)
             return rows
+
+    async def _release(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        """Back to the idle connections; closed instead once the backend stopped (a call that
+        was in flight when it stopped leaves nothing open)."""
+        if self._stopped:
+            await self._discard(connection)
+        else:
+            self._idle.append(connection)
 
     @staticmethod
     async def _discard(connection: psycopg.AsyncConnection[Any]) -> None:
@@ -440,10 +450,12 @@ class PostgresBackend(BaseBackend):
         """Start the listener task, which connects and LISTENs (and does again for as long as
         the backend runs). The database being down does not fail this: each call fails."""
         self._on_message = on_message
+        self._stopped = False
         self._listener = asyncio.get_running_loop().create_task(self._listen_forever())
 
     async def stop(self) -> None:
         self._on_message = None
+        self._stopped = True
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
