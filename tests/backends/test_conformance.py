@@ -1,6 +1,7 @@
 """The conformance suite (tests/backends/conformance.py) run on every built-in backend: memory,
-Redis on a private ``redis-server`` (killed for the failure tests), and PostgreSQL on a private
-server (stopped for the failure tests, wiped to lose every topic's state)."""
+Redis on a private ``redis-server`` (killed for the failure tests), PostgreSQL on a private
+server (stopped for the failure tests, wiped to lose every topic's state), and durable topics
+(the Django database's history store wrapping the memory backend, and wrapping Redis)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from megaphone.backends import Backend
+from megaphone.backends.durable import DatabaseHistory, DurableTopics
 from megaphone.backends.memory import MemoryBackend
 from megaphone.backends.postgres import PostgresBackend
 from megaphone.backends.redis import RedisBackend
@@ -42,6 +44,40 @@ class RedisHarness(Harness):
 
     def lose_everything(self) -> None:
         self.server.restart()
+
+
+def all_durable(inner: Backend) -> Backend:
+    """``inner`` with every topic durable: numbered and kept in the database."""
+    backend: Backend = DurableTopics(
+        inner,
+        DatabaseHistory(inner.history_limits),
+        durable=lambda topic: True,
+        any_durable=lambda: True,
+    )
+    return backend
+
+
+class DurableHarness(Harness):
+    """Every topic durable, fanned out by the memory backend."""
+
+    releases_unused_topics = False  # a durable topic's row, and epoch, are kept for good
+
+    async def build(self, **options: Any) -> Backend:
+        return all_durable(MemoryBackend("memory://", **options))
+
+
+class DurableOverRedisHarness(RedisHarness):
+    """Every topic durable, fanned out by Redis (killed for the failure tests: publishing fails,
+    the history in the database stays readable)."""
+
+    releases_unused_topics = False
+    history_survives_outage = True
+
+    async def build(self, **options: Any) -> Backend:
+        return all_durable(await super().build(**options))
+
+    def lose_everything(self) -> None:
+        pytest.skip("durable topics outlive Redis")
 
 
 class TestMemory(BackendConformance):
@@ -81,3 +117,17 @@ class TestPostgres(BackendConformance):
     @pytest.fixture
     def harness(self, postgres_server: PostgresServer) -> Harness:
         return PostgresHarness(postgres_server)
+
+
+@pytest.mark.django_db(transaction=True)
+class TestDurable(BackendConformance):
+    @pytest.fixture
+    def harness(self) -> Harness:
+        return DurableHarness()
+
+
+@pytest.mark.django_db(transaction=True)
+class TestDurableOverRedis(BackendConformance):
+    @pytest.fixture
+    def harness(self, redis_server: RedisServer) -> Harness:
+        return DurableOverRedisHarness(redis_server)

@@ -220,13 +220,20 @@ class Backend(Broker, Protocol):
 
     #: The setting it was built from (``MEGAPHONE["BACKEND"]``).
     url: str
+    #: True when a message published in this process reaches the subscribers of other
+    #: processes (Redis); False when only this process's (memory): publishing from a process
+    #: that serves no client is then refused (``NoServerHere``). No default: declare it.
+    crosses_processes: bool
     #: True when a publish waits for a network round trip, and the backend applies publishes in
     #: the order they were *called*, even when the caller does not wait for one before making
     #: the next (its coroutines started in that order). A client's burst can then be published
     #: in one round trip instead of one per message (see ``BroadcastConsumer``).
     pipelines_publishes: bool
-    #: Bound on the history kept in this process's memory, all topics together (None: none).
-    history_max_bytes: int | None
+
+    @property
+    def name(self) -> str:
+        """What errors and ``/readyz`` call the backend (e.g. ``"RedisBackend"``)."""
+        ...
 
     @property
     def presence_store(self) -> PresenceStore | None:
@@ -281,6 +288,11 @@ class BaseBackend:
         self.history_ttl = history_ttl
         self.presence_ttl = presence_ttl
         self._limits = limits
+
+    @property
+    def name(self) -> str:
+        """The class's name."""
+        return type(self).__name__
 
     @property
     def presence_store(self) -> PresenceStore | None:

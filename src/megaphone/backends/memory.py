@@ -294,6 +294,7 @@ class MemoryBackend(BaseBackend):
     """Single-process backend; see the module docstring. Its own :class:`~.base.PresenceStore`
     (entries live until removed: they die with the process)."""
 
+    crosses_processes = False
     _listener: _Listener | None = None
 
     def __init__(self, url: str, **options: Any) -> None:

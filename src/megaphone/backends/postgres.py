@@ -307,6 +307,8 @@ class PostgresBackend(BaseBackend):
     """Backend on one PostgreSQL database; see the module docstring for what it guarantees.
     Its own :class:`~.base.PresenceStore`; no cluster-wide topic count."""
 
+    crosses_processes = True
+
     @property
     def presence_store(self) -> PresenceStore | None:
         return self

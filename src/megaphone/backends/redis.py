@@ -270,6 +270,17 @@ def _settle(queued: list[_Queued], error: Callable[[_Queued], BackendUnavailable
             q.future.set_exception(error(q))
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it ended. redis-py can swallow a cancellation (its
+    ``connect()`` did, in redis-py 8.1: the pub/sub reader then went on, connected, and stop()
+    waited for ever), so the task is cancelled again until it ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    if not task.cancelled():
+        task.exception()  # retrieved: it was logged where it happened, if it was an error
+
+
 def _keys(topic: str) -> list[str]:
     return [
         f"megaphone:{{{topic}}}:meta",
@@ -302,6 +313,7 @@ class RedisBackend(BaseBackend):
     """Backend on one Redis server; see the module docstring for what it guarantees. Its own
     :class:`~.base.PresenceStore` and :class:`~.base.ClusterTopics`."""
 
+    crosses_processes = True
     pipelines_publishes = True
 
     @property
@@ -384,9 +396,7 @@ class RedisBackend(BaseBackend):
         reader, self._reader = self._reader, None
         for task in (reader, self._pipelines):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
         queued, self._queued = self._queued, []
         _settle(queued, lambda q: BackendUnavailable("the backend stopped"))
         await self._close_pubsub()

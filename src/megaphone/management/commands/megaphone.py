@@ -245,7 +245,7 @@ class Command(BaseCommand):
         node = await self._node()
         try:
             if node.backend.presence_store is None:
-                raise CommandError(f"the {type(node.backend).__name__} keeps no presence")
+                raise CommandError(f"the {node.backend.name} keeps no presence")
             if not topic_options(options["topic"]).presence:
                 raise CommandError(
                     f"topic {options['topic']} keeps no presence: turn it on with "
@@ -265,7 +265,7 @@ class Command(BaseCommand):
             cluster = node.backend.cluster_topics
             if cluster is None:
                 raise CommandError(
-                    f"the {type(node.backend).__name__} cannot list the topics of the server's "
+                    f"the {node.backend.name} cannot list the topics of the server's "
                     "processes: only the Redis backend can (GET /api/topics on a server lists "
                     "those of the worker answering)"
                 )
