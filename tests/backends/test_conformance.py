@@ -66,9 +66,10 @@ class DurableHarness(Harness):
         return all_durable(MemoryBackend("memory://", **options))
 
 
-class DurableOverRedisHarness(RedisHarness):
-    """Every topic durable, fanned out by Redis (killed for the failure tests: publishing fails,
-    the history in the database stays readable)."""
+class DurableOver(Harness):
+    """Every topic durable, fanned out by the server-backed backend of the harness it is mixed
+    into (the server taken down for the failure tests: publishing fails, the history in the
+    database stays readable)."""
 
     releases_unused_topics = False
     history_survives_outage = True
@@ -77,7 +78,11 @@ class DurableOverRedisHarness(RedisHarness):
         return all_durable(await super().build(**options))
 
     def lose_everything(self) -> None:
-        pytest.skip("durable topics outlive Redis")
+        pytest.skip("durable topics outlive the backend's server")
+
+
+class DurableOverRedisHarness(DurableOver, RedisHarness):
+    pass
 
 
 class TestMemory(BackendConformance):
@@ -113,10 +118,21 @@ class PostgresHarness(Harness):
         self.server.wipe()
 
 
+class DurableOverPostgresHarness(DurableOver, PostgresHarness):
+    pass
+
+
 class TestPostgres(BackendConformance):
     @pytest.fixture
     def harness(self, postgres_server: PostgresServer) -> Harness:
         return PostgresHarness(postgres_server)
+
+
+@pytest.mark.django_db(transaction=True)
+class TestDurableOverPostgres(BackendConformance):
+    @pytest.fixture
+    def harness(self, postgres_server: PostgresServer) -> Harness:
+        return DurableOverPostgresHarness(postgres_server)
 
 
 @pytest.mark.django_db(transaction=True)
