@@ -82,6 +82,17 @@ class _Database:
             rows = cursor.fetchall() if cursor.description else []
         return "".join("|".join(str(v) for v in row) + "\n" for row in rows)
 
+    def terminate(self, application: str) -> int:
+        """``pg_terminate_backend`` every session of the test's database whose
+        ``application_name`` is LIKE ``application`` (never this query's own); how many."""
+        killed = self.psql(
+            "megaphone",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE application_name LIKE '{application}' AND pid <> pg_backend_pid() "
+            "AND datname = current_database()",
+        )
+        return int(killed)
+
     def stop(self) -> None:
         pytest.skip("the shared PostgreSQL server is never stopped")
 

@@ -112,10 +112,9 @@ async def test_offsets_gone_back_start_a_new_epoch_instead_of_being_reused(
         postgres_server.psql(
             "megaphone",
             "UPDATE megaphone.topics SET \"offset\" = 2 WHERE topic = 'restored';"
-            "DELETE FROM megaphone.messages WHERE topic = 'restored' AND \"offset\" > 2;"
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'megaphone listener' AND datname = current_database()",
+            "DELETE FROM megaphone.messages WHERE topic = 'restored' AND \"offset\" > 2",
         )
+        assert postgres_server.terminate("megaphone listener") == 1
         epoch = "SELECT epoch FROM megaphone.topics WHERE topic = 'restored'"
         old = first[0].epoch
         await until(lambda: postgres_server.psql("megaphone", epoch).strip() not in ("", old), 10)
