@@ -49,14 +49,15 @@ _SWITCH = Check("megaphone.E014")
 @dataclass(frozen=True, slots=True)
 class Config:
     #: Where messages cross processes and where history lives: ``memory://`` (one process) or
-    #: ``redis://host:port/db`` (see :mod:`megaphone.backends`). Defaults to the
+    #: ``redis://host:port/db``, ``redis+sentinel://...``, ``postgres://user@host:port/db``
+    #: (see :mod:`megaphone.backends`). Defaults to the
     #: ``MEGAPHONE_BACKEND`` environment variable when set, else to ``REDIS_URL``.
     BACKEND: Annotated[
         str,
         Meta(
             description="a backend URL (memory://, redis://host:6379/0, "
-            "redis+sentinel://host:26379,host:26379/service/0) or class path "
-            "(package.module:ClassName)"
+            "redis+sentinel://host:26379,host:26379/service/0, postgres://user@host/db) "
+            "or class path (package.module:ClassName)"
         ),
         Check("megaphone.E002"),
     ] = "memory://"
@@ -215,8 +216,9 @@ DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.
 
 
 def _defaults_from_environment() -> dict[str, Any]:
-    backend = os.environ.get("MEGAPHONE_BACKEND") or os.environ.get("REDIS_URL")
-    return {"BACKEND": backend} if backend else {}
+    """``MEGAPHONE_BACKEND`` if set, else ``REDIS_URL``: the backend when the settings name none."""
+    url = os.environ.get("MEGAPHONE_BACKEND") or os.environ.get("REDIS_URL")
+    return {"BACKEND": url} if url else {}
 
 
 def unknown_keys() -> list[str]:
@@ -226,8 +228,8 @@ def unknown_keys() -> list[str]:
 
 @cache
 def get_config() -> Config:
-    """The effective configuration: defaults, then ``MEGAPHONE_BACKEND`` (or ``REDIS_URL``),
-    then ``settings.MEGAPHONE``."""
+    """The effective configuration: defaults, then ``MEGAPHONE_BACKEND`` or ``REDIS_URL``, then
+    ``settings.MEGAPHONE``."""
     user = dict(getattr(settings, "MEGAPHONE", {}))
     values = {**DEFAULTS, **_defaults_from_environment(), **user}
     origins = values["ALLOWED_ORIGINS"]

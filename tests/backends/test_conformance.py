@@ -1,7 +1,9 @@
 """The conformance suite (tests/backends/conformance.py) run on every built-in backend: memory,
 Redis on a private ``redis-server`` (killed for the failure tests), Redis behind Sentinel (a
-master, its replica, three Sentinels; its failovers are tests/e2e/test_redis_sentinel.py's), and
-durable topics (the Django database's history store wrapping the memory backend, and Redis)."""
+master, its replica, three Sentinels; its failovers are tests/e2e/test_redis_sentinel.py's),
+PostgreSQL on a private server (stopped for the failure tests, wiped to lose every topic's
+state), and durable topics (the Django database's history store wrapping the memory backend,
+Redis and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from megaphone.backends import Backend, backend_from_url
 from megaphone.backends.durable import DatabaseHistory, DurableTopics
 from megaphone.backends.memory import MemoryBackend
 from tests.backends.conformance import BackendConformance, Harness
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer, SentinelSetup
 
 
@@ -70,9 +73,10 @@ class DurableHarness(Harness):
         return all_durable(MemoryBackend("memory://", **options))
 
 
-class DurableOverRedisHarness(RedisHarness):
-    """Every topic durable, fanned out by Redis (killed for the failure tests: publishing fails,
-    the history in the database stays readable)."""
+class DurableOver(Harness):
+    """Every topic durable, fanned out by the server-backed backend of the harness it is mixed
+    into (the server taken down for the failure tests: publishing fails, the history in the
+    database stays readable)."""
 
     releases_unused_topics = False
     history_survives_outage = True
@@ -81,7 +85,11 @@ class DurableOverRedisHarness(RedisHarness):
         return all_durable(await super().build(**options))
 
     def lose_everything(self) -> None:
-        pytest.skip("durable topics outlive Redis")
+        pytest.skip("durable topics outlive the backend's server")
+
+
+class DurableOverRedisHarness(DurableOver, RedisHarness):
+    pass
 
 
 class TestMemory(BackendConformance):
@@ -100,6 +108,39 @@ class TestRedisSentinel(BackendConformance):
     @pytest.fixture
     def harness(self, redis_sentinel: SentinelSetup) -> Harness:
         return UrlHarness(redis_sentinel.url)  # failovers: tests/e2e/test_redis_sentinel.py
+
+
+class PostgresHarness(UrlHarness):
+    def __init__(self, server: PostgresServer) -> None:
+        super().__init__(server.url)
+        self.server = server
+
+    def outage(self) -> None:
+        self.server.stop()
+
+    def end_outage(self) -> None:
+        if not self.server.running:
+            self.server.start()
+
+    def lose_everything(self) -> None:
+        self.server.wipe()
+
+
+class DurableOverPostgresHarness(DurableOver, PostgresHarness):
+    pass
+
+
+class TestPostgres(BackendConformance):
+    @pytest.fixture
+    def harness(self, postgres_server: PostgresServer) -> Harness:
+        return PostgresHarness(postgres_server)
+
+
+@pytest.mark.django_db(transaction=True)
+class TestDurableOverPostgres(BackendConformance):
+    @pytest.fixture
+    def harness(self, postgres_server: PostgresServer) -> Harness:
+        return DurableOverPostgresHarness(postgres_server)
 
 
 @pytest.mark.django_db(transaction=True)

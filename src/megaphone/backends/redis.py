@@ -87,6 +87,7 @@ from megaphone.backends.base import (
     PresenceStore,
     epoch_ttl,
 )
+from megaphone.backends.recovery import advance, missed
 from megaphone.core.decoding import InvalidText
 from megaphone.core.logs import get_logger
 from megaphone.core.message import Message
@@ -686,9 +687,7 @@ class RedisBackend(BaseBackend):
                 )
 
     def _advance(self, topic: str, epoch: str, offset: int) -> None:
-        position = self._positions.get(topic)
-        if position is None or position[0] != epoch or position[1] < offset:
-            self._positions[topic] = (epoch, offset)
+        advance(self._positions, topic, epoch, offset)
 
     async def _open_pubsub(self) -> AbstractConnection:
         """A connected pub/sub connection subscribed to nothing yet."""
@@ -769,22 +768,18 @@ class RedisBackend(BaseBackend):
         position = self._positions.get(topic)
         if position is None:
             return
-        epoch, offset = position
-        page = await self.history(topic, offset)
-        if page.epoch == epoch and page.offset < offset:
-            logger.error("Redis lost messages of %r up to offset %d: new epoch", topic, offset)
-            await self._call(
-                f"renew the epoch of {topic!r}",
-                self._forget_script(keys=_keys(topic), args=[epoch, offset]),
-            )
-            page = await self.history(topic, offset)
-        if page.epoch != epoch:  # history lost: the new epoch's messages, which say so
-            page = await self.history(topic, 0)
+        page = await missed(topic, position, self.history, self._renew, store="Redis")
         for message in page.messages:
             self._deliver(message)
         if self._topics.get(self._channel(topic)) == topic:
             self._caught_up[topic] = (page.epoch, page.offset)
             self._advance(topic, page.epoch, page.offset)
+
+    async def _renew(self, topic: str, epoch: str, offset: int) -> None:
+        await self._call(
+            f"renew the epoch of {topic!r}",
+            self._forget_script(keys=_keys(topic), args=[epoch, offset]),
+        )
 
     def _confirm(self, channel: bytes) -> None:
         acks = self._acks.get(channel)

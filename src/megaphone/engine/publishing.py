@@ -118,8 +118,9 @@ class NoServerHere(PublishUnavailable):
             f"cannot publish on {topic!r}: the in-memory backend does not cross processes, and "
             "this process serves no clients (it built none of Megaphone's WebSocket endpoints), "
             "so no client would receive it. Publish from the server's process, or use the Redis "
-            "backend in the server and here: REDIS_URL=redis://127.0.0.1:6379/0 or "
-            "MEGAPHONE['BACKEND'] (docs/settings.md)."
+            "backend (or the PostgreSQL one) in the server and here: "
+            "REDIS_URL=redis://127.0.0.1:6379/0, MEGAPHONE_BACKEND=postgres://user@host:5432/db, "
+            "or MEGAPHONE['BACKEND'] (docs/settings.md)."
         )
 
 
