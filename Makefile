@@ -20,12 +20,13 @@ AUTOBAHN_STAMP := $(AUTOBAHN_VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[redis,test]'
+	$(PY) -m pip install -q -e '.[redis,postgres,test]'
 	touch $(STAMP)
 
+# BACKEND=<url> (memory://, redis://..., postgres://...) selects the backend for this run.
 run: $(STAMP)
-	$(MANAGE) migrate --noinput -v 0
-	$(MANAGE) serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	$(if $(BACKEND),MEGAPHONE_BACKEND='$(BACKEND)') $(MANAGE) migrate --noinput -v 0
+	$(if $(BACKEND),MEGAPHONE_BACKEND='$(BACKEND)') $(MANAGE) serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: $(STAMP)
 	bash tests/run_all.sh

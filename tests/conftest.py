@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.redis_server import RedisServer
+    from tests.postgres_server import PostgresServer
+    from tests.redis_server import RedisServer, SentinelSetup
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_FACTOR = float(os.environ.get("MEGAPHONE_TEST_TIMEOUT_FACTOR", "1"))
@@ -256,6 +257,44 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
+    """A private master, its replica and three Sentinels (tests/redis_server.py), all killed at
+    the end; the test may kill the master or fail over."""
+    from tests.redis_server import REDIS_SERVER, SentinelSetup
+
+    if REDIS_SERVER is None:
+        pytest.skip("needs the redis-server binary")
+    setup = SentinelSetup(tmp_path)
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on a free port with an empty ``megaphone`` database (see
+    tests/postgres_server.py), removed at the end; the test may stop and restart it. Without
+    PostgreSQL's binaries (or with MEGAPHONE_TEST_PG=shared), a database of the test's own on
+    the shared server instead, dropped at the end; tests that stop the server then skip."""
+    from tests.postgres_server import AVAILABLE, PostgresServer, SharedDatabase
+
+    if AVAILABLE and os.environ.get("MEGAPHONE_TEST_PG") != "shared":
+        server = PostgresServer()
+        try:
+            server.start()
+            yield server
+        finally:
+            server.remove()
+    elif SharedDatabase.reachable():
+        database = SharedDatabase()
+        try:
+            yield database  # type: ignore[misc]  # the same interface
+        finally:
+            database.remove()
+    else:
+        pytest.skip("needs PostgreSQL's initdb and pg_ctl (MEGAPHONE_PG_BIN) or a server at 5432")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,7 @@
 """Settings of the demo project. Environment variables:
 
 REDIS_URL: use the Redis backend (several workers, several machines); default in-memory.
+MEGAPHONE_BACKEND: any backend URL (e.g. postgres://user@host:5432/db); wins over REDIS_URL.
 DJANGO_DEBUG=1: Django's debug mode. DJANGO_ALLOWED_HOSTS: comma-separated hosts.
 DJANGO_SECRET_KEY: the secret key (a development key is used when unset).
 MEGAPHONE_API_KEYS: comma-separated keys of the HTTP API at /api/ (none by default).

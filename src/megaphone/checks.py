@@ -127,8 +127,8 @@ def _backend_error(exc: Exception, *, by_path: bool) -> Error:
         )
     return Error(
         f"MEGAPHONE['BACKEND'] cannot be used: {exc}",
-        hint="Use memory:// (one process), redis://host:6379/0, or the path of a backend "
-        "class, package.module:ClassName.",
+        hint="Use memory:// (one process), redis://host:6379/0, postgres://user@host/db, or the "
+        "path of a backend class, package.module:ClassName.",
         id="megaphone.E002",
     )
 

@@ -1,6 +1,9 @@
 """The conformance suite (tests/backends/conformance.py) run on every built-in backend: memory,
-Redis on a private ``redis-server`` (killed for the failure tests), and durable topics (the
-Django database's history store wrapping the memory backend, and wrapping Redis)."""
+Redis on a private ``redis-server`` (killed for the failure tests), Redis behind Sentinel (a
+master, its replica, three Sentinels; its failovers are tests/e2e/test_redis_sentinel.py's),
+PostgreSQL on a private server (stopped for the failure tests, wiped to lose every topic's
+state), and durable topics (the Django database's history store wrapping the memory backend,
+Redis and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from megaphone.backends import Backend
+from megaphone.backends import Backend, backend_from_url
 from megaphone.backends.durable import DatabaseHistory, DurableTopics
 from megaphone.backends.memory import MemoryBackend
-from megaphone.backends.redis import RedisBackend
 from tests.backends.conformance import BackendConformance, Harness
-from tests.redis_server import RedisServer
+from tests.postgres_server import PostgresServer
+from tests.redis_server import RedisServer, SentinelSetup
 
 
 class MemoryHarness(Harness):
@@ -22,15 +25,22 @@ class MemoryHarness(Harness):
         return backend
 
 
-class RedisHarness(Harness):
+class UrlHarness(Harness):
+    """A backend shared across processes, built from its URL as the node builds it."""
+
     shared = True
 
-    def __init__(self, server: RedisServer) -> None:
-        self.server = server
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     async def build(self, **options: Any) -> Backend:
-        backend: Backend = RedisBackend(self.server.url, **options)
-        return backend
+        return backend_from_url(self.url, **options)
+
+
+class RedisHarness(UrlHarness):
+    def __init__(self, server: RedisServer) -> None:
+        super().__init__(server.url)
+        self.server = server
 
     def outage(self) -> None:
         self.server.stop()
@@ -63,9 +73,10 @@ class DurableHarness(Harness):
         return all_durable(MemoryBackend("memory://", **options))
 
 
-class DurableOverRedisHarness(RedisHarness):
-    """Every topic durable, fanned out by Redis (killed for the failure tests: publishing fails,
-    the history in the database stays readable)."""
+class DurableOver(Harness):
+    """Every topic durable, fanned out by the server-backed backend of the harness it is mixed
+    into (the server taken down for the failure tests: publishing fails, the history in the
+    database stays readable)."""
 
     releases_unused_topics = False
     history_survives_outage = True
@@ -74,7 +85,11 @@ class DurableOverRedisHarness(RedisHarness):
         return all_durable(await super().build(**options))
 
     def lose_everything(self) -> None:
-        pytest.skip("durable topics outlive Redis")
+        pytest.skip("durable topics outlive the backend's server")
+
+
+class DurableOverRedisHarness(DurableOver, RedisHarness):
+    pass
 
 
 class TestMemory(BackendConformance):
@@ -87,6 +102,45 @@ class TestRedis(BackendConformance):
     @pytest.fixture
     def harness(self, redis_server: RedisServer) -> Harness:
         return RedisHarness(redis_server)
+
+
+class TestRedisSentinel(BackendConformance):
+    @pytest.fixture
+    def harness(self, redis_sentinel: SentinelSetup) -> Harness:
+        return UrlHarness(redis_sentinel.url)  # failovers: tests/e2e/test_redis_sentinel.py
+
+
+class PostgresHarness(UrlHarness):
+    def __init__(self, server: PostgresServer) -> None:
+        super().__init__(server.url)
+        self.server = server
+
+    def outage(self) -> None:
+        self.server.stop()
+
+    def end_outage(self) -> None:
+        if not self.server.running:
+            self.server.start()
+
+    def lose_everything(self) -> None:
+        self.server.wipe()
+
+
+class DurableOverPostgresHarness(DurableOver, PostgresHarness):
+    pass
+
+
+class TestPostgres(BackendConformance):
+    @pytest.fixture
+    def harness(self, postgres_server: PostgresServer) -> Harness:
+        return PostgresHarness(postgres_server)
+
+
+@pytest.mark.django_db(transaction=True)
+class TestDurableOverPostgres(BackendConformance):
+    @pytest.fixture
+    def harness(self, postgres_server: PostgresServer) -> Harness:
+        return DurableOverPostgresHarness(postgres_server)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -4,19 +4,27 @@
 
 * ``memory://`` -> :class:`megaphone.backends.memory.MemoryBackend` (one process, the default);
 * ``redis://`` and ``rediss://`` -> :mod:`megaphone.backends.redis` (many processes and machines);
+* ``redis+sentinel://host:port,host:port/<service>/<db>`` ->
+  :mod:`megaphone.backends.redis_sentinel` (the same, on the master Sentinel names, following
+  its failovers);
+* ``postgres://`` and ``postgresql://`` -> :mod:`megaphone.backends.postgres` (the same, on one
+  PostgreSQL database: LISTEN/NOTIFY and tables);
+* ``redis+cluster://`` is refused with a clear "not supported yet";
 
 or the path of a class of the application's, ``package.module:ClassName`` (no ``://`` before
 the colon), e.g. ``"myapp.backends:MyBackend"``: anything satisfying
 :class:`~megaphone.backends.base.Backend`. Either is built as ``Class(value, **options)``, with
 the whole setting as its ``url`` (a class of the application's reads what it needs from it or
 from its own settings) and the options of :class:`~megaphone.backends.base.BaseBackend`.
-Implementations are imported lazily, so the Redis client is only needed when it is used. A
-value that names nothing usable raises :class:`InvalidBackend` (the system checks
+Implementations are imported lazily, so the Redis and PostgreSQL clients are only needed when
+they are used. A value that names nothing usable raises :class:`InvalidBackend` (the system checks
 ``megaphone.E002`` and ``megaphone.E005`` report it at startup).
 
 Owns: :mod:`~.base` (the protocols and their errors), :mod:`~.memory`, :mod:`~.redis`,
-:mod:`~.durable` (durable topics: a wrapper choosing, per topic, another history store) and
-:mod:`~.database` (that store, in the application's database).
+:mod:`~.redis_sentinel`, :mod:`~.postgres`, :mod:`~.recovery` (what a reconnecting process
+missed: shared by Redis and PostgreSQL), :mod:`~.durable` (durable topics: a wrapper choosing,
+per topic, another history store) and :mod:`~.database` (that store, in the application's
+database).
 
 May import: :mod:`megaphone.core`, :mod:`megaphone.conf` and :mod:`megaphone.models`.
 """
@@ -59,6 +67,15 @@ _SCHEMES = {
     "memory": "megaphone.backends.memory:MemoryBackend",
     "redis": "megaphone.backends.redis:RedisBackend",
     "rediss": "megaphone.backends.redis:RedisBackend",
+    "redis+sentinel": "megaphone.backends.redis_sentinel:RedisSentinelBackend",
+    "postgres": "megaphone.backends.postgres:PostgresBackend",
+    "postgresql": "megaphone.backends.postgres:PostgresBackend",
+}
+
+#: Schemes of the design's backend URLs that are not implemented yet, with what to say.
+_NOT_YET = {
+    "redis+cluster": "Redis Cluster is not supported yet (see docs/deploy.md, Redis Sentinel "
+    "and Redis Cluster); use redis://, redis+sentinel:// or postgres://",
 }
 
 #: ``package.module:ClassName``: a backend class of the application's.
@@ -97,6 +114,8 @@ def _resolve(value: str) -> tuple[str, str, bool]:
     if "://" not in value and (path := CLASS_PATH.match(value)):
         return path["module"], path["name"], True
     scheme = urlsplit(value).scheme
+    if scheme in _NOT_YET:
+        raise InvalidBackend(f"{value!r}: {_NOT_YET[scheme]}", by_path=False)
     if scheme not in _SCHEMES:
         raise InvalidBackend(
             f"unknown Megaphone backend {value!r}: use one of "

@@ -43,7 +43,8 @@ MEMORY_BACKEND_ERROR = (
     "The in-memory backend does not cross processes: this command runs in a process of its own, "
     "so it would {what} this process's memory, which no server and no client shares. "
     "Use the Redis backend, in the server and here: set REDIS_URL=redis://127.0.0.1:6379/0 "
-    "(or MEGAPHONE['BACKEND']). From code running in the server's process, call "
+    "(or the PostgreSQL one, MEGAPHONE_BACKEND=postgres://user@host:5432/db, or "
+    "MEGAPHONE['BACKEND']). From code running in the server's process, call "
     "megaphone.publish() (or call_command('megaphone', ...)) instead."
 )
 WHAT = {
