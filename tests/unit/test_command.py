@@ -10,6 +10,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import transaction
 from django.test import override_settings
 
 import megaphone
@@ -34,6 +35,18 @@ def test_publish_prints_the_offset_and_publishes_text_or_json() -> None:
     assert run("publish", topic, "again", "--msg-id", "m1") == "3\n"
     assert run("publish", topic, "again", "--msg-id", "m1") == "3\n"
     assert run("history", topic) == '#1 hello\n#2 {"a":[1,2]}\n#3 again\n'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publish_inside_a_transaction_says_it_is_pending_and_publishes_on_commit() -> None:
+    topic, err = unique(), StringIO()
+    with transaction.atomic():
+        out = StringIO()
+        call_command("megaphone", "publish", topic, "hello", stdout=out, stderr=err)
+        assert out.getvalue() == ""  # no offset yet
+        assert run("history", topic) == ""  # nothing published before the commit
+    assert "once the transaction commits" in err.getvalue()
+    assert run("history", topic) == "#1 hello\n"
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from megaphone.core.decoding import InvalidText, decode_json
 from megaphone.core.message import Message
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.node import Node, start_node
-from megaphone.engine.publishing import PublishError, publish
+from megaphone.engine.publishing import Pending, PublishError, publish
 from megaphone.protocol.schema import MAX_HISTORY_LIMIT, message_json
 
 MEMORY_BACKEND_ERROR = (
@@ -142,6 +142,12 @@ class Command(BaseCommand):
             message = publish(options["topic"], data, msg_id=options["msg_id"])
         except PublishError as exc:
             raise CommandError(str(exc)) from None
+        if isinstance(message, Pending):  # called inside a transaction: no offset yet
+            self.stderr.write(
+                f"pending: published on {message.topic} once the transaction commits"
+                f" (msg_id {message.msg_id})"
+            )
+            return
         self.stdout.write(str(message.offset))
         if options["verbosity"] > 1:
             self.stderr.write(f"published on {message.topic} in epoch {message.epoch}")
