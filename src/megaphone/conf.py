@@ -55,6 +55,9 @@ class Config:
     #: connection that has not answered within PING_TIMEOUT seconds (``manage.py serve``).
     PING_INTERVAL: float = 20.0
     PING_TIMEOUT: float = 20.0
+    #: Seconds between the comments (``: ping``) an idle SSE stream gets, so that proxies and
+    #: load balancers do not close it.
+    SSE_HEARTBEAT: float = 15.0
     #: Seconds a client has, after connecting, to send a whole request head (a WebSocket
     #: handshake, say); slower, it is dropped (``manage.py serve``).
     HANDSHAKE_TIMEOUT: float = 10.0
