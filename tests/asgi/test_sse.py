@@ -9,12 +9,18 @@ import uuid
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from example.asgi import application
 from megaphone.core.message import Message
 from megaphone.engine.node import get_node
+from megaphone.server.auth import close_user_connections
 from megaphone.server.sse import InvalidEventId, parse_event_id, sse_event
+from megaphone.server.tokens import issue_token
+from tests.conftest import timeout
 
 
 class AsgiStream:
@@ -32,9 +38,9 @@ class AsgiStream:
             "http_version": "1.1",
             "method": "GET",
             "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
+            "path": path.partition("?")[0],
+            "raw_path": path.partition("?")[0].encode(),
+            "query_string": path.partition("?")[2].encode(),
             "root_path": "",
             "headers": [(b"host", b"127.0.0.1"), *(headers or [])],
             "client": ("127.0.0.1", 5000),
@@ -130,3 +136,61 @@ def test_event_ids_parse_strictly() -> None:
     for bad in ["", "ab12", "ab12:", ":1", "ab12:-1", "ab 12:1", "ab12:1.5", "a:" + "9" * 20]:
         with pytest.raises(InvalidEventId):
             parse_event_id(bad)
+
+
+@database_sync_to_async
+def make_user(name: str) -> Any:
+    return get_user_model().objects.create_user(name, password="a-long-test-password")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_token_opens_its_owners_topic_and_the_stream_ends_when_it_expires() -> None:
+    alice = await make_user("alice")
+    token = await database_sync_to_async(issue_token)(alice, ttl=1)
+    own = AsgiStream(f"/sse/broadcast/user:{alice.pk}/?token={token}")
+    assert await own.start() == 200
+    await asyncio.wait_for(own.until_end(), timeout(5))  # ends with its token
+    await asyncio.wait_for(own.task, 5)
+    assert await AsgiStream(f"/sse/broadcast/?token={token}").start() == 403  # expired now
+    bad = AsgiStream("/sse/broadcast/?token=garbage")
+    assert await bad.start() == 403
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_stream_of_a_user_who_logs_out_ends() -> None:
+    bob = await make_user("bob")
+    token = await database_sync_to_async(issue_token)(bob)
+    stream = AsgiStream(f"/sse/broadcast/?token={token}")
+    assert await stream.start() == 200
+    await stream.body()  # the position: the stream is open
+    await database_sync_to_async(close_user_connections)(bob)
+    await asyncio.wait_for(stream.until_end(), timeout(5))
+    await asyncio.wait_for(stream.task, 5)
+
+
+@override_settings(MEGAPHONE={"ALLOWED_ORIGINS": ["http://app.example"]})
+async def test_an_allowed_foreign_origin_gets_cors_headers() -> None:
+    stream = AsgiStream("/sse/broadcast/", [(b"origin", b"http://app.example")])
+    event = await asyncio.wait_for(stream.outbox.get(), 5)
+    assert event["status"] == 200
+    headers = dict(event["headers"])
+    assert headers[b"access-control-allow-origin"] == b"http://app.example"
+    assert headers[b"access-control-allow-credentials"] == b"true"
+    await stream.leave()
+
+
+@override_settings(MEGAPHONE={"MAX_CONNECTIONS_PER_IP": 1})
+async def test_streams_and_websockets_share_the_per_address_limit() -> None:
+    stream = AsgiStream("/sse/broadcast/")
+    assert await stream.start() == 200
+    assert await AsgiStream("/sse/broadcast/").start() == 403
+    communicator = WebsocketCommunicator(application, "/ws/broadcast/")
+    communicator.scope["client"] = ("127.0.0.1", 5001)  # the stream's address
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
+    await stream.leave()
+    communicator = WebsocketCommunicator(application, "/ws/broadcast/")
+    communicator.scope["client"] = ("127.0.0.1", 5001)  # the stream's address
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    await communicator.disconnect()
