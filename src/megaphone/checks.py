@@ -57,6 +57,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="megaphone.E003",
                 )
             )
+    heartbeat = config.SSE_HEARTBEAT
+    if not isinstance(heartbeat, int | float) or isinstance(heartbeat, bool) or not heartbeat > 0:
+        errors.append(
+            Error(
+                f"MEGAPHONE['SSE_HEARTBEAT'] must be a positive number of seconds, "
+                f"not {heartbeat!r}.",
+                hint="The default is 15; keep it below your proxy's read timeout.",
+                id="megaphone.E060",
+            )
+        )
     if config.PERMISSIONS is not None:
         from megaphone.server.permissions import PolicyError, compile_rules
 

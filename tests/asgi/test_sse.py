@@ -194,3 +194,13 @@ async def test_streams_and_websockets_share_the_per_address_limit() -> None:
     connected, _ = await communicator.connect(timeout=5)
     assert connected
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize("value", [0, -1, "15", True, None])
+def test_a_heartbeat_that_is_not_a_positive_number_is_a_check_error(value: object) -> None:
+    from megaphone.checks import check_settings
+
+    with override_settings(MEGAPHONE={"SSE_HEARTBEAT": value}):
+        assert "megaphone.E060" in {error.id for error in check_settings(None)}
+    with override_settings(MEGAPHONE={"SSE_HEARTBEAT": 0.5}):
+        assert "megaphone.E060" not in {error.id for error in check_settings(None)}
