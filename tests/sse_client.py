@@ -64,7 +64,8 @@ class Stream:
         return await asyncio.wait_for(self._next(), timeout(wait))
 
     async def _next(self) -> Event | None:
-        event_type, data = "", []
+        event_type = ""
+        data: list[str] = []
         while True:
             line = await self._line()
             if line is None:
