@@ -184,6 +184,11 @@ async def test_streams_under_each_asgi_server(tmp_path: object, name: str) -> No
     server = start_asgi_server(tmp_path, name, env={"PYTHONPATH": str(ROOT)})  # type: ignore[arg-type]
     try:
         await _receives_and_resumes(server)
+        stream = await opened(server, unique())
+        server.process.send_signal(signal.SIGTERM)  # daphne cancels applications at once
+        assert await stream.next(10) is None
+        assert stream.retry is not None  # yet the stream got its hint first
+        await stream.close()
     finally:
         server.stop(signal.SIGKILL)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import random
 import re
@@ -72,6 +73,8 @@ _EPOCH = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _OFFSET = re.compile(r"[0-9]{1,19}")
 #: The reconnect delay (milliseconds) a stream ended by a shutdown suggests: random in this range.
 SHUTDOWN_RETRY_MS = (500, 2500)
+#: Seconds a shutdown waits for every stream to send its ``retry:`` before the server stops.
+SHUTDOWN_FLUSH = 1.0
 #: Messages read from history at once while a resumed stream catches up.
 HISTORY_PAGE = 256
 
@@ -191,36 +194,60 @@ class _EndOnMessage:
 
 
 _open: set[_Stream] = set()
+_closed_all: asyncio.Event | None = None
 _signals_hooked = False
 
 
 def _hook_sigterm() -> None:
-    """On SIGTERM, end every open stream with a ``retry:`` hint, then run the server's own
-    handler. Installed once per process, from the event loop's thread (the main thread under
-    uvicorn, daphne and ``manage.py serve``); elsewhere it cannot be, and streams simply end with
-    the server."""
+    """On SIGTERM, end every open stream with a ``retry:`` hint and give them up to
+    :data:`SHUTDOWN_FLUSH` seconds to send it, then run the server's own handler (which, under
+    daphne, cancels every application at once). Installed once per process, from the event
+    loop's thread (the main thread under uvicorn, daphne and ``manage.py serve``); elsewhere it
+    cannot be, and streams simply end with the server. A second SIGTERM goes to the server's
+    handler at once."""
     global _signals_hooked
     if _signals_hooked:
         return
     _signals_hooked = True
     loop = asyncio.get_running_loop()
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
-    except ValueError:
-        return
+    previous = signal.getsignal(signal.SIGTERM)
+    pending: list[asyncio.Task[None]] = []
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        loop.call_soon_threadsafe(_end_all_for_shutdown)
+    def server_handler(signum: int, frame: Any) -> None:
         if callable(previous):
             previous(signum, frame)
         elif previous == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGTERM)
 
+    async def shut_down(signum: int, frame: Any) -> None:
+        _end_all_for_shutdown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_none_open().wait(), SHUTDOWN_FLUSH)
+        server_handler(signum, frame)
+
+    def start_shutdown(signum: int, frame: Any) -> None:
+        pending.append(loop.create_task(shut_down(signum, frame)))
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if pending or loop.is_closed():
+            return server_handler(signum, frame)
+        loop.call_soon_threadsafe(start_shutdown, signum, frame)
+
     try:
         signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread
         logger.info("SSE streams will not get a retry hint on SIGTERM (not the main thread)")
+
+
+def _none_open() -> asyncio.Event:
+    """An event set once no stream is open in this process."""
+    global _closed_all
+    if _closed_all is None:
+        _closed_all = asyncio.Event()
+    if not _open:
+        _closed_all.set()
+    return _closed_all
 
 
 def _end_all_for_shutdown() -> None:
@@ -324,6 +351,8 @@ class EventStreams:
             )
         _hook_sigterm()
         _open.add(stream)
+        if _closed_all is not None:
+            _closed_all.clear()
         metrics.SSE_CONNECTIONS.inc()
         metrics.SSE_CONNECTIONS_ACCEPTED.inc()
         logger.info(
@@ -355,6 +384,8 @@ class EventStreams:
             for task in tasks:
                 task.cancel()
             _open.discard(stream)
+            if not _open and _closed_all is not None:
+                _closed_all.set()
             metrics.SSE_CONNECTIONS.dec()
             if timer is not None:
                 timer.cancel()
