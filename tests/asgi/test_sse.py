@@ -201,6 +201,6 @@ def test_a_heartbeat_that_is_not_a_positive_number_is_a_check_error(value: objec
     from megaphone.checks import check_settings
 
     with override_settings(MEGAPHONE={"SSE_HEARTBEAT": value}):
-        assert "megaphone.E060" in {error.id for error in check_settings(None)}
+        assert "megaphone.E013" in {error.id for error in check_settings(None)}
     with override_settings(MEGAPHONE={"SSE_HEARTBEAT": 0.5}):
-        assert "megaphone.E060" not in {error.id for error in check_settings(None)}
+        assert "megaphone.E013" not in {error.id for error in check_settings(None)}
