@@ -11,7 +11,7 @@ MANAGE := $(PY) example/manage.py
 AUTOBAHN_VENV := .venv-autobahn
 AUTOBAHN_STAMP := $(AUTOBAHN_VENV)/.installed
 
-.PHONY: run test test-fast lint bench bench-quick soak autobahn autobahn-quick clean
+.PHONY: run test test-fast lint bench bench-quick bench-sse soak autobahn autobahn-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --quick
+
+bench-sse: $(STAMP)
+	$(PY) bench/sse.py
 
 soak: $(STAMP)
 	$(PY) bench/soak.py
