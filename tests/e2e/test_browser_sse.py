@@ -1,18 +1,22 @@
 """Tier 3, in a real browser: a native ``EventSource`` (no megaphone.js) on ``/sse/broadcast/``
 receives what a WebSocket client publishes and, when the server restarts (SIGTERM: the stream
 ends with a ``retry:`` hint), reconnects by itself with ``Last-Event-ID`` and gets every message
-published while it was away, once, in order, with no reset."""
+published while it was away (one while no server ran, through Redis), once, in order, with no
+reset."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from playwright.sync_api import Page
 from websockets.sync.client import connect
 
+from megaphone.backends.redis import RedisBackend
 from tests.conftest import ServerProcess, timeout
 from tests.redis_server import RedisServer
 
@@ -59,16 +63,32 @@ def test_event_source_receives_and_resumes_after_a_server_restart(
 
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout(15)) == -signal.SIGTERM
+        # Playwright's sync API runs a loop in this thread: publish from another one.
+        with ThreadPoolExecutor(1) as thread:
+            down = thread.submit(
+                lambda: asyncio.run(publish_directly(redis_server, topic, "while down"))
+            )
+            down.result(timeout(10))
         restarted = server_factory(port=server.port, env=env)
         with connect(url) as wscat:
             for text in ("after 1", "after 2"):
                 wscat.send(text)
                 assert wscat.recv(timeout(5)) == text
-        wait_for(page, "window.received.length >= 3")
+        wait_for(page, "window.received.length >= 4")
         assert page.evaluate("window.opens") >= 2  # it reconnected
         assert page.evaluate("window.resets") == 0  # resumed, not reset
         events = received(page)
-        assert [data for _, data in events] == ["before", "after 1", "after 2"]
+        assert [data for _, data in events] == ["before", "while down", "after 1", "after 2"]
         epoch = events[0][0].split(":")[0]
-        assert [event_id for event_id, _ in events] == [f"{epoch}:{n}" for n in (1, 2, 3)]
+        assert [event_id for event_id, _ in events] == [f"{epoch}:{n}" for n in (1, 2, 3, 4)]
         restarted.stop()
+
+
+async def publish_directly(redis_server: RedisServer, topic: str, text: str) -> None:
+    """Publish through Redis with no Megaphone server running, as another machine would."""
+    publisher = RedisBackend(redis_server.url)
+    await publisher.start(lambda message: None)
+    try:
+        await publisher.publish(topic, text)
+    finally:
+        await publisher.stop()

@@ -22,6 +22,8 @@ from tests.conftest import ROOT, ServerProcess, free_port, launch, start_asgi_se
 from tests.redis_server import RedisServer
 from tests.sse_client import Event, Stream, connect
 
+from .test_redis_scaleout import workers_subscribed
+
 SSE_SETTINGS_ENV = {"DJANGO_SETTINGS_MODULE": "tests.e2e.sse_settings", "PYTHONPATH": str(ROOT)}
 
 
@@ -228,6 +230,7 @@ async def test_two_workers_over_redis(
     topic = unique()
     # Enough streams that both workers serve some; every one gets every message.
     streams = [await opened(server, topic) for _ in range(8)]
+    assert workers_subscribed(redis_server, topic) == 2
     await publish(server, topic, *(f"m{i}" for i in range(20)))
     for stream in streams:
         assert [e.data for e in await events(stream, 20)] == [f"m{i}" for i in range(20)]
