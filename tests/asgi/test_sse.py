@@ -204,3 +204,21 @@ def test_a_heartbeat_that_is_not_a_positive_number_is_a_check_error(value: objec
         assert "megaphone.E013" in {error.id for error in check_settings(None)}
     with override_settings(MEGAPHONE={"SSE_HEARTBEAT": 0.5}):
         assert "megaphone.E013" not in {error.id for error in check_settings(None)}
+
+
+@override_settings(
+    MEGAPHONE={"PERMISSIONS": [{"topics": "*", "default": "anyone", "history": "nobody"}]}
+)
+async def test_a_client_that_may_not_read_history_gets_a_reset_not_the_missed_messages() -> None:
+    topic = f"secret-{uuid.uuid4().hex[:8]}"
+    node = await get_node()
+    first = await node.publish(topic, "before")
+    await node.publish(topic, "the secret")
+    stream = AsgiStream(
+        f"/sse/broadcast/{topic}/", [(b"last-event-id", f"{first.epoch}:1".encode())]
+    )
+    assert await stream.start() == 200
+    body, _ = await stream.body()
+    assert body.startswith(b"event: reset\n") and b"the secret" not in body
+    assert f"id: {first.epoch}:2\n".encode() in body
+    await stream.leave()

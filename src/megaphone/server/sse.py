@@ -279,8 +279,8 @@ class EventStreams:
             log_refusal(logger, scope, "may not subscribe")
             metrics.REFUSALS.labels("forbidden").inc()
             return await _respond(send, 403, "Forbidden: may not subscribe to this topic", [])
-        if since is not None and not may_read_history(user, topic):
-            since = ("", -1)  # resuming would disclose history: a reset, from now
+        # Resuming would disclose the topic's history to one who may not read it: a reset.
+        resume = since is not None and may_read_history(user, topic)
         config = get_config()
         stream = _Stream(topic, "", 0, config.OUTBOX_MAX_MESSAGES, config.OUTBOX_MAX_BYTES)
         try:
@@ -293,7 +293,9 @@ class EventStreams:
                 send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")]
             )
         try:
-            await self._serve(scope, receive, send, node, stream, since, config.SSE_HEARTBEAT)
+            await self._serve(
+                scope, receive, send, node, stream, since, resume, config.SSE_HEARTBEAT
+            )
         finally:
             await node.unsubscribe(topic, stream)
 
@@ -317,10 +319,11 @@ class EventStreams:
         node: Node,
         stream: _Stream,
         since: tuple[str, int] | None,
+        resume: bool,
         heartbeat: float,
     ) -> None:
         try:
-            if since is None:
+            if since is None or not resume:
                 page, recovered = await node.history(stream.topic, 0, 0), False
             else:
                 page, recovered = await read_since(
