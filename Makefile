@@ -35,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/sse.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --quick
