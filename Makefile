@@ -15,7 +15,7 @@ CHANNELS_STUBS := channels.auth channels.consumer channels.db channels.exception
 AUTOBAHN_VENV := .venv-autobahn
 AUTOBAHN_STAMP := $(AUTOBAHN_VENV)/.installed
 
-.PHONY: run test test-fast lint bench bench-quick soak autobahn autobahn-quick clean
+.PHONY: run test test-fast lint bench bench-quick bench-sse soak autobahn autobahn-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,9 +43,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/sse.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --quick
+
+bench-sse: $(STAMP)
+	$(PY) bench/sse.py
 
 soak: $(STAMP)
 	$(PY) bench/soak.py

@@ -19,7 +19,10 @@ recommends, outermost first:
 * ``websocket``: :class:`~megaphone.server.guards.OriginValidator` (foreign browser origins: 403),
   :class:`~megaphone.server.guards.ConnectionLimiter` (``MAX_CONNECTIONS_PER_IP``: 403),
   :func:`~megaphone.server.auth.AuthMiddlewareStack` (session cookie or ``?token=``), then
-  :func:`~megaphone.routing.websocket_router` (Megaphone's endpoints; any other path: 403).
+  :func:`~megaphone.routing.websocket_router` (Megaphone's endpoints; any other path: 403);
+* ``http`` requests for ``/sse/broadcast/...``: the Server-Sent Events streams
+  (:mod:`megaphone.server.sse`), behind the same origin, connection-count and authentication
+  guards as the WebSockets.
 
 Call it at import time of the ASGI module: it sets Django up first (``get_asgi_application()``).
 """
@@ -59,6 +62,7 @@ def application(
     from megaphone.server.auth import AuthMiddlewareStack
     from megaphone.server.bodylimit import RequestBodyLimit
     from megaphone.server.guards import ConnectionLimiter, OriginValidator
+    from megaphone.server.sse import EventStreams, with_event_streams
 
     if static_files is None:
         static_files = settings.DEBUG and apps.is_installed("django.contrib.staticfiles")
@@ -69,11 +73,12 @@ def application(
     # Again: setting Django up a second time (manage.py serve did it once) resets its loggers.
     ensure_request_errors_logged()
     patterns = megaphone_patterns if websocket_urlpatterns is None else websocket_urlpatterns
+    websocket = ConnectionLimiter(AuthMiddlewareStack(websocket_router(patterns)))
+    # The SSE streams: the same guards, and the same per-address count as the WebSockets.
+    streams = ConnectionLimiter(AuthMiddlewareStack(EventStreams()), websocket.open)
     return ProtocolTypeRouter(
         {
-            "http": RequestBodyLimit(http),
-            "websocket": OriginValidator(
-                ConnectionLimiter(AuthMiddlewareStack(websocket_router(patterns)))
-            ),
+            "http": with_event_streams(RequestBodyLimit(http), OriginValidator(streams)),
+            "websocket": OriginValidator(websocket),
         }
     )

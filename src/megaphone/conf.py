@@ -89,6 +89,9 @@ class Config:
     #: connection that has not answered within PING_TIMEOUT seconds (``manage.py serve``).
     PING_INTERVAL: Annotated[Seconds, _SECONDS] = 20.0
     PING_TIMEOUT: Annotated[Seconds, _SECONDS] = 20.0
+    #: Seconds between the comments (``: ping``) an idle SSE stream gets, so that proxies and
+    #: load balancers do not close it.
+    SSE_HEARTBEAT: Annotated[Seconds, _SECONDS] = 15.0
     #: Seconds a client has, after connecting, to send a whole request head (a WebSocket
     #: handshake, say); slower, it is dropped (``manage.py serve``).
     HANDSHAKE_TIMEOUT: Annotated[Seconds, _SECONDS] = 10.0

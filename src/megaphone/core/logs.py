@@ -212,9 +212,11 @@ def install_server_log_filters() -> None:
 
 
 def log_refusal(logger: logging.Logger, scope: Mapping[str, Any], reason: str) -> None:
-    """Log, once, that the WebSocket handshake of ``scope`` is refused and why (WARNING), and
-    mark this request's context so that the server does not log the refusal a second time."""
-    logger.warning("refused WebSocket handshake on %s: %s", scope.get("path"), reason)
+    """Log, once, that the WebSocket handshake (or SSE request) of ``scope`` is refused and why
+    (WARNING), and mark this request's context so that the server does not log the refusal a
+    second time."""
+    what = "SSE request" if scope.get("type") == "http" else "WebSocket handshake"
+    logger.warning("refused %s on %s: %s", what, scope.get("path"), reason)
     _refusal_logged.set(True)
 
 

@@ -24,6 +24,12 @@ CONNECTIONS = Gauge(
     "megaphone_connections", "Open WebSocket connections.", multiprocess_mode="livesum"
 )
 CONNECTIONS_ACCEPTED = Counter("megaphone_connections_accepted", "WebSocket connections accepted.")
+SSE_CONNECTIONS = Gauge(
+    "megaphone_sse_connections", "Open Server-Sent Events streams.", multiprocess_mode="livesum"
+)
+SSE_CONNECTIONS_ACCEPTED = Counter(
+    "megaphone_sse_connections_accepted", "Server-Sent Events streams opened."
+)
 CLOSES = Counter("megaphone_closes", "Connections closed by the server, by close code.", ["code"])
 MESSAGES_PUBLISHED = Counter("megaphone_messages_published", "Messages accepted by the backend.")
 DELIVERIES = Counter("megaphone_deliveries", "Messages handed to local subscribers.")

@@ -107,7 +107,7 @@ class TokenAuthMiddleware:
         self.inner = inner
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if scope["type"] == "websocket":
+        if scope["type"] in ("websocket", "http"):
             query = scope.get("query_string", b"")
             # Decoded as every other query (percent escapes in names too: ``?%74oken=``), so
             # the parameter that authenticates is the one the logs redact.
@@ -140,7 +140,7 @@ class SessionAuthMiddleware:
     """ASGI middleware: Channels' session authentication, paid only by handshakes that carry the
     session cookie.
 
-    A WebSocket handshake with the session cookie (and any HTTP request) goes through Channels'
+    A WebSocket handshake or an SSE request with the session cookie goes through Channels'
     ``CookieMiddleware``, ``SessionMiddleware`` and ``AuthMiddleware``: ``scope["user"]`` is the
     session's user, looked up in the database. Without the cookie there is no one to look up:
     ``scope["user"]`` is an ``AnonymousUser`` at once, with no thread-pool round trip, next to
@@ -155,7 +155,7 @@ class SessionAuthMiddleware:
         self.anonymous_user = AnonymousUser
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if scope["type"] != "websocket":
+        if scope["type"] not in ("websocket", "http"):
             return await self.with_session(scope, receive, send)
         header = next((value for key, value in scope["headers"] if key == b"cookie"), None)
         cookies = parse_cookie(header.decode("latin-1")) if header is not None else {}

@@ -28,6 +28,10 @@ from megaphone.core.logs import get_logger, log_refusal
 from megaphone.server.origins import header, origin_allowed
 
 logger = get_logger(__name__)
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+#: The scopes the guards check: WebSocket handshakes and, where they wrap the SSE endpoints,
+#: the HTTP requests that open a stream.
+GUARDED = ("websocket", "http")
 
 
 async def refuse_handshake(
@@ -40,22 +44,29 @@ async def refuse_handshake(
     log: logging.Logger = logger,
 ) -> None:
     """Refuse the WebSocket handshake of ``scope`` before accepting it (HTTP 403): log
-    ``reason`` once on ``log`` and count it under ``label``."""
+    ``reason`` once on ``log`` and count it under ``label``. An HTTP request (an SSE stream's)
+    gets a plain 403 response."""
     log_refusal(log, scope, reason)
     metrics.REFUSALS.labels(label).inc()
+    if scope["type"] == "http":
+        start = {"type": "http.response.start", "status": 403, "headers": _TEXT}
+        await send(start)
+        await send({"type": "http.response.body", "body": b"Forbidden\n"})
+        return
     message = await receive()
     if message["type"] == "websocket.connect":  # else the client left already
         await send({"type": "websocket.close"})
 
 
 class OriginValidator:
-    """ASGI middleware: WebSocket handshakes from a disallowed browser Origin get HTTP 403."""
+    """ASGI middleware: WebSocket handshakes (and HTTP requests, where it wraps the SSE
+    endpoints) from a disallowed browser Origin get HTTP 403."""
 
     def __init__(self, application: Any) -> None:
         self.application = application
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if scope["type"] == "websocket":
+        if scope["type"] in GUARDED:
             origin = header(scope, b"origin")
             if origin is not None and not origin_allowed(origin, scope):
                 host = header(scope, b"host")
@@ -68,12 +79,13 @@ class ConnectionLimiter:
     """ASGI middleware: a handshake from an address that already has ``MAX_CONNECTIONS_PER_IP``
     open WebSocket connections in this process gets HTTP 403. Counts are per worker process."""
 
-    def __init__(self, application: Any) -> None:
+    def __init__(self, application: Any, open: Counter[str] | None = None) -> None:
+        """``open``: the counts, when several limiters share them (WebSocket and SSE)."""
         self.application = application
-        self.open: Counter[str] = Counter()
+        self.open: Counter[str] = Counter() if open is None else open
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if scope["type"] != "websocket":
+        if scope["type"] not in GUARDED:
             return await self.application(scope, receive, send)
         address = (scope.get("client") or ("unknown",))[0]
         limit = get_config().MAX_CONNECTIONS_PER_IP

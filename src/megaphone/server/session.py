@@ -70,6 +70,23 @@ from megaphone.server.permissions import (
 logger = get_logger(__name__)
 
 
+async def read_since(
+    node: Node, topic: str, offset: int, epoch: str, limit: int
+) -> tuple[HistoryPage, bool]:
+    """The first page (at most ``limit`` messages) of ``topic``'s history after ``offset``, and
+    whether the history still holds every message after it in ``epoch``, at most
+    ``RECOVERY_MAX_MESSAGES`` of them (an offset beyond the topic's latest: False)."""
+    page = await node.history(topic, offset, limit)
+    missed = page.offset - offset
+    recovered = (
+        page.epoch == epoch
+        and page.complete
+        and 0 <= missed <= get_config().RECOVERY_MAX_MESSAGES
+        and (missed == 0 or (bool(page.messages) and page.messages[0].offset == offset + 1))
+    )
+    return page, recovered
+
+
 class Subscription:
     """One topic of one session, as the hub sees it; see the module docstring."""
 
@@ -312,17 +329,7 @@ class Session:
                 logger.error("could not add %s to presence on %s: %s", self.client, topic, exc)
 
     async def _read_since(self, topic: str, offset: int, epoch: str) -> tuple[HistoryPage, bool]:
-        """The first page of history after ``offset``, and whether the history still holds
-        every message after it, at most ``RECOVERY_MAX_MESSAGES`` of them."""
-        page = await self.node.history(topic, offset, self._page_size())
-        missed = page.offset - offset
-        recovered = (
-            page.epoch == epoch
-            and page.complete
-            and 0 <= missed <= get_config().RECOVERY_MAX_MESSAGES
-            and (missed == 0 or (bool(page.messages) and page.messages[0].offset == offset + 1))
-        )
-        return page, recovered
+        return await read_since(self.node, topic, offset, epoch, self._page_size())
 
     def _page_size(self) -> int:
         """Messages read from history at once while catching up: half an outbox."""
