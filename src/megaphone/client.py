@@ -353,6 +353,8 @@ class Client:
     ``open_timeout``: the WebSocket handshake; ``ping_interval``/``ping_timeout``: the client
     pings the server this often and drops a connection whose ping went unanswered this long (a
     dead network path: a cut link, a machine gone), then reconnects; None turns pinging off.
+    ``close_timeout``: how long a closing connection waits for the server's close frame before
+    dropping it (so a dead path is left ``ping_timeout + close_timeout`` after its last pong).
     ``on_state(state, code)`` is called on every change of :attr:`state` (``"connecting"``,
     ``"open"``, ``"closed"``).
     """
@@ -373,6 +375,7 @@ class Client:
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
+        close_timeout: float | None = 10.0,
         max_frame_size: int | None = 64 * 2**20,
         on_state: Callable[[State, int | None], object] | None = None,
     ) -> None:
@@ -398,6 +401,7 @@ class Client:
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
         self.max_frame_size = max_frame_size
         self.on_state = on_state
         self.state: State = "closed"
@@ -698,6 +702,7 @@ class Client:
                 open_timeout=self.open_timeout,
                 ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout,
+                close_timeout=self.close_timeout,
                 max_size=self.max_frame_size,
             )  # reading is prompt: a server outpacing it closes with 4408, and we recover
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
