@@ -37,7 +37,8 @@ from .test_redis_scaleout import REDIS_SETTINGS_ENV, unique
 TOPICS = 3
 LISTENERS = 3  # per machine
 BEFORE_CUT = 30  # messages each publisher publishes before the cut
-DURING_CUT = 300  # at most, each, while the cut machine's clients move
+DURING_CUT = 900  # at most, each, while the cut machine's clients move (history keeps 1000)
+RATE = 20  # messages a second each publisher publishes meanwhile
 AFTER_MOVE = 20  # each, once they all moved
 
 
@@ -151,11 +152,20 @@ class Publisher:
         self.changed = changed
         self.published: list[tuple[Position, dict[str, Any]]] = []
 
-    async def publish(self, count: int, stop: asyncio.Event | None = None) -> None:
-        """Publish ``count`` messages, or fewer if ``stop`` is set first."""
+    async def publish(
+        self, count: int, stop: asyncio.Event | None = None, rate: float | None = None
+    ) -> None:
+        """Publish ``count`` messages, or fewer if ``stop`` is set first; with ``rate``, a
+        steady stream of at most ``rate`` a second (the workload's shape, not a wait for
+        something to happen: a publish still waits for its answer)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
         for _ in range(count):
             if stop is not None and stop.is_set():
                 return
+            if rate is not None:
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+                next_at += 1 / rate
             seq = len(self.published)
             data = {"from": self.name, "seq": seq}
             position = await self.client.publish(self.topics[seq % len(self.topics)], data)
@@ -222,10 +232,10 @@ async def test_clients_of_a_machine_cut_off_move_to_the_other_and_miss_nothing(
 
         # Machine 0's cable is pulled while both sides keep publishing.
         stop = asyncio.Event()
-        publishing = [asyncio.create_task(p.publish(DURING_CUT, stop)) for p in publishers]
+        publishing = [asyncio.create_task(p.publish(DURING_CUT, stop, RATE)) for p in publishers]
         await until(
             changed,
-            lambda: all(len(p.published) >= BEFORE_CUT + 10 for p in publishers),
+            lambda: all(len(p.published) >= BEFORE_CUT + RATE for p in publishers),
             60,
             "the publishers did not go on",
         )
@@ -243,6 +253,7 @@ async def test_clients_of_a_machine_cut_off_move_to_the_other_and_miss_nothing(
             "machine 0's clients did not all move to machine 1 and recover",
         )
         moved_in = time.monotonic() - cut_at
+        during = [len(p.published) - BEFORE_CUT for p in publishers]
         stop.set()
         await asyncio.wait_for(asyncio.gather(*publishing), timeout(90))
         assert publishers[0].client.server_url == urls[1]
@@ -259,7 +270,8 @@ async def test_clients_of_a_machine_cut_off_move_to_the_other_and_miss_nothing(
     finally:
         await asyncio.gather(*(c.close() for c in clients))
 
-    print(f"machine 0's clients moved and recovered {moved_in:.2f} s after the cut")
+    print(f"machine 0's clients moved and recovered {moved_in:.2f} s after the cut;")
+    print(f"meanwhile machine 0's publisher published {during[0]}, machine 1's {during[1]}")
     for topic, messages in published.items():
         offsets = [offset for offset, _ in messages]  # each publish once: no hole, no double
         assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), topic
@@ -269,4 +281,4 @@ async def test_clients_of_a_machine_cut_off_move_to_the_other_and_miss_nothing(
             got = [(m.offset, m.data) for m in listener.received[topic]]
             assert got == published[topic], (listener.client.server_url, topic)
             assert len({m.epoch for m in listener.received[topic]}) == 1
-    assert sum(len(p.published) for p in publishers) > 2 * (BEFORE_CUT + AFTER_MOVE + 10)
+    assert during[1] > RATE + moved_in * RATE / 2  # machine 1 published all along the cut
