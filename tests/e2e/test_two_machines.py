@@ -199,6 +199,22 @@ def every_message(
     return {topic: sorted(messages) for topic, messages in published.items()}
 
 
+async def publish_to_all(
+    publishers: list[Publisher], count: int, listeners: list[Listener], when: str
+) -> dict[str, list[tuple[int, Any]]]:
+    """Each publisher publishes ``count`` more; wait until every listener has every message
+    published so far; return them (:func:`every_message`)."""
+    await asyncio.gather(*(p.publish(count) for p in publishers))
+    published = every_message(publishers, publishers[0].topics)
+    await until(
+        publishers[0].changed,
+        lambda: all(listener.has(published) for listener in listeners),
+        60,
+        f"the messages published {when} the cut did not all arrive",
+    )
+    return published
+
+
 @pytest.mark.timeout(int(timeout(240)))
 async def test_clients_of_a_machine_cut_off_move_to_the_other_and_miss_nothing(
     network: netns.Network, machines: list[ServerProcess]
@@ -221,14 +237,7 @@ async def test_clients_of_a_machine_cut_off_move_to_the_other_and_miss_nothing(
             assert {listener.client.server_url for listener in listeners[side]} == {urls[side]}
 
         # Both machines publish; everyone gets everything, live.
-        await asyncio.gather(*(p.publish(BEFORE_CUT) for p in publishers))
-        published = every_message(publishers, topics)
-        await until(
-            changed,
-            lambda: all(listener.has(published) for listener in everyone),
-            60,
-            "the messages published before the cut did not all arrive",
-        )
+        await publish_to_all(publishers, BEFORE_CUT, everyone, "before the cut")
 
         # Machine 0's cable is pulled while both sides keep publishing.
         stop = asyncio.Event()
@@ -259,14 +268,7 @@ async def test_clients_of_a_machine_cut_off_move_to_the_other_and_miss_nothing(
         assert publishers[0].client.server_url == urls[1]
 
         # Both publishers go on from machine 1; everyone gets everything.
-        await asyncio.gather(*(p.publish(AFTER_MOVE) for p in publishers))
-        published = every_message(publishers, topics)
-        await until(
-            changed,
-            lambda: all(listener.has(published) for listener in everyone),
-            60,
-            "the messages published during and after the cut did not all arrive",
-        )
+        published = await publish_to_all(publishers, AFTER_MOVE, everyone, "during and after")
     finally:
         await asyncio.gather(*(c.close() for c in clients))
 
