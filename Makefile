@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(MANAGE) migrate --noinput -v 0
-	$(MANAGE) serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	$(if $(BACKEND),MEGAPHONE_BACKEND='$(BACKEND)') $(MANAGE) serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: $(STAMP)
 	bash tests/run_all.sh

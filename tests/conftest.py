@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.redis_server import RedisServer
+    from tests.redis_server import RedisServer, SentinelSetup
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_FACTOR = float(os.environ.get("MEGAPHONE_TEST_TIMEOUT_FACTOR", "1"))
@@ -269,6 +269,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
+    """A private master, its replica and three Sentinels (tests/redis_server.py), all killed at
+    the end; the test may kill the master or fail over."""
+    from tests.redis_server import REDIS_SERVER, SentinelSetup
+
+    if REDIS_SERVER is None:
+        pytest.skip("needs the redis-server binary")
+    setup = SentinelSetup(tmp_path)
+    yield setup
+    setup.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,4 +1,5 @@
 """A private ``redis-server`` per test: on a free port, no persistence, stoppable mid-test.
+A :class:`SentinelSetup` adds a replica and three Sentinels watching them.
 
 Tests never use a Redis they did not start: :class:`RedisServer` runs ``redis-server --save ""
 --appendonly no`` on a free port of 127.0.0.1 (or of the address ``host``, e.g. a bridge that
@@ -9,21 +10,34 @@ default, as a crash) and :meth:`RedisServer.start` starts it again, empty, on th
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import free_port, timeout, wait_for_port
+
+if TYPE_CHECKING:
+    import redis
 
 REDIS_SERVER = shutil.which("redis-server")
 
 
 class RedisServer:
-    def __init__(self, directory: Path, host: str = "127.0.0.1") -> None:
+    """One ``redis-server`` listening on ``host``; ``args`` are more of its options
+    (``--replicaof``, say)."""
+
+    def __init__(
+        self, directory: Path, args: tuple[str, ...] = (), host: str = "127.0.0.1"
+    ) -> None:
         self.directory = directory
         self.host = host  # the address it listens on
         self.port = free_port()
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -45,6 +59,7 @@ class RedisServer:
                     *("--protected-mode", "yes" if self.host == "127.0.0.1" else "no"),
                     *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
                     *("--maxclients", "10000"),
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -62,7 +77,7 @@ class RedisServer:
         self.stop()
         self.start()
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> redis.Redis:
         """A synchronous redis-py client of this server (close it)."""
         import redis
 
@@ -76,3 +91,220 @@ class RedisServer:
         """How many times ``command`` ran since the server started (INFO commandstats)."""
         stats = self.info("commandstats").get(f"cmdstat_{command.lower()}")
         return int(stats["calls"]) if isinstance(stats, dict) else 0
+
+
+class Sentinel:
+    """One ``redis-server --sentinel`` on a free port, watching ``service`` on ``master_port``
+    (quorum 2, a master is down after :data:`DOWN_AFTER_MS` without answers)."""
+
+    def __init__(self, directory: Path, service: str, master_port: int) -> None:
+        assert REDIS_SERVER is not None
+        self.port = free_port()
+        config = directory / f"sentinel-{self.port}.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {service} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {service} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+        with (directory / f"sentinel-{self.port}.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [REDIS_SERVER, str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for_port(self.port, self.process, 10)
+
+    def client(self) -> redis.Redis:
+        """A synchronous redis-py client of this Sentinel (close it)."""
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=timeout(5))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout(10))
+
+
+#: Milliseconds without an answer after which the Sentinels of a :class:`SentinelSetup` count
+#: the master as down (then they elect a leader and promote the replica, a second or two more).
+DOWN_AFTER_MS = 1000
+
+
+class SentinelSetup:
+    """A master, one replica of it and three Sentinels, each on a free port (:meth:`stop` ends
+    them all). :attr:`servers` is by port: whichever is master now, see :meth:`master`."""
+
+    def __init__(self, directory: Path, service: str = "megaphone") -> None:
+        self.service = service
+        self.directory = directory
+        first = RedisServer(directory)
+        first.start()
+        second = RedisServer(directory, ("--replicaof", "127.0.0.1", str(first.port)))
+        second.start()
+        self.servers = {first.port: first, second.port: second}
+        self.sentinels: list[Sentinel] = []
+        try:
+            self.wait_for_replication(first, second)
+            self.sentinels = [Sentinel(directory, service, first.port) for _ in range(3)]
+            self.wait_until(lambda: self._sentinels_know(first.port, replicas=1, sentinels=2))
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def master_port(self) -> int:
+        """The master's port as the first Sentinel that answers names it."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(OSError, redis_errors()), sentinel.client() as client:
+                return int(client.sentinel_get_master_addr_by_name(self.service)[1])
+        raise AssertionError("no Sentinel answers")
+
+    def master(self) -> RedisServer:
+        return self.servers[self.master_port()]
+
+    def replica(self) -> RedisServer:
+        master = self.master_port()
+        return next(s for port, s in self.servers.items() if port != master)
+
+    def wait_until(self, condition: Callable[[], bool], seconds: float = 30) -> None:
+        wait_until(condition, seconds, "Sentinel setup")
+
+    def wait_for_replication(self, master: RedisServer, replica: RedisServer) -> None:
+        def linked() -> bool:
+            with contextlib.suppress(OSError, redis_errors()):
+                return replica.info("replication").get("master_link_status") == "up"
+            return False
+
+        self.wait_until(linked)
+
+    def _sentinels_know(self, master_port: int, replicas: int, sentinels: int) -> bool:
+        for sentinel in self.sentinels:
+            try:
+                with sentinel.client() as client:
+                    state = client.sentinel_master(self.service)
+            except (OSError, redis_errors()):
+                return False
+            if int(state["port"]) != master_port:
+                return False
+            if int(state["num-slaves"]) < replicas or int(state["num-other-sentinels"]) < sentinels:
+                return False
+        return True
+
+    def failed_over(self, old_master: int) -> Callable[[], bool]:
+        """A condition: every Sentinel names another master than ``old_master``, it is one, and
+        ``old_master``, if it runs, is a replica now."""
+
+        def condition() -> bool:
+            ports = set()
+            for sentinel in self.sentinels:
+                try:
+                    with sentinel.client() as client:
+                        ports.add(int(client.sentinel_get_master_addr_by_name(self.service)[1]))
+                except (OSError, redis_errors()):
+                    return False
+            if len(ports) != 1 or old_master in ports:
+                return False
+            old = self.servers[old_master]
+            try:
+                if self.servers[ports.pop()].info("replication").get("role") != "master":
+                    return False
+                # A live old master is demoted too (until then, it still takes writes).
+                return old.process is None or old.info("replication").get("role") == "slave"
+            except (OSError, redis_errors()):
+                return False
+
+        return condition
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for server in self.servers.values():
+            server.stop()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition`` until it holds; :class:`TimeoutError` after ``seconds`` (scaled)."""
+    deadline = time.monotonic() + timeout(seconds)
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: condition not met in {seconds} s")
+        time.sleep(0.05)
+
+
+def redis_errors() -> type[Exception]:
+    import redis
+
+    return redis.RedisError
+
+
+class ClusterSetup:
+    """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, every node a
+    :class:`RedisServer` on a free port (``--cluster-enabled``), created with ``redis-cli
+    --cluster create``; :meth:`stop` kills them all."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters * (1 + replicas)):
+                node_dir = directory / f"node-{len(self.nodes)}"
+                node_dir.mkdir()
+                node = RedisServer(
+                    node_dir,
+                    (
+                        *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                        *("--cluster-port", str(free_port())),  # not port + 10000: may be taken
+                    ),
+                )
+                node.start()
+                self.nodes.append(node)
+            subprocess.run(
+                [
+                    str(shutil.which("redis-cli")),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    *("--cluster-replicas", str(replicas), "--cluster-yes"),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=timeout(60),
+            )
+            self.wait_until(self._ok)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ok(self) -> bool:
+        try:
+            return all(self._state(n) == "ok" for n in self.nodes)
+        except (OSError, redis_errors()):
+            return False
+
+    @staticmethod
+    def _state(node: RedisServer) -> object:
+        with node.client() as client:
+            info = client.execute_command("CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            return "ok" if "cluster_state:ok" in text else "not ok"
+
+    def wait_until(self, condition: Callable[[], bool], seconds: float = 30) -> None:
+        wait_until(condition, seconds, "cluster")
+
+    def owner(self, key: str) -> RedisServer:
+        """The master serving ``key``'s hash slot."""
+        with self.nodes[0].client() as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if int(start) <= slot <= int(end):
+                    port = int(master[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no master serves the slot of {key!r}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -7,4 +7,9 @@ DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memor
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # In-process tests run one event loop per test: no background stats publisher in them.
-MEGAPHONE = {"DASHBOARD_INTERVAL": 0, "PERMISSIONS": OPEN_PERMISSIONS}
+# No outbox relay in the in-process tiers: their nodes run without database access.
+MEGAPHONE = {
+    "DASHBOARD_INTERVAL": 0,
+    "PERMISSIONS": OPEN_PERMISSIONS,
+    "TRANSACTION_RELAY_INTERVAL": 0,
+}

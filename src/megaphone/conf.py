@@ -49,11 +49,13 @@ _SWITCH = Check("megaphone.E014")
 @dataclass(frozen=True, slots=True)
 class Config:
     #: Where messages cross processes and where history lives: ``memory://`` (one process) or
-    #: ``redis://host:port/db``. Defaults to the ``REDIS_URL`` environment variable when set.
+    #: ``redis://host:port/db`` (see :mod:`megaphone.backends`). Defaults to the
+    #: ``MEGAPHONE_BACKEND`` environment variable when set, else to ``REDIS_URL``.
     BACKEND: Annotated[
         str,
         Meta(
-            description="a backend URL (memory://, redis://host:6379/0) or class path "
+            description="a backend URL (memory://, redis://host:6379/0, "
+            "redis+sentinel://host:26379,host:26379/service/0) or class path "
             "(package.module:ClassName)"
         ),
         Check("megaphone.E002"),
@@ -101,6 +103,11 @@ class Config:
     #: on the internal topic ``_megaphone.stats`` this often, in seconds, its rates averaged
     #: over its last 5 snapshots; the topic keeps ten minutes of them. 0 turns it off.
     DASHBOARD_INTERVAL: Annotated[SecondsOrZero, _SECONDS] = 2.0
+    #: Every serving worker relays, this often in seconds, the messages published inside a
+    #: transaction that committed and were not relayed by their own process (it died between
+    #: the commit and the relay, or the backend was down), once they are that old: see
+    #: :mod:`megaphone.backends.transactional`. 0 turns the relay off.
+    TRANSACTION_RELAY_INTERVAL: Annotated[SecondsOrZero, _SECONDS] = 1.0
     #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.server.tokens`.
     TOKEN_TTL: Annotated[Seconds, _SECONDS] = 300.0
     #: Origins a browser page may connect from besides the handshake's own (same scheme, host
@@ -208,8 +215,8 @@ DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.
 
 
 def _defaults_from_environment() -> dict[str, Any]:
-    redis_url = os.environ.get("REDIS_URL")
-    return {"BACKEND": redis_url} if redis_url else {}
+    backend = os.environ.get("MEGAPHONE_BACKEND") or os.environ.get("REDIS_URL")
+    return {"BACKEND": backend} if backend else {}
 
 
 def unknown_keys() -> list[str]:
@@ -219,7 +226,8 @@ def unknown_keys() -> list[str]:
 
 @cache
 def get_config() -> Config:
-    """The effective configuration: defaults, then ``REDIS_URL``, then ``settings.MEGAPHONE``."""
+    """The effective configuration: defaults, then ``MEGAPHONE_BACKEND`` (or ``REDIS_URL``),
+    then ``settings.MEGAPHONE``."""
     user = dict(getattr(settings, "MEGAPHONE", {}))
     values = {**DEFAULTS, **_defaults_from_environment(), **user}
     origins = values["ALLOWED_ORIGINS"]
@@ -260,6 +268,9 @@ class TopicOptions(Struct, frozen=True, forbid_unknown_fields=True):
     durable: bool = False
     #: Whether clients of the WebSocket endpoints may publish (server-side publishing always can).
     publish: bool = True
+    #: A latest-value topic: a new subscriber of the protocol endpoint gets the topic's latest
+    #: message first, with or without ``since`` (see :mod:`megaphone.server.session`).
+    latest: bool = False
 
 
 #: The options a ``TOPICS`` entry may set.

@@ -41,3 +41,21 @@ class DurableMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic}#{self.offset}"
+
+
+class PendingMessage(models.Model):
+    """A message published inside a transaction (the transactional outbox): written in that
+    transaction, relayed to the backend after it commits, then deleted. A row left behind (the
+    process died between the commit and the relay, the backend was down) is relayed by the
+    workers. See :mod:`megaphone.backends.transactional`."""
+
+    topic = models.CharField(max_length=200)
+    text = models.TextField(null=True, blank=True)
+    data = models.BinaryField(null=True, blank=True)
+    json = models.BooleanField(default=False)
+    #: Always set: the relay is idempotent through it, whoever relays and however often.
+    msg_id = models.CharField(max_length=64)
+    created = models.FloatField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.topic} ({self.msg_id})"

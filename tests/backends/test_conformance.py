@@ -1,6 +1,7 @@
 """The conformance suite (tests/backends/conformance.py) run on every built-in backend: memory,
-Redis on a private ``redis-server`` (killed for the failure tests), and durable topics (the
-Django database's history store wrapping the memory backend, and wrapping Redis)."""
+Redis on a private ``redis-server`` (killed for the failure tests), Redis behind Sentinel (a
+master, its replica, three Sentinels; its failovers are tests/e2e/test_redis_sentinel.py's), and
+durable topics (the Django database's history store wrapping the memory backend, and Redis)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from megaphone.backends import Backend
+from megaphone.backends import Backend, backend_from_url
 from megaphone.backends.durable import DatabaseHistory, DurableTopics
 from megaphone.backends.memory import MemoryBackend
-from megaphone.backends.redis import RedisBackend
 from tests.backends.conformance import BackendConformance, Harness
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, SentinelSetup
 
 
 class MemoryHarness(Harness):
@@ -22,15 +22,22 @@ class MemoryHarness(Harness):
         return backend
 
 
-class RedisHarness(Harness):
+class UrlHarness(Harness):
+    """A backend shared across processes, built from its URL as the node builds it."""
+
     shared = True
 
-    def __init__(self, server: RedisServer) -> None:
-        self.server = server
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     async def build(self, **options: Any) -> Backend:
-        backend: Backend = RedisBackend(self.server.url, **options)
-        return backend
+        return backend_from_url(self.url, **options)
+
+
+class RedisHarness(UrlHarness):
+    def __init__(self, server: RedisServer) -> None:
+        super().__init__(server.url)
+        self.server = server
 
     def outage(self) -> None:
         self.server.stop()
@@ -87,6 +94,12 @@ class TestRedis(BackendConformance):
     @pytest.fixture
     def harness(self, redis_server: RedisServer) -> Harness:
         return RedisHarness(redis_server)
+
+
+class TestRedisSentinel(BackendConformance):
+    @pytest.fixture
+    def harness(self, redis_sentinel: SentinelSetup) -> Harness:
+        return UrlHarness(redis_sentinel.url)  # failovers: tests/e2e/test_redis_sentinel.py
 
 
 @pytest.mark.django_db(transaction=True)

@@ -72,3 +72,39 @@ def test_a_url_naming_nothing_usable_is_error_e002(value: str) -> None:
     with pytest.raises(InvalidBackend):
         backend_from_url(value)
     assert ids(value) == {"megaphone.E002"}
+
+
+def test_a_sentinel_url_names_its_sentinels_service_and_database() -> None:
+    from megaphone.backends.redis_sentinel import RedisSentinelBackend, SentinelURL
+
+    parsed = SentinelURL("redis+sentinel://:s%40cret@10.0.0.1:26379,[::1]:26380/mymaster/3")
+    assert parsed.sentinels == [("10.0.0.1", 26379), ("::1", 26380)]
+    assert (parsed.service, parsed.db, parsed.password) == ("mymaster", 3, "s@cret")
+    backend = backend_from_url("redis+sentinel://127.0.0.1:26379/mymaster")
+    assert isinstance(backend, RedisSentinelBackend)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+sentinel://127.0.0.1:26379/", "/<service>/<db>"),
+        ("redis+sentinel://127.0.0.1/mymaster/0", "not host:port"),
+        ("redis+sentinel://127.0.0.1:26379,/mymaster/0", "not host:port"),
+        ("redis+sentinel://127.0.0.1:26379/mymaster/zero", "not a number"),
+        ("redis+sentinel://127.0.0.1:26379/mymaster/0/more", "/<service>/<db>"),
+    ],
+)
+def test_a_bad_sentinel_url_is_a_clear_error(url: str, says: str) -> None:
+    with pytest.raises(InvalidBackend, match="invalid Redis Sentinel URL") as error:
+        backend_from_url(url)
+    assert says in str(error.value)
+    with override_settings(MEGAPHONE={"BACKEND": url}):
+        assert "megaphone.E002" in [m.id for m in run_checks()]
+
+
+def test_a_cluster_url_says_it_is_not_supported_yet() -> None:
+    url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"
+    with pytest.raises(InvalidBackend, match="Redis Cluster is not supported yet"):
+        backend_from_url(url)
+    with override_settings(MEGAPHONE={"BACKEND": url}):
+        assert "megaphone.E002" in [m.id for m in run_checks()]

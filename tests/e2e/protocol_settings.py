@@ -10,5 +10,6 @@ MEGAPHONE = {
         "small.*": {"history_size": 20},
         "room.*": {"presence": True, "join_leave": True},
         "durable.*": {"durable": True},
+        "price.*": {"latest": True},
     },
 }

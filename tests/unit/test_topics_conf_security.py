@@ -53,6 +53,19 @@ def test_redis_url_environment_selects_the_backend(monkeypatch: pytest.MonkeyPat
     assert get_config().BACKEND == "memory://"
 
 
+def test_megaphone_backend_environment_wins_over_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/megaphone/2"
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/3")
+    monkeypatch.setenv("MEGAPHONE_BACKEND", url)
+    get_config.cache_clear()
+    try:
+        assert url == get_config().BACKEND
+    finally:
+        monkeypatch.delenv("REDIS_URL")
+        monkeypatch.delenv("MEGAPHONE_BACKEND")
+        get_config.cache_clear()
+
+
 def scope(host: str, scheme: str = "ws", **headers: str) -> dict[str, object]:
     """A WebSocket handshake's scope with that Host (and headers)."""
     pairs = [(b"host", host.encode())] + [

@@ -4,6 +4,10 @@
 
 * ``memory://`` -> :class:`megaphone.backends.memory.MemoryBackend` (one process, the default);
 * ``redis://`` and ``rediss://`` -> :mod:`megaphone.backends.redis` (many processes and machines);
+* ``redis+sentinel://host:port,host:port/<service>/<db>`` ->
+  :mod:`megaphone.backends.redis_sentinel` (the same, on the master Sentinel names, following
+  its failovers);
+* ``redis+cluster://`` is refused with a clear "not supported yet";
 
 or the path of a class of the application's, ``package.module:ClassName`` (no ``://`` before
 the colon), e.g. ``"myapp.backends:MyBackend"``: anything satisfying
@@ -15,6 +19,7 @@ value that names nothing usable raises :class:`InvalidBackend` (the system check
 ``megaphone.E002`` and ``megaphone.E005`` report it at startup).
 
 Owns: :mod:`~.base` (the protocols and their errors), :mod:`~.memory`, :mod:`~.redis`,
+:mod:`~.redis_sentinel`,
 :mod:`~.durable` (durable topics: a wrapper choosing, per topic, another history store) and
 :mod:`~.database` (that store, in the application's database).
 
@@ -59,6 +64,13 @@ _SCHEMES = {
     "memory": "megaphone.backends.memory:MemoryBackend",
     "redis": "megaphone.backends.redis:RedisBackend",
     "rediss": "megaphone.backends.redis:RedisBackend",
+    "redis+sentinel": "megaphone.backends.redis_sentinel:RedisSentinelBackend",
+}
+
+#: Schemes of the design's backend URLs that are not implemented yet, with what to say.
+_NOT_YET = {
+    "redis+cluster": "Redis Cluster is not supported yet (see docs/deploy.md, Redis Sentinel "
+    "and Redis Cluster); use redis:// or redis+sentinel://",
 }
 
 #: ``package.module:ClassName``: a backend class of the application's.
@@ -97,6 +109,8 @@ def _resolve(value: str) -> tuple[str, str, bool]:
     if "://" not in value and (path := CLASS_PATH.match(value)):
         return path["module"], path["name"], True
     scheme = urlsplit(value).scheme
+    if scheme in _NOT_YET:
+        raise InvalidBackend(f"{value!r}: {_NOT_YET[scheme]}", by_path=False)
     if scheme not in _SCHEMES:
         raise InvalidBackend(
             f"unknown Megaphone backend {value!r}: use one of "

@@ -1,8 +1,9 @@
 """The Redis backend: many processes on many machines share one Redis.
 
 ``redis://[:password@]host:port/db`` and ``rediss://`` (TLS) URLs, as redis-py reads them. One
-Redis server (or a primary with replicas failing over behind one address) is supported; Redis
-Cluster and Sentinel URLs are not (see docs/deploy.md).
+Redis server (or a primary with replicas failing over behind one address) is supported;
+:mod:`~.redis_sentinel` finds the primary through Sentinel; Redis Cluster is not supported
+(see docs/deploy.md).
 
 What it guarantees, on top of :mod:`megaphone.backends.base`:
 
@@ -30,7 +31,8 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   jittered exponential backoff (at most :data:`RECONNECT_MAX_DELAY` seconds apart),
   resubscribes every topic, then reads each topic's history after the last offset it delivered
   and hands the missed messages to ``on_message`` before any live one (duplicates are dropped).
-  If the topic's epoch changed meanwhile (Redis restarted empty, keys evicted), it hands over the
+  If the topic's epoch changed meanwhile (Redis restarted empty, keys evicted, a replica
+  promoted: an epoch belongs to the primary's replication id), it hands over the
   new epoch's messages: a protocol session receiving them sees the epoch change and tells its
   client (``unsubscribed`` / ``recovered: false``). If the epoch is the same but its offset went
   back (Redis came back from an older snapshot, or failed over to a replica that had not
@@ -102,11 +104,22 @@ HEALTH_INTERVAL = 5.0
 RECONNECT_MAX_DELAY = 2.0
 #: Most subscribed topics one :meth:`RedisBackend.sweep` refreshes the meta key of.
 REFRESH_BATCH = 1000
+#: How every connection pool of the backend is built: bounded, callers wait for a free
+#: connection at most :data:`SOCKET_TIMEOUT` seconds, RESP2.
+POOL_OPTIONS: dict[str, Any] = {
+    "max_connections": MAX_CONNECTIONS,
+    "timeout": SOCKET_TIMEOUT,
+    "socket_timeout": SOCKET_TIMEOUT,
+    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "protocol": 2,
+}
 
 T = TypeVar("T")
 
-# Shared by both scripts: make sure the topic has an epoch, then trim its history to
-# ``size`` entries none older than ``ttl_ms``, and forget the msg_ids of trimmed messages.
+# Shared by both scripts: make sure the topic has an epoch of the current master (its
+# replication id: a replica promoted, or a server restarted, has a new one), then trim its
+# history to ``size`` entries none older than ``ttl_ms``, and forget the msg_ids of trimmed
+# messages.
 # KEYS: meta, history, ids. Sets locals epoch, offset, now_ms, now (the "sec.usec" string).
 _PRELUDE = """
 local meta, history, ids = KEYS[1], KEYS[2], KEYS[3]
@@ -114,11 +127,12 @@ local size, ttl_ms, meta_ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now = clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
 local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
+if not epoch or redis.call('HGET', meta, 'replid') ~= replid then
   epoch = ARGV[4]
   redis.call('DEL', history, ids)
-  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0, 'replid', replid)
 end
 redis.call('PEXPIRE', meta, meta_ttl_ms)
 local offset = tonumber(redis.call('HGET', meta, 'offset'))
@@ -325,17 +339,7 @@ class RedisBackend(BaseBackend):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        try:
-            self._pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=SOCKET_TIMEOUT,
-                socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                protocol=2,
-            )
-        except ValueError as exc:
-            raise ValueError(f"invalid Redis URL {url!r}: {exc}") from None
+        self._pool = self._connection_pool(url)
         self._client = aioredis.Redis(connection_pool=self._pool)
         # str -> UTF-8 (strict), int and float -> their digits, bytes as they are.
         encoder = self._pool.get_encoder()  # type: ignore[no-untyped-call]
@@ -367,14 +371,25 @@ class RedisBackend(BaseBackend):
         self._refresh_at: dict[str, float] = {}
         self._refreshes: list[tuple[float, str]] = []
 
+    def _connection_pool(self, url: str) -> BlockingConnectionPool:
+        """The pool of command connections to the Redis ``url`` names; the pub/sub connection
+        is one more of its :attr:`~BlockingConnectionPool.connection_class`, built with its
+        ``connection_kwargs``. Subclasses discover the server another way (Sentinel)."""
+        try:
+            return BlockingConnectionPool.from_url(url, **POOL_OPTIONS)
+        except ValueError as exc:
+            raise ValueError(f"invalid Redis URL {url!r}: {exc}") from None
+
+    def _where(self) -> str:
+        """The Redis this backend talks to, for error messages."""
+        kwargs = self._pool.connection_kwargs
+        return f"Redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
     def _channel(self, topic: str) -> bytes:
         return f"{self._channel_prefix}{{{topic}}}".encode()
 
     def _redis_error(self, what: str, exc: BaseException) -> BackendUnavailable:
-        return BackendUnavailable(
-            f"Redis at {self._pool.connection_kwargs.get('host', '?')}:"
-            f"{self._pool.connection_kwargs.get('port', '?')} failed to {what}: {exc}"
-        )
+        return BackendUnavailable(f"{self._where()} failed to {what}: {exc}")
 
     async def _call(self, what: str, command: Awaitable[T]) -> T:
         try:

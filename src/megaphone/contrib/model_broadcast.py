@@ -9,7 +9,10 @@ Each change publishes the JSON value ``{"event": "created" | "updated" | "delete
 "app_label.model_name", "pk": ..., "data": serialize(instance)}`` (``data`` only with
 ``serialize``: by default nothing but the primary key leaves the database, so no field is
 broadcast by accident). The message is built when the signal fires, so it shows the instance as
-it was saved, and published by ``transaction.on_commit``: a rolled-back change publishes nothing.
+it was saved. Inside a transaction it is written in that transaction (the transactional outbox of
+:func:`megaphone.publish`) and published once it commits, by the serving workers if the process
+dies first, exactly once: a rolled-back change publishes nothing. In autocommit mode it is
+published right after the save.
 
 Errors: an exception of ``topic`` or ``serialize``, or an invalid message (bad topic, too large)
 propagates from ``save()``/``delete()``: it is a bug to fix. Inside a transaction (``atomic()``,
@@ -29,11 +32,18 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from django.db import models, transaction
+from django.db import models
 from django.db.models.signals import post_delete, post_save
 
+from megaphone.backends import transactional
 from megaphone.core.logs import get_logger
-from megaphone.engine.publishing import PublishError, apublish_prepared, prepare, publish_prepared
+from megaphone.engine.publishing import (
+    PublishError,
+    apublish_prepared,
+    prepare,
+    publish_on_commit,
+    publish_prepared,
+)
 
 logger = get_logger(__name__)
 
@@ -116,7 +126,10 @@ def _schedule(
     name = topic(instance) if callable(topic) else topic
     # Encoded now: the instance as saved, and errors raised inside the transaction.
     name, payload, is_json = prepare(name, message_for(instance, event, serialize))
-    transaction.on_commit(partial(_publish, name, payload, is_json), using=using)
+    if transactional.in_transaction(using):
+        publish_on_commit(name, payload, is_json)
+    else:
+        _publish(name, payload, is_json)
 
 
 def _publish(topic: str, payload: str | bytes, is_json: bool) -> None:

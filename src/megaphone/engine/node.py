@@ -68,6 +68,7 @@ class Node:
         self._presence_refresher: asyncio.Task[None] | None = None
         self._stats_publisher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._relay: asyncio.Task[None] | None = None
         #: This process's clients' join/leave events, coalesced per topic.
         self.join_leave = JoinLeave(self._publish_json)
         metrics.track_hub(self.hub)
@@ -102,8 +103,16 @@ class Node:
         """Publish this worker's figures for the dashboard every ``interval`` seconds."""
         self._stats_publisher = asyncio.ensure_future(publish_stats(self, interval))
 
+    def relay_transactions(self, interval: float) -> None:
+        """Relay the committed messages of the transactional outbox that their process did not
+        (see :mod:`megaphone.engine.relay`) every ``interval`` seconds."""
+        from megaphone.engine.relay import relay_forever
+
+        self._relay = asyncio.ensure_future(relay_forever(self, interval))
+
     async def stop(self) -> None:
-        for task in (self._presence_refresher, self._stats_publisher, self._sweeper):
+        tasks = (self._presence_refresher, self._stats_publisher, self._sweeper, self._relay)
+        for task in tasks:
             if task is not None:
                 task.cancel()
         self.join_leave.stop()
@@ -216,9 +225,10 @@ _nodes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Node]]
 
 async def start_node(*, dashboard: bool = True) -> Node:
     """A started node of the settings' backend; the caller owns it. With ``dashboard`` (and
-    ``DASHBOARD_INTERVAL``), it publishes this worker's figures for the dashboard: a worker
-    serving clients does, a process part that serves none (the background publisher,
-    ``manage.py megaphone``) does not."""
+    ``DASHBOARD_INTERVAL``), it publishes this worker's figures for the dashboard, and (with
+    ``TRANSACTION_RELAY_INTERVAL``) relays the transactional outbox: a worker serving clients
+    does, a process part that serves none (the background publisher, ``manage.py megaphone``)
+    does not."""
     config = get_config()
     backend = backend_from_url(
         config.BACKEND,
@@ -232,6 +242,8 @@ async def start_node(*, dashboard: bool = True) -> Node:
     await node.start()
     if dashboard and config.DASHBOARD_INTERVAL:
         node.publish_stats(config.DASHBOARD_INTERVAL)
+    if dashboard and config.TRANSACTION_RELAY_INTERVAL:
+        node.relay_transactions(config.TRANSACTION_RELAY_INTERVAL)
     return node
 
 

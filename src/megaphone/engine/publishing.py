@@ -28,26 +28,41 @@ backend has accepted it, or raise a :class:`PublishError`; they never pretend. O
 backend, in a process that serves no clients (``manage.py shell``, a Celery worker, a script: no
 WebSocket endpoint of Megaphone's was built here), both raise :class:`NoServerHere`, since no
 server and no client shares this process's memory: use the Redis backend there.
+
+**Inside a transaction**, ``publish()`` is transactional: called inside ``transaction.atomic()``
+(or a view under ``ATOMIC_REQUESTS``) it writes the message in the same transaction (the outbox,
+:mod:`megaphone.backends.transactional`) and returns a :class:`Pending`; the message is relayed
+to the backend after the commit (``transaction.on_commit``), by the serving workers if this
+process dies first, exactly once (through its ``msg_id``). A rollback publishes nothing, and
+nothing reaches history. Outside a transaction, ``publish()`` publishes at once, as above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+from django.db import transaction
 
 from megaphone.backends import BackendUnavailable
 from megaphone.conf import get_config
 from megaphone.core.decoding import InvalidText, check_text, utf8_size
+from megaphone.core.logs import get_logger
 from megaphone.core.message import MAX_MSG_ID_LENGTH, Message
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.background import background
 from megaphone.engine.node import Node, get_node
 
+logger = get_logger(__name__)
+
 __all__ = [
     "InvalidMessage",
     "MessageTooLarge",
     "NoServerHere",
+    "Pending",
     "PublishError",
     "PublishUnavailable",
     "apublish",
@@ -228,10 +243,22 @@ async def apublish_prepared(
         raise PublishUnavailable(f"the backend cannot be reached: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What :func:`publish` returns inside a transaction: the message is written with it and
+    will be published once it commits, with this ``msg_id``."""
+
+    topic: str
+    msg_id: str
+
+
 def publish(
     topic: str, data: Any, *, msg_id: str | None = None, timeout: float | None = None
-) -> Message:
+) -> Message | Pending:
     """Publish ``data`` on ``topic`` from sync code; block until the backend accepts it.
+
+    Inside a transaction, write it in the transaction instead and publish it once the
+    transaction commits (see the module docstring): return a :class:`Pending`.
 
     Raises :class:`RuntimeError` when called from a thread running an event loop (use
     :func:`apublish` there), otherwise as :func:`apublish` does.
@@ -246,7 +273,44 @@ def publish(
             "where it would block the loop: use `await megaphone.apublish(topic, data)` instead."
         )
     topic, payload, is_json = prepare(topic, data, msg_id)
+    from megaphone.backends import transactional
+
+    if transactional.in_transaction():
+        return publish_on_commit(topic, payload, is_json, msg_id, timeout)
     return publish_prepared(topic, payload, is_json, msg_id, timeout)
+
+
+def publish_on_commit(
+    topic: str,
+    payload: str | bytes,
+    is_json: bool,
+    msg_id: str | None = None,
+    timeout: float | None = None,
+) -> Pending:
+    """Write what :func:`prepare` returned in the current transaction, and publish it once the
+    transaction commits (see the module docstring)."""
+    from megaphone.backends import transactional
+
+    msg_id = msg_id or transactional.new_msg_id()
+    row = transactional.write(topic, payload, is_json, msg_id)
+    relay = partial(_relay_committed, row.pk, topic, payload, is_json, msg_id, timeout)
+    transaction.on_commit(relay, using=transactional.database())
+    return Pending(topic, msg_id)
+
+
+def _relay_committed(
+    pk: int, topic: str, payload: str | bytes, is_json: bool, msg_id: str, timeout: float | None
+) -> None:
+    """After the commit: publish, then forget the row. A message the backend did not take stays
+    in the outbox, for the workers' relay."""
+    from megaphone.backends import transactional
+
+    try:
+        publish_prepared(topic, payload, is_json, msg_id, timeout)
+    except PublishError as exc:
+        logger.warning("message on %s committed, left to the workers' relay: %s", topic, exc)
+        return
+    transactional.done(pk)
 
 
 def publish_prepared(

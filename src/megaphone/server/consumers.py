@@ -36,7 +36,8 @@ from megaphone.engine.publishing import mark_serving
 from megaphone.protocol.schema import message_event
 from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic
 from megaphone.server.connection import Connection
-from megaphone.server.permissions import allowed, may_subscribe
+from megaphone.server.hooks import PublishRejected, screen
+from megaphone.server.permissions import aallowed, amay_subscribe
 from megaphone.server.session import RateLimitIgnored, Session
 
 logger = get_logger(__name__)
@@ -333,6 +334,7 @@ class BroadcastConsumer(_Endpoint):
         super().__init__(*args, **kwargs)
         # Publishes handed to a pipelining backend and not answered yet (see receive).
         self._publishing: set[asyncio.Task[Message]] = set()
+        self._may_publish: bool | None = None
 
     async def connect(self) -> None:
         kwargs = self.scope.get("url_route", {}).get("kwargs", {})
@@ -344,7 +346,7 @@ class BroadcastConsumer(_Endpoint):
         connection = await self._setup(raw_frame)
         if connection is None:
             return
-        if not may_subscribe(self.user, self.topic):
+        if not await amay_subscribe(self.user, self.topic):
             await self._refuse("may not subscribe", "forbidden")
             return
         try:
@@ -365,8 +367,18 @@ class BroadcastConsumer(_Endpoint):
             await self._close_with(CloseCode.RATE_LIMITED)
             return
         options = topic_options(self.topic)
-        if not (options.publish and allowed(self.user, "publish", self.topic)):
+        if self._may_publish is None:  # asked once per connection: it may query the database
+            self._may_publish = await aallowed(self.user, "publish", self.topic)
+        if not (options.publish and self._may_publish):
             logger.info("closing %s: clients may not publish on %s", self.scope["path"], self.topic)
+            await self._close_with(CloseCode.FORBIDDEN)
+            return
+        try:
+            payload, is_json = await screen(self.topic, payload, False, self.user, "raw")
+        except PublishRejected as exc:
+            logger.info(
+                "closing %s: a client_publish hook refused: %s", self.scope["path"], exc.code
+            )
             await self._close_with(CloseCode.FORBIDDEN)
             return
         if self.node.backend.pipelines_publishes and not options.durable:
@@ -376,12 +388,12 @@ class BroadcastConsumer(_Endpoint):
             # once, whatever the rate limit: a client cannot queue more while the backend is slow.
             if len(self._publishing) >= MAX_PUBLISHING:
                 await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.ensure_future(self.node.publish(self.topic, payload))
+            task = asyncio.ensure_future(self.node.publish(self.topic, payload, json=is_json))
             self._publishing.add(task)
             task.add_done_callback(self._published)
             return
         try:
-            await self.node.publish(self.topic, payload)
+            await self.node.publish(self.topic, payload, json=is_json)
         except BackendUnavailable as exc:
             self._publish_failed(exc)
 

@@ -11,9 +11,29 @@ Actions are ``subscribe``, ``publish``, ``history`` and ``presence``. The projec
     ]}
 
 Each action names a *who*: ``anyone``, ``authenticated``, ``staff``, ``owner`` (the topic's last
-``:``-separated part is the user's primary key, as in ``user:42``), ``nobody``, or the dotted path
-of a function ``f(user, action, topic) -> bool``. ``default`` covers the actions a rule does not
-name. A topic no rule matches is refused (``nobody``).
+``:``-separated part is the user's primary key, as in ``user:42``), ``nobody``,
+``perm:<app_label>.<codename>`` (Django's ``user.has_perm``), ``group:<name>`` (the user is in
+that Django group), or the dotted path of a function ``f(user, action, topic) -> bool``.
+``default`` covers the actions a rule does not name. A topic no rule matches is refused
+(``nobody``).
+
+**Object permissions.** A rule with ``object`` resolves its topic to an object, and its ``perm:``
+whos ask ``user.has_perm(perm, obj)``, so object-permission backends (django-guardian,
+django-rules) decide: ``"object": "shop.Order"`` is the ``Order`` whose primary key is the topic's
+last ``:``-separated part (``orders:17``); a dotted path names a function ``f(topic) -> object or
+None``. A topic whose object does not exist (or whose key is not a valid one) is refused::
+
+    {"topics": "orders:*", "object": "shop.Order",
+     "default": "perm:shop.view_order", "publish": "perm:shop.change_order"}
+
+**Off the event loop, once per subscription.** ``perm:``, ``group:``, object rules and functions
+may query the database: the consumers ask :func:`aallowed` and its ``amay_*`` twins, which run them
+in a worker thread (``database_sync_to_async``). They are asked at each subscribe (the protocol's
+history and presence requests at each request), and a connection's right to publish on a topic
+once per subscription (the raw endpoint: once per connection), never per message. A rule that
+raises (the database is down) refuses, logged. Django's ``ModelBackend`` caches a user's
+permissions on the user object: a connection sees a change of its user's permissions or groups
+through ``perm:`` when it reconnects, through ``group:`` at its next subscribe.
 
 :data:`DEFAULT_PERMISSIONS` applies when the setting is absent (``MEGAPHONE = {}``): private
 ``user:<id>`` topics belong to their owner and internal ``_megaphone.*`` topics to staff; on
@@ -36,16 +56,22 @@ rules: the operator granted it its topics for every action.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import cache
 from typing import Any, Literal
 
+from channels.db import database_sync_to_async
+from django.apps import apps
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from megaphone.conf import get_config
+from megaphone.core.logs import get_logger
 from megaphone.engine.stats import STATS_TOPIC
 
 Action = Literal["subscribe", "publish", "history", "presence"]
@@ -61,11 +87,31 @@ DEFAULT_PERMISSIONS: tuple[dict[str, str], ...] = (
 )
 
 
+logger = get_logger(__name__)
+
+#: ``perm:<app_label>.<codename>``, as ``user.has_perm`` takes it.
+_PERM = re.compile(r"perm:(\w+\.\w+)")
+
+
 class PolicyError(ValueError):
     """A rule of ``MEGAPHONE["PERMISSIONS"]`` that cannot be used; the message says why."""
 
 
-Rule = tuple[str, dict[str, Callable[[Any, str, str], bool]]]
+Decide = Callable[[Any, str, str], bool]
+Resolver = Callable[[str], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """A compiled *who*: ``decide(user, action, topic)``, and whether it may touch the database
+    (``perm:``, ``group:``, an object rule, a function of the project's): the async paths run
+    those in a worker thread (:func:`adecide`), never on the event loop."""
+
+    decide: Decide
+    blocking: bool
+
+
+Rule = tuple[str, dict[Action, Who]]
 
 
 def _is_authenticated(user: Any) -> bool:
@@ -85,17 +131,79 @@ _BUILTIN: dict[str, Callable[[Any, str, str], bool]] = {
 }
 
 
-def _who(value: object) -> Callable[[Any, str, str], bool]:
+def _has_perm(perm: str, resolver: Resolver | None) -> Decide:
+    """``user.has_perm(perm)``, or with a resolver ``user.has_perm(perm, obj)`` for the topic's
+    object: a topic whose object does not exist is refused."""
+
+    def decide(user: Any, action: str, topic: str) -> bool:
+        if user is None or not hasattr(user, "has_perm"):
+            return False
+        if resolver is None:
+            return bool(user.has_perm(perm))
+        obj = resolver(topic)
+        return obj is not None and bool(user.has_perm(perm, obj))
+
+    return decide
+
+
+def _in_group(name: str) -> Decide:
+    def decide(user: Any, action: str, topic: str) -> bool:
+        return _is_authenticated(user) and bool(user.groups.filter(name=name).exists())
+
+    return decide
+
+
+def _who(value: object, resolver: Resolver | None = None) -> Who:
     if not isinstance(value, str):
         raise PolicyError(f"a who must be a string, not {value!r}")
     if value in _BUILTIN:
-        return _BUILTIN[value]
+        return Who(_BUILTIN[value], blocking=False)
+    if value.startswith("perm:"):
+        if not _PERM.fullmatch(value):
+            raise PolicyError(f"{value!r} must be perm:<app_label>.<codename>")
+        return Who(_has_perm(value[5:], resolver), blocking=True)
+    if value.startswith("group:"):
+        if not value[6:]:
+            raise PolicyError(f"{value!r} must be group:<name>")
+        return Who(_in_group(value[6:]), blocking=True)
     if "." not in value:
-        raise PolicyError(f"unknown who {value!r}: use one of {', '.join(WHO)} or a dotted path")
+        raise PolicyError(
+            f"unknown who {value!r}: use one of {', '.join(WHO)}, perm:<app_label>.<codename>, "
+            "group:<name> or a dotted path"
+        )
     try:
-        return import_string(value)  # type: ignore[no-any-return]
+        return Who(import_string(value), blocking=True)
     except ImportError as exc:
         raise PolicyError(f"cannot import {value!r}: {exc}") from None
+
+
+def _model_resolver(model: Any) -> Resolver:
+    """The object of a topic whose last ``:``-separated part is a primary key of ``model``;
+    None when there is none (no such row, or not a valid key)."""
+
+    def resolve(topic: str) -> Any:
+        try:
+            return model._default_manager.get(pk=topic.rpartition(":")[2])
+        except (ObjectDoesNotExist, ValueError, TypeError, ValidationError):
+            return None
+
+    return resolve
+
+
+def _resolver(value: object) -> Resolver:
+    """A rule's ``object``: a model label (``"shop.Order"``) or the dotted path of a function
+    ``f(topic) -> object or None``."""
+    if not isinstance(value, str) or "." not in value:
+        raise PolicyError(f"object must be a model label or a dotted path, not {value!r}")
+    try:
+        return _model_resolver(apps.get_model(value))
+    except (LookupError, ValueError):
+        pass
+    try:
+        return import_string(value)  # type: ignore[no-any-return]
+    except ImportError:
+        message = f"object {value!r} is neither an installed model nor importable"
+        raise PolicyError(message) from None
 
 
 def compile_rules(rules: object) -> list[Rule]:
@@ -106,13 +214,16 @@ def compile_rules(rules: object) -> list[Rule]:
     for index, rule in enumerate(rules):
         if not isinstance(rule, Mapping) or not isinstance(rule.get("topics"), str):
             raise PolicyError(f"rule {index} must be a dict with a 'topics' glob")
-        unknown = set(rule) - {"topics", "default", *ACTIONS}
+        unknown = set(rule) - {"topics", "default", "object", *ACTIONS}
         if unknown:
             raise PolicyError(f"rule {index} has unknown keys: {', '.join(sorted(unknown))}")
         default = rule.get("default", "nobody")
-        compiled.append(
-            (rule["topics"], {action: _who(rule.get(action, default)) for action in ACTIONS})
-        )
+        try:
+            resolver = _resolver(rule["object"]) if "object" in rule else None
+            whos = {action: _who(rule.get(action, default), resolver) for action in ACTIONS}
+        except PolicyError as exc:
+            raise PolicyError(f"rule {index}: {exc}") from None
+        compiled.append((rule["topics"], whos))
     return compiled
 
 
@@ -140,15 +251,45 @@ class Service:
 PRESENCE_CARRYING = frozenset({STATS_TOPIC})
 
 
-def allowed(user: Any, action: Action, topic: str) -> bool:
-    """Whether ``user`` (a Django user, AnonymousUser, None or a :class:`Service`) may
-    ``action`` on ``topic``."""
-    if isinstance(user, Service):
-        return user.allows(topic)
+def _who_for(action: Action, topic: str) -> Who | None:
     for pattern, actions in _rules():
         if fnmatchcase(topic, pattern):
-            return bool(actions[action](user, action, topic))
-    return False
+            return actions[action]
+    return None
+
+
+def allowed(user: Any, action: Action, topic: str) -> bool:
+    """Whether ``user`` (a Django user, AnonymousUser, None or a :class:`Service`) may
+    ``action`` on ``topic``. Sync code only: it may query the database (see :func:`aallowed`)."""
+    if isinstance(user, Service):
+        return user.allows(topic)
+    who = _who_for(action, topic)
+    return who is not None and _decide(who, user, action, topic)
+
+
+def _decide(who: Who, user: Any, action: str, topic: str) -> bool:
+    """``who``'s decision; a rule that fails (the database is down, a bug in the project's
+    function or resolver) refuses, and says why in the log."""
+    try:
+        return bool(who.decide(user, action, topic))
+    except Exception:
+        logger.exception("permission check for %s on %s failed: refused", action, topic)
+        return False
+
+
+async def aallowed(user: Any, action: Action, topic: str) -> bool:
+    """:func:`allowed` from async code: the same decision, and the rules that may touch the
+    database (``perm:``, ``group:``, objects, functions) run in a worker thread, through
+    ``database_sync_to_async``, so the event loop never waits on a query."""
+    if isinstance(user, Service):
+        return user.allows(topic)
+    who = _who_for(action, topic)
+    if who is None:
+        return False
+    if not who.blocking:
+        return _decide(who, user, action, topic)
+    decided: bool = await database_sync_to_async(_decide)(who, user, action, topic)
+    return decided
 
 
 def may_subscribe(principal: Any, topic: str) -> bool:
@@ -170,3 +311,26 @@ def may_see_presence(principal: Any, topic: str) -> bool:
 def _carried_presence(principal: Any, topic: str) -> bool:
     """The messages of a :data:`PRESENCE_CARRYING` topic, live or past, disclose presence too."""
     return topic not in PRESENCE_CARRYING or may_see_presence(principal, topic)
+
+
+async def amay_subscribe(principal: Any, topic: str) -> bool:
+    """:func:`may_subscribe` from async code (see :func:`aallowed`)."""
+    return await aallowed(principal, "subscribe", topic) and await _acarried_presence(
+        principal, topic
+    )
+
+
+async def amay_read_history(principal: Any, topic: str) -> bool:
+    """:func:`may_read_history` from async code (see :func:`aallowed`)."""
+    return await aallowed(principal, "history", topic) and await _acarried_presence(
+        principal, topic
+    )
+
+
+async def amay_see_presence(principal: Any, topic: str) -> bool:
+    """:func:`may_see_presence` from async code (see :func:`aallowed`)."""
+    return await aallowed(principal, "presence", topic)
+
+
+async def _acarried_presence(principal: Any, topic: str) -> bool:
+    return topic not in PRESENCE_CARRYING or await amay_see_presence(principal, topic)

@@ -11,6 +11,15 @@ live. Live, it delivers only the next offset of its epoch: a duplicate is droppe
 lost by the bus, or offsets assigned out of order) is filled from history the same way, and if it
 cannot be filled the client gets an ``unsubscribed`` frame with ``insufficient_state`` and
 resubscribes from its position, which answers ``recovered: false`` if the gap is really lost.
+
+Latest-value topics (``TOPICS`` option ``latest``): a subscribe that recovers nothing (no
+``since``, or ``recovered: false``) sends the topic's latest message right after the reply (whose
+``offset`` is then the one just before it), before any live one, the same way (subscribed
+first, then the latest read from history, then the buffer), so the client has the current state
+without an HTTP fetch. It needs the history right
+(it discloses a message published before the subscription), and the history to still hold that
+message (``history_ttl``): a topic whose latest message expired sends nothing before live ones.
+A subscribe that recovers gets its missed messages as on any topic, the latest last.
 """
 
 from __future__ import annotations
@@ -43,12 +52,19 @@ from megaphone.protocol.schema import (
     reply_frame,
 )
 from megaphone.server.connection import Connection
+from megaphone.server.hooks import (
+    PublishRejected,
+    presence_joined,
+    presence_left,
+    screen,
+    send_presence,
+)
 from megaphone.server.permissions import (
     Action,
-    allowed,
-    may_read_history,
-    may_see_presence,
-    may_subscribe,
+    aallowed,
+    amay_read_history,
+    amay_see_presence,
+    amay_subscribe,
 )
 
 logger = get_logger(__name__)
@@ -57,11 +73,15 @@ logger = get_logger(__name__)
 class Subscription:
     """One topic of one session, as the hub sees it; see the module docstring."""
 
-    __slots__ = ("buffer", "epoch", "last", "session", "topic")
+    __slots__ = ("buffer", "epoch", "last", "may_publish", "session", "topic", "watches_join_leave")
 
     def __init__(self, session: Session, topic: str) -> None:
         self.session = session
         self.topic = topic
+        # Decided once per subscription (the policy may query the database), never per message:
+        # whether it gets join/leave events, and whether it may publish (None: not asked yet).
+        self.watches_join_leave = False
+        self.may_publish: bool | None = None
         self.epoch = ""
         self.last = 0  # offset of the last message sent to the client
         # Live messages held back while history is read; None once live.
@@ -140,6 +160,8 @@ class Session:
         self._info: dict[str, dict[str, Any] | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Topics whose presence_joined signal was sent and presence_left not yet.
+        self._joined: set[str] = set()
 
     def hello(self) -> str:
         """The first frame the client gets."""
@@ -167,9 +189,15 @@ class Session:
             error_frame(None, Code.BAD_REQUEST, "binary frames are not part of this protocol")
         )
 
-    def _require(self, action: Action, topic: str, request_id: Any) -> None:
-        if not allowed(self.principal, action, topic):
-            self._refuse(action, request_id)
+    async def _may_publish(self, topic: str) -> bool:
+        """The publish decision, asked once per subscription on a subscribed topic (and on
+        every publish elsewhere): the policy may query the database."""
+        subscription = self.subscriptions.get(topic)
+        if subscription is None:
+            return await aallowed(self.principal, "publish", topic)
+        if subscription.may_publish is None:
+            subscription.may_publish = await aallowed(self.principal, "publish", topic)
+        return subscription.may_publish
 
     @staticmethod
     def _refuse(action: Action, request_id: Any) -> NoReturn:
@@ -207,11 +235,18 @@ class Session:
     async def _publish(self, request: Publish) -> None:
         if self.publish_limit is not None and not self.publish_limit.allow():
             raise ProtocolError(Code.RATE_LIMITED, "publishing too fast", request.id)
-        self._require("publish", request.topic, request.id)
+        if not await self._may_publish(request.topic):
+            self._refuse("publish", request.id)
         if not topic_options(request.topic).publish:
             raise ProtocolError(Code.FORBIDDEN, "clients may not publish here", request.id)
+        try:
+            payload, is_json = await screen(
+                request.topic, request.payload, request.json, self.principal, "protocol"
+            )
+        except PublishRejected as exc:
+            raise ProtocolError(exc.code, exc.message, request.id) from None
         message = await self.node.publish(
-            request.topic, request.payload, json=request.json, msg_id=request.msg_id
+            request.topic, payload, json=is_json, msg_id=request.msg_id
         )
         result = {"topic": message.topic, "offset": message.offset, "epoch": message.epoch}
         self.send(reply_frame(request.id, result))
@@ -220,19 +255,27 @@ class Session:
         topic = request.topic
         if topic in self.subscriptions:
             raise ProtocolError(Code.ALREADY_SUBSCRIBED, "already subscribed", request.id)
-        if not may_subscribe(self.principal, topic):
+        if not await amay_subscribe(self.principal, topic):
             self._refuse("subscribe", request.id)
         if len(self.subscriptions) >= get_config().MAX_SUBSCRIPTIONS:
             raise ProtocolError(Code.TOO_MANY_SUBSCRIPTIONS, "too many subscriptions", request.id)
         options = topic_options(topic)
+        since = request.since
+        watches = options.presence and options.join_leave
+        watches = watches and await amay_see_presence(self.principal, topic)
+        reads_history = (since is not None or options.latest) and await amay_read_history(
+            self.principal, topic
+        )
+        if topic in self.subscriptions:  # subscribed meanwhile, while the policy was asked
+            raise ProtocolError(Code.ALREADY_SUBSCRIBED, "already subscribed", request.id)
         subscription = self.subscriptions[topic] = Subscription(self, topic)
+        subscription.watches_join_leave = watches
         self._info[topic] = request.info
         try:
-            if self._watches_join_leave(topic):
+            if watches:
                 await self.node.subscribe(presence_topic(topic), self._presence_listener)
             await self.node.subscribe(topic, subscription)
-            since = request.since
-            if since is not None and not may_read_history(self.principal, topic):
+            if since is not None and not reads_history:
                 # Recovery would disclose the history: the client starts from now, and is told
                 # plainly that nothing was recovered.
                 page, recovered = await self.node.history(topic, 0, 0), False
@@ -241,6 +284,10 @@ class Session:
                 recovered = None
             else:
                 page, recovered = await self._read_since(topic, since.offset, since.epoch)
+            latest = None
+            if options.latest and reads_history and not recovered and page.offset > 0:
+                latest, held = await self._read_since(topic, page.offset - 1, page.epoch)
+                latest = latest if held else None
         except BaseException:
             await self._unsubscribe(topic, leave=False)
             raise
@@ -250,9 +297,15 @@ class Session:
         if recovered is not None:
             result["recovered"] = recovered
             result["missed"] = page.offset - subscription.last
+        if latest is not None:  # sent first: the latest message, then what came after it
+            # The client's position is just before it, so a client that takes the reply's
+            # offset as its own (the JS and Python clients do) keeps the latest, not a duplicate.
+            subscription.last = result["offset"] = page.offset - 1
         self.send(reply_frame(request.id, result))
         if recovered:
             self._spawn(self._catch_up(subscription, page))
+        elif latest is not None:
+            self._spawn(self._catch_up(subscription, latest))
         else:
             subscription.go_live()
         if options.presence:  # after the reply: the client's own join event follows it
@@ -260,12 +313,6 @@ class Session:
                 await self._join(topic, request.info, options.join_leave)
             except BackendUnavailable as exc:
                 logger.error("could not add %s to presence on %s: %s", self.client, topic, exc)
-
-    def _watches_join_leave(self, topic: str) -> bool:
-        """Whether this session gets ``topic``'s join/leave events: they are on there, and its
-        principal may see the topic's presence."""
-        options = topic_options(topic)
-        return options.presence and options.join_leave and may_see_presence(self.principal, topic)
 
     async def _read_since(self, topic: str, offset: int, epoch: str) -> tuple[HistoryPage, bool]:
         """The first page of history after ``offset``, and whether the history still holds
@@ -382,6 +429,8 @@ class Session:
         await self.node.presence_add(topic, self.client, entry)
         if announce:
             self.node.join_leave.announce("join", topic, entry)
+        self._joined.add(topic)
+        await send_presence(presence_joined, topic, self.client, self.principal, info)
 
     async def _unsubscribe(self, topic: str, *, leave: bool = True) -> None:
         subscription = self.subscriptions.pop(topic, None)
@@ -390,7 +439,7 @@ class Session:
             return
         options = topic_options(topic)
         await self.node.unsubscribe(topic, subscription)
-        if self._watches_join_leave(topic):
+        if subscription.watches_join_leave:
             await self.node.unsubscribe(presence_topic(topic), self._presence_listener)
         if options.presence:
             try:
@@ -398,11 +447,14 @@ class Session:
                 if leave and options.join_leave:
                     entry = {"client": self.client, "user": self.user, "info": info}
                     self.node.join_leave.announce("leave", topic, entry)
+                if topic in self._joined:
+                    self._joined.discard(topic)
+                    await send_presence(presence_left, topic, self.client, self.principal, info)
             except BackendUnavailable as exc:
                 logger.error("could not remove %s from presence on %s: %s", self.client, topic, exc)
 
     async def _history(self, request: History) -> None:
-        if not may_read_history(self.principal, request.topic):
+        if not await amay_read_history(self.principal, request.topic):
             self._refuse("history", request.id)
         page = await self.node.history(request.topic, request.since, request.limit)
         complete = page.complete
@@ -419,7 +471,7 @@ class Session:
         self.send(history_reply(request.id, result, page.messages))
 
     async def _presence(self, request: Presence) -> None:
-        if not may_see_presence(self.principal, request.topic):
+        if not await amay_see_presence(self.principal, request.topic):
             self._refuse("presence", request.id)
         if not topic_options(request.topic).presence:
             raise ProtocolError(Code.FORBIDDEN, "presence is off on this topic", request.id)

@@ -1,0 +1,1 @@
+"""A Django app of the permission tests: object permissions through django-rules."""
