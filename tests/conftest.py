@@ -43,17 +43,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, seconds: float) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes] | None, seconds: float, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout(seconds)
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before listening")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {seconds} s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {seconds} s")
 
 
 @dataclass
@@ -67,14 +69,16 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     #: Which ASGI server it is (see :data:`ASGI_SERVERS`).
     name: str = "serve"
+    #: The address it listens on.
+    host: str = "127.0.0.1"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -110,9 +114,11 @@ def launch(
     *,
     cwd: Path | None = None,
     name: str = "serve",
+    host: str = "127.0.0.1",
 ) -> ServerProcess:
     """Migrate the example project's database, run ``command`` (a server that will listen on
-    ``port``) in its own process group, logging to ``tmp_path``, and wait until it listens."""
+    ``host``:``port``) in its own process group, logging to ``tmp_path``, and wait until it
+    listens."""
     full_env = example_env(tmp_path, env)
     log_path = tmp_path / f"server-{port}.log"
     manage = [sys.executable, str(ROOT / "example" / "manage.py")]
@@ -126,9 +132,9 @@ def launch(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = ServerProcess(port, process, log_path, env or {}, name)
+    server = ServerProcess(port, process, log_path, env or {}, name, host)
     try:
-        wait_for_port(port, process, 30)
+        wait_for_port(port, process, 30, host)
     except Exception:
         server.stop(signal.SIGKILL)
         raise RuntimeError(f"server did not start:\n{server.log()}") from None
@@ -136,15 +142,22 @@ def launch(
 
 
 def start_server(
-    tmp_path: Path, *, workers: int = 1, env: dict[str, str] | None = None, port: int | None = None
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> ServerProcess:
-    """Start the example project under ``manage.py serve`` on a free port and wait until every
-    worker serves: the port accepts as soon as the parent listens, and a test's first clients
-    would all go to the first worker up."""
+    """Start the example project under ``manage.py serve`` on ``host`` and a free port and wait
+    until every worker serves: the port accepts as soon as the parent listens, and a test's
+    first clients would all go to the first worker up. ``wrap``: what runs the command line
+    (e.g. in a network namespace, tests/netns.py), the command itself by default."""
     port = port or free_port()
     manage = [sys.executable, str(ROOT / "example" / "manage.py")]
-    command = [*manage, "serve", "--port", str(port), "--workers", str(workers)]
-    server = launch(command, tmp_path, port, env)
+    command = [*manage, "serve", "--host", host, "--port", str(port), "--workers", str(workers)]
+    server = launch(command if wrap is None else wrap(command), tmp_path, port, env, host=host)
     deadline = time.monotonic() + timeout(30)
     # uvicorn logs this line in each worker once the application is loaded, before it accepts.
     while server.log().count("Started server process") < workers:

@@ -2,8 +2,9 @@
 A :class:`SentinelSetup` adds a replica and three Sentinels watching them.
 
 Tests never use a Redis they did not start: :class:`RedisServer` runs ``redis-server --save ""
---appendonly no`` on a free port; :meth:`RedisServer.stop` kills it (SIGKILL by default, as a
-crash) and :meth:`RedisServer.start` starts it again, empty, on the same port. The
+--appendonly no`` on a free port of 127.0.0.1 (or of the address ``host``, e.g. a bridge that
+network namespaces reach: tests/netns.py); :meth:`RedisServer.stop` kills it (SIGKILL by
+default, as a crash) and :meth:`RedisServer.start` starts it again, empty, on the same port. The
 ``redis_server`` fixture (tests/conftest.py) yields a started one and kills it at the end.
 """
 
@@ -27,10 +28,14 @@ REDIS_SERVER = shutil.which("redis-server")
 
 
 class RedisServer:
-    """One ``redis-server``; ``args`` are more of its options (``--replicaof``, say)."""
+    """One ``redis-server`` listening on ``host``; ``args`` are more of its options
+    (``--replicaof``, say)."""
 
-    def __init__(self, directory: Path, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, directory: Path, args: tuple[str, ...] = (), host: str = "127.0.0.1"
+    ) -> None:
         self.directory = directory
+        self.host = host  # the address it listens on
         self.port = free_port()
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
@@ -38,7 +43,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         """Start the server (empty) on :attr:`port` and wait until it accepts connections."""
@@ -49,7 +54,9 @@ class RedisServer:
             self.process = subprocess.Popen(
                 [
                     REDIS_SERVER,
-                    *("--port", str(self.port), "--bind", "127.0.0.1"),
+                    *("--port", str(self.port), "--bind", self.host),
+                    # no password: on another address than loopback, let others in
+                    *("--protected-mode", "yes" if self.host == "127.0.0.1" else "no"),
                     *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
                     *("--maxclients", "10000"),
                     *self.args,
@@ -57,7 +64,7 @@ class RedisServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_for_port(self.port, self.process, 10)
+        wait_for_port(self.port, self.process, 10, self.host)
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         """Stop the server (SIGKILL: like a crash; everything in it is lost)."""

@@ -15,7 +15,9 @@ settings), so it works against a remote server as well as in tests::
 Guarantees (the same as megaphone.js, docs/clients.md):
 
 * It reconnects by itself, with jittered exponential backoff (:func:`backoff_delay`) that starts
-  again from ``min_delay`` only after a connection stayed open for ``stable_period``.
+  again from ``min_delay`` only after a connection stayed open for ``stable_period``. Given a list
+  of URLs (several machines), each attempt after a failed or lost connection goes to the next
+  one, in turn; a connection whose pings go unanswered (``ping_timeout``) counts as lost.
 * After a reconnect it resubscribes every topic from the last position it delivered (``since``),
   so the server sends exactly the missed messages, in order, each once; when it cannot
   (``recovered: false``), the subscription says so: its ``on_recovery_failed`` callback, or else
@@ -40,7 +42,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -72,7 +74,7 @@ __all__ = [
 ]
 
 #: A server URL, or a function (sync or async) called before every connection attempt, e.g. to
-#: fetch a fresh token.
+#: fetch a fresh token. :class:`Client` also takes a list of them (several servers).
 URL = str | Callable[[], str | Awaitable[str]]
 State = Literal["connecting", "open", "closed"]
 T = TypeVar("T")
@@ -336,22 +338,30 @@ class Client:
     """A connection to a Megaphone protocol endpoint that reconnects by itself.
 
     ``url``: a ``ws://``/``wss://`` URL of ``/ws/connect/``, or a function (sync or async)
-    returning one, called before every connection attempt. ``token``: a connection token
-    (``megaphone.server.tokens.issue_token``), sent as ``?token=``. ``session_cookie``: a Django
-    session
-    key, sent as the ``sessionid`` cookie (``cookie_name``). ``headers``: more HTTP headers.
+    returning one, called before every connection attempt; or a list of them, one per server
+    (machines sharing one Redis): the client connects to the first, and each attempt after a
+    failed or lost connection goes to the next one, in turn (the backoff still applies). The
+    first :meth:`connect` fails only once every server of the list failed once. ``token``: a
+    connection token (``megaphone.server.tokens.issue_token``), sent as ``?token=``.
+    ``session_cookie``: a Django session key, sent as the ``sessionid`` cookie (``cookie_name``).
+    ``headers``: more HTTP headers.
 
     Times in seconds: ``min_delay``/``max_delay``: the reconnection backoff; ``stable_period``:
     how long a connection must stay open before the backoff starts again from ``min_delay``;
     ``request_timeout``: how long a request other than publish waits for its answer;
     ``publish_timeout``: how long a publish may wait, from the call, across reconnects;
-    ``open_timeout``: the WebSocket handshake. ``on_state(state, code)`` is called on every
-    change of :attr:`state` (``"connecting"``, ``"open"``, ``"closed"``).
+    ``open_timeout``: the WebSocket handshake; ``ping_interval``/``ping_timeout``: the client
+    pings the server this often and drops a connection whose ping went unanswered this long (a
+    dead network path: a cut link, a machine gone), then reconnects; None turns pinging off.
+    ``close_timeout``: how long a closing connection waits for the server's close frame before
+    dropping it (so a dead path is left ``ping_timeout + close_timeout`` after its last pong).
+    ``on_state(state, code)`` is called on every change of :attr:`state` (``"connecting"``,
+    ``"open"``, ``"closed"``).
     """
 
     def __init__(
         self,
-        url: URL,
+        url: URL | Sequence[URL],
         *,
         token: str | None = None,
         session_cookie: str | None = None,
@@ -363,10 +373,22 @@ class Client:
         request_timeout: float = 10.0,
         publish_timeout: float = 10.0,
         open_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float | None = 10.0,
         max_frame_size: int | None = 64 * 2**20,
         on_state: Callable[[State, int | None], object] | None = None,
     ) -> None:
         self.url = url
+        self._urls: tuple[URL, ...] = (
+            (url,) if isinstance(url, str) or callable(url) else tuple(url)
+        )
+        if not self._urls:
+            raise ValueError("Client() needs a URL: the list of URLs is empty")
+        self._url_index = 0
+        #: The URL of the latest connection attempt (the server it is or was connected to),
+        #: without the token; None before the first attempt.
+        self.server_url: str | None = None
         self.token = token
         self.headers = dict(headers or {})
         if session_cookie is not None:
@@ -377,6 +399,9 @@ class Client:
         self.request_timeout = request_timeout
         self.publish_timeout = publish_timeout
         self.open_timeout = open_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
         self.max_frame_size = max_frame_size
         self.on_state = on_state
         self.state: State = "closed"
@@ -410,6 +435,7 @@ class Client:
         if self._runner is not None and not self._runner.done():
             return
         self._stopped = False
+        self._url_index = 0
         self._first = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(), name="megaphone.client")
         try:
@@ -622,9 +648,11 @@ class Client:
                 logger.exception("the on_state callback failed")
 
     async def _url(self) -> str:
-        url = self.url if isinstance(self.url, str) else self.url()
+        entry = self._urls[self._url_index]
+        url = entry if isinstance(entry, str) else entry()
         if not isinstance(url, str):
             url = await url
+        self.server_url = url
         if self.token is None:
             return url
         parts = urlsplit(url)
@@ -640,9 +668,11 @@ class Client:
                 self._attempt = 0
             action = close_action(code)
             self._after_close(socket, code, action)
+            self._url_index = (self._url_index + 1) % len(self._urls)  # the next server
             first = self._first
-            if first is not None and not first.done():  # the first attempt failed: say so
-                self._stopped = True
+            failed_everywhere = self._url_index == 0 or code != CloseCode.ABNORMAL
+            if first is not None and not first.done() and failed_everywhere:
+                self._stopped = True  # the first attempt failed on every server: say so
                 first.set_exception(
                     ClientError(code, f"could not connect ({code} {close_name(code)})")
                 )
@@ -670,6 +700,9 @@ class Client:
                 url,
                 additional_headers=self.headers,
                 open_timeout=self.open_timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                close_timeout=self.close_timeout,
                 max_size=self.max_frame_size,
             )  # reading is prompt: a server outpacing it closes with 4408, and we recover
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
@@ -749,7 +782,7 @@ class Client:
         reason = f"connection closed ({code} {close_name(code)})"
         for request in refused:
             self._answer(request, ClientError(code, f"refused: {reason}"))
-        if action is CloseAction.REAUTHENTICATE and isinstance(self.url, str):
+        if action is CloseAction.REAUTHENTICATE and all(isinstance(u, str) for u in self._urls):
             self._stopped = True  # these credentials are over; only a URL function brings new
         if action is CloseAction.REFUSE and not refused:
             self._stopped = True  # the refusal is the connection's own: it would come again

@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from megaphone.client import Client, ClientError, Message, backoff_delay
-from tests.conftest import timeout
+from tests.conftest import free_port, timeout
 
 Script = Callable[[ServerConnection, int], Awaitable[None]]
 
@@ -235,3 +235,66 @@ async def test_unsubscribed_by_the_server_resubscribes_from_the_last_message_del
         assert [m.data for m in items if isinstance(m, Message)] == ["one", "two"]
         again = await resubscribed
         assert (again["op"], again["since"]) == ("subscribe", {"offset": 1, "epoch": "e"})
+
+
+def unreachable_url() -> str:
+    """A ws:// URL where nothing listens (the port was free a moment ago)."""
+    return f"ws://127.0.0.1:{free_port()}/ws/connect/"
+
+
+async def test_a_list_of_urls_connects_to_the_next_one_when_the_first_is_unreachable() -> None:
+    async def script(connection: ServerConnection, number: int) -> None:
+        await connection.wait_closed()
+
+    async with scripted_server(script) as url:
+        dead = unreachable_url()
+        async with Client([dead, url], min_delay=0.01) as client:
+            assert (client.state, client.server_url) == ("open", url)
+
+
+async def test_the_first_connect_fails_only_once_every_url_failed() -> None:
+    first, second = unreachable_url(), unreachable_url()
+    client = Client([first, second], min_delay=0.01)
+    with pytest.raises(ClientError, match="could not connect"):
+        await asyncio.wait_for(client.connect(), timeout(10))
+    assert (client.state, client.server_url) == ("closed", second)
+
+
+async def test_a_lost_connection_reconnects_to_the_next_url_and_resubscribes_since() -> None:
+    """Server one sends a message and drops the connection (1011); the client goes on with
+    server two, subscribing from where it stopped; when two drops it, back to one."""
+    subscribes: list[tuple[str, dict[str, Any]]] = []
+
+    def scripted(name: str) -> Script:
+        async def script(connection: ServerConnection, number: int) -> None:
+            request = await receive(connection)
+            subscribes.append((name, request))
+            await connection.send(reply(request, {"topic": "t", "offset": 1, "epoch": "e"}))
+            frame = {"type": "message", "topic": "t", "epoch": "e", "data": name}
+            await connection.send(json.dumps({**frame, "offset": len(subscribes) + 1}))
+            await connection.close(1011)
+
+        return script
+
+    async with (
+        scripted_server(scripted("one")) as one,
+        scripted_server(scripted("two")) as two,
+        Client([one, two], min_delay=0.01, max_delay=0.01) as client,
+    ):
+        subscription = await client.subscribe("t")
+        received = [await asyncio.wait_for(anext(subscription), timeout(10)) for _ in range(3)]
+    assert [(m.offset, m.data) for m in received if isinstance(m, Message)] == [
+        (2, "one"),
+        (3, "two"),
+        (4, "one"),
+    ]
+    assert [(name, r.get("since")) for name, r in subscribes[:3]] == [
+        ("one", None),
+        ("two", {"offset": 2, "epoch": "e"}),
+        ("one", {"offset": 3, "epoch": "e"}),
+    ]
+
+
+def test_an_empty_list_of_urls_is_refused() -> None:
+    with pytest.raises(ValueError, match="list of URLs is empty"):
+        Client([])
