@@ -28,12 +28,17 @@ venv=.venv-django6
 if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
     "$newer" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q -e '.[redis,test]' 'Django>=6,<7'
+    "$venv/bin/python" -m pip install -q -e '.[redis,postgres,test]' 'Django>=6,<7'
     touch "$venv/.installed"
 fi
 echo "== Python $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0])'), Django $("$venv/bin/python" -c 'import django; print(django.get_version())')"
-# The ASGI-server matrix, the transport's flood bounds and the memory bounds do not depend on
-# Django's version, and are the slowest tests: they run once, on the default interpreter above.
+# The ASGI-server matrix, the transport's flood bounds, the memory bounds, the backends'
+# conformance suite and their fault tests (Sentinel failovers, PostgreSQL restarts, two machines)
+# do not depend on Django's version, and are the slowest tests: they run once, on the default
+# interpreter above.
 "$venv/bin/python" -m pytest -q -m "not browser" --durations=15 \
     --ignore=tests/e2e/test_asgi_servers.py --ignore=tests/e2e/test_uvicorn_floods.py \
-    --ignore=tests/security/test_floods.py --ignore=tests/security/test_bounded_state.py "$@"
+    --ignore=tests/security/test_floods.py --ignore=tests/security/test_bounded_state.py \
+    --ignore=tests/backends --ignore=tests/e2e/test_redis_sentinel.py \
+    --ignore=tests/e2e/test_redis_cluster_layout.py --ignore=tests/e2e/test_postgres_scaleout.py \
+    --ignore=tests/e2e/test_two_machines.py "$@"
