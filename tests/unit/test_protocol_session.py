@@ -185,3 +185,56 @@ async def test_subscribes_over_the_rate_are_refused_and_a_client_going_on_is_clo
     assert [(f["id"], f["code"]) for f in frames[6:]] == [(i, "rate_limited") for i in (7, 8, 9)]
     assert h.session.subscriptions == {}
     await h.stop()
+
+
+async def test_recovery_pacing_wakes_when_the_writer_takes_the_queue_not_on_a_timer() -> None:
+    """A catch-up paused on a full outbox resumes in the loop turn the writer empties it: the
+    wait is an event from the connection (a timer-driven poll would still be asleep)."""
+    release = asyncio.Event()
+    sent: list[Any] = []
+
+    async def send(event: Any) -> None:
+        await release.wait()  # a client not reading yet
+        sent.append(event)
+
+    node = Node(MemoryBackend("memory://", limits=lambda topic: (100, 600.0)))
+    connection = Connection(send, message_event, lambda: None, max_messages=100, max_bytes=10**6)
+    session = Session(node, connection, client="c1")
+    connection.start()
+    connection.send_text("first")  # the writer takes it and blocks in send
+    await asyncio.sleep(0)
+    for i in range(30):  # more than a quarter of the bound waits behind it
+        connection.send_text(f"queued {i}")
+    assert len(connection.outbox) == 30
+    waiting = asyncio.ensure_future(session._drained())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # still over a quarter full
+    release.set()
+    for _ in range(4):  # the writer sends "first", takes the 30, wakes the waiter
+        await asyncio.sleep(0)
+    assert waiting.done(), "the wait did not wake when the outbox drained"
+    await waiting
+    await connection.close()
+    assert len(sent) >= 1
+
+
+async def test_recovery_pacing_wait_ends_when_the_connection_closes() -> None:
+    never = asyncio.Event()
+
+    async def send(event: Any) -> None:
+        await never.wait()
+
+    node = Node(MemoryBackend("memory://", limits=lambda topic: (100, 600.0)))
+    connection = Connection(send, message_event, lambda: None, max_messages=100, max_bytes=10**6)
+    session = Session(node, connection, client="c1")
+    connection.start()
+    for i in range(31):
+        connection.send_text(f"frame {i}")
+        await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(session._drained())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await connection.close()
+    async with asyncio.timeout(timeout(1)):
+        await waiting
