@@ -74,3 +74,19 @@ def test_the_plugin_is_harmless_where_no_test_uses_it(tmp_path: Path) -> None:
         timeout=timeout(60),
     )
     assert "megaphone_communicator" in plugins.stdout, plugins.stdout[-2000:]
+
+
+def test_loading_the_plugin_imports_neither_django_nor_channels() -> None:
+    """pytest loads the plugin in every run where Megaphone is installed: it must cost nothing
+    and need nothing (no settings, no Channels test extras) until a fixture is used."""
+    code = (
+        "import sys, megaphone.testing.plugin; "
+        "print(sorted(m for m in sys.modules"
+        " if m.split('.')[0] in ('django', 'channels', 'daphne')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout(60)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -15,21 +15,44 @@ point) only declares fixtures.
 * :func:`unique`: a fresh topic name, so that tests sharing a node never see each other's traffic.
 """
 
-from megaphone.testing.communicator import (
-    ProtocolCommunicator,
-    ProtocolError,
-    RawCommunicator,
-)
-from megaphone.testing.node import memory_node
-from megaphone.testing.waits import Signal, scaled, unique, wait_until
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "ProtocolCommunicator",
-    "ProtocolError",
-    "RawCommunicator",
-    "Signal",
-    "memory_node",
-    "scaled",
-    "unique",
-    "wait_until",
-]
+#: Public name -> the module that defines it. Imported on first use: the pytest plugin lives in
+#: this package, and pytest loads it in runs that never touch Megaphone (nor Django).
+_LAZY = {
+    "ProtocolCommunicator": "megaphone.testing.communicator",
+    "ProtocolError": "megaphone.testing.communicator",
+    "RawCommunicator": "megaphone.testing.communicator",
+    "memory_node": "megaphone.testing.node",
+    "Signal": "megaphone.testing.waits",
+    "scaled": "megaphone.testing.waits",
+    "unique": "megaphone.testing.waits",
+    "wait_until": "megaphone.testing.waits",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # the names above, for type checkers and IDEs
+    from megaphone.testing.communicator import ProtocolCommunicator as ProtocolCommunicator
+    from megaphone.testing.communicator import ProtocolError as ProtocolError
+    from megaphone.testing.communicator import RawCommunicator as RawCommunicator
+    from megaphone.testing.node import memory_node as memory_node
+    from megaphone.testing.waits import Signal as Signal
+    from megaphone.testing.waits import scaled as scaled
+    from megaphone.testing.waits import unique as unique
+    from megaphone.testing.waits import wait_until as wait_until
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'megaphone.testing' has no attribute {name!r}") from None
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -18,17 +18,21 @@ Django settings (pytest-django), as any test of a Megaphone endpoint does.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from megaphone.engine.node import Node
-from megaphone.testing.communicator import ProtocolCommunicator, RawCommunicator
-from megaphone.testing.node import memory_node
+# Imported by each fixture, not here: pytest loads this module in every run of every project
+# where Megaphone is installed, with or without Django settings (or Channels' test extras).
+if TYPE_CHECKING:
+    from megaphone.engine.node import Node
+    from megaphone.testing.communicator import ProtocolCommunicator, RawCommunicator
 
 
 @pytest.fixture
 async def megaphone_node() -> AsyncIterator[Node]:
+    from megaphone.testing.node import memory_node
+
     async with memory_node() as node:
         yield node
 
@@ -50,6 +54,8 @@ def megaphone_application() -> Any:
 async def megaphone_communicator(
     megaphone_node: Node, megaphone_application: Any
 ) -> AsyncIterator[ProtocolCommunicator]:
+    from megaphone.testing.communicator import ProtocolCommunicator
+
     async with ProtocolCommunicator(megaphone_application) as communicator:
         yield communicator
 
@@ -58,6 +64,8 @@ async def megaphone_communicator(
 async def megaphone_raw(
     megaphone_node: Node, megaphone_application: Any
 ) -> AsyncIterator[Callable[[str], Awaitable[RawCommunicator]]]:
+    from megaphone.testing.communicator import RawCommunicator
+
     opened: list[RawCommunicator] = []
 
     async def connect(topic: str = "broadcast") -> RawCommunicator:
