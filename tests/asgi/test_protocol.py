@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -11,12 +10,9 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from example.asgi import application
+from megaphone.testing import unique
 from tests.conftest import timeout
 from tests.settings import OPEN_PERMISSIONS
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class Client:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -12,13 +11,10 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from megaphone.testing import unique
 from tests.conftest import ServerProcess, timeout
 
 from .conftest import PROTOCOL_SETTINGS_ENV
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class Client:

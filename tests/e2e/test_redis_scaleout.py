@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,13 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from megaphone.backends.redis import RedisBackend
+from megaphone.testing import unique
 from tests.conftest import ROOT, ServerProcess, timeout
 from tests.redis_server import RedisServer
 
 from .test_protocol import Client
 
 REDIS_SETTINGS_ENV = {"DJANGO_SETTINGS_MODULE": "tests.e2e.redis_settings", "PYTHONPATH": str(ROOT)}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def start(

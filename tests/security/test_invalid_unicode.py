@@ -18,13 +18,13 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import websockets
 
+from megaphone.testing import unique
 from tests.conftest import ServerProcess, timeout
 
 Start = Callable[..., ServerProcess]
@@ -36,10 +36,6 @@ SETTINGS: dict[str, Any] = {"API_KEYS": [KEY], "API_RATE_LIMIT": None, "PUBLISH_
 #: pair in the wrong order (each half alone).
 SURROGATES = {"high": "\\ud800", "low": "\\udc00", "reversed": "\\udc00\\ud800"}
 BAD = "@BAD@"  # where the escape goes in a frame's JSON text
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(params=["1-worker", "2-workers-redis"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -15,21 +14,24 @@ from megaphone.engine.node import Node
 from megaphone.protocol.schema import message_event
 from megaphone.server.connection import Connection
 from megaphone.server.session import RateLimitIgnored, Session
-from tests.conftest import timeout
+from megaphone.testing import Signal, unique
+from tests.conftest import loop_turns, timeout
 
 
 class Harness:
     def __init__(self, history_size: int = 1000) -> None:
         self.node = Node(MemoryBackend("memory://", limits=lambda topic: (history_size, 600.0)))
         self.sent: list[dict[str, Any]] = []
+        self.changed = Signal()
         self.connection = Connection(
             self.send, message_event, lambda: None, max_messages=10_000, max_bytes=10**8
         )
         self.session = Session(self.node, self.connection, client="c1")
-        self.topic = f"s-{uuid.uuid4().hex[:8]}"
+        self.topic = unique("s")
 
     async def send(self, event: dict[str, Any]) -> None:
         self.sent.append(json.loads(event["text"]))
+        self.changed.notify()
 
     async def start(self) -> None:
         await self.node.start()
@@ -39,10 +41,9 @@ class Harness:
         await self.session.handle_text(json.dumps(request))
 
     async def frames(self, count: int) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout(3)):
-            while len(self.sent) < count:
-                await asyncio.sleep(0.005)
-        await asyncio.sleep(0.02)
+        await self.changed.wait_until(lambda: len(self.sent) >= count, timeout=3)
+        await loop_turns()  # and nothing more was on its way
+        await self.connection.flush()
         assert len(self.sent) == count, self.sent
         return self.sent
 
@@ -127,13 +128,15 @@ async def test_a_gap_beyond_history_asks_the_client_to_resubscribe() -> None:
 async def test_every_protocol_subscriber_is_handed_the_same_event_object() -> None:
     node = Node(MemoryBackend("memory://"))
     await node.start()
-    topic = f"once-{uuid.uuid4().hex[:8]}"
+    topic = unique("once")
     events: list[list[Any]] = [[], [], []]
     sessions = []
+    changed = Signal()
     for sink in events:
 
         async def send(event: Any, sink: list[Any] = sink) -> None:
             sink.append(event)
+            changed.notify()
 
         connection = Connection(send, message_event, lambda: None, max_messages=10, max_bytes=10**6)
         session = Session(node, connection, client=f"c{len(sessions)}")
@@ -141,9 +144,7 @@ async def test_every_protocol_subscriber_is_handed_the_same_event_object() -> No
         connection.start()
         sessions.append(session)
     await node.publish(topic, "to all three")
-    async with asyncio.timeout(timeout(3)):
-        while not all(len(sink) == 2 for sink in events):
-            await asyncio.sleep(0.005)
+    await changed.wait_until(lambda: all(len(sink) == 2 for sink in events), timeout=3)
     first = events[0][1]
     assert json.loads(first["text"])["type"] == "message"
     assert all(sink[1] is first for sink in events)  # one dict, encoded once, shared

@@ -8,8 +8,8 @@ point) only declares fixtures.
   ASGI application, in-process: requests matched to their reply by id, ``subscribe``,
   ``publish``, ``wait_for_message``.
 * :class:`RawCommunicator`: a client of the raw endpoint (``/ws/broadcast/<topic>/``).
-* :func:`wait_until` and :class:`Signal`: waits that wake on an event, each bounded by a timeout
-  scaled by ``MEGAPHONE_TEST_TIMEOUT_FACTOR``; no polling sleeps.
+* :func:`wait_until`, :class:`Signal` and :class:`Collected`: waits that wake on an event, each
+  bounded by a timeout scaled by ``MEGAPHONE_TEST_TIMEOUT_FACTOR``; no polling sleeps.
 * :func:`memory_node`: a started node on the in-memory backend, the running loop's own, stopped
   and forgotten on exit.
 * :func:`unique`: a fresh topic name, so that tests sharing a node never see each other's traffic.
@@ -25,6 +25,7 @@ _LAZY = {
     "ProtocolError": "megaphone.testing.communicator",
     "RawCommunicator": "megaphone.testing.communicator",
     "memory_node": "megaphone.testing.node",
+    "Collected": "megaphone.testing.waits",
     "Signal": "megaphone.testing.waits",
     "scaled": "megaphone.testing.waits",
     "unique": "megaphone.testing.waits",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # the names above, for type checkers and IDEs
     from megaphone.testing.communicator import ProtocolError as ProtocolError
     from megaphone.testing.communicator import RawCommunicator as RawCommunicator
     from megaphone.testing.node import memory_node as memory_node
+    from megaphone.testing.waits import Collected as Collected
     from megaphone.testing.waits import Signal as Signal
     from megaphone.testing.waits import scaled as scaled
     from megaphone.testing.waits import unique as unique

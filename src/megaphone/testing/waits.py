@@ -12,6 +12,9 @@ import asyncio
 import os
 import uuid
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def scaled(seconds: float) -> float:
@@ -56,6 +59,24 @@ class Signal:
                     await waiter
                 finally:
                     self._waiters.discard(waiter)
+
+
+class Collected(list[T]):
+    """A list to hand a callback (``backend.start(received.append)``, an ``on_message``) that
+    wakes its waiters at each append: ``await received.wait_for(3)`` returns once it holds 3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = Signal()
+
+    def append(self, item: T) -> None:
+        super().append(item)
+        self.changed.notify()
+
+    async def wait_for(self, count: int, timeout: float = 5) -> None:
+        """Return once at least ``count`` items are in; :class:`TimeoutError` after
+        ``scaled(timeout)`` seconds."""
+        await self.changed.wait_until(lambda: len(self) >= count, timeout)
 
 
 async def wait_until(
