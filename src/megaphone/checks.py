@@ -1,21 +1,136 @@
 """System checks for Megaphone's settings. Ids are stable: ``megaphone.E001`` means the same
-thing in every release."""
+thing in every release (docs/settings.md lists them).
+
+Every setting is checked against its declaration (:data:`megaphone.conf.SETTINGS`: its type,
+its limits and its check id), by :func:`invalid_settings`, and the message and hint say what
+the declaration wants; the other checks look further into a value of the right type (a backend
+URL, permission rules, topic patterns, origins, API keys) or at several settings together.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+from functools import cache
 from typing import Any
 
+import msgspec
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from megaphone.backends import backend_from_url
-from megaphone.conf import DEFAULTS, TOPIC_OPTION_TYPES, get_config, unknown_keys
-from megaphone.core.decoding import invalid_strings
+from megaphone.backends import InvalidBackend, backend_from_url
+from megaphone.conf import (
+    DEFAULTS,
+    SETTINGS,
+    Config,
+    Setting,
+    TopicOptions,
+    base_options,
+    get_config,
+    unknown_keys,
+)
+from megaphone.core.decoding import explain, invalid_strings
+from megaphone.core.topics import MAX_TOPIC_LENGTH
 from megaphone.server.origins import parse_pattern
 
 #: What a ``TOPICS`` pattern may hold: topic-name characters and the glob characters ``*?[]!``.
-_PATTERN = re.compile(r"[A-Za-z0-9_.:@=*?\[\]!-]{1,200}")
+_PATTERN = re.compile(rf"[A-Za-z0-9_.:@=*?\[\]!-]{{1,{MAX_TOPIC_LENGTH}}}")
+
+
+def _expected(schema: dict[str, Any]) -> str:
+    """What a JSON schema (of a setting's declared type) asks for, in words: its
+    ``description`` if the declaration gives one."""
+    if "description" in schema:
+        return str(schema["description"])
+    if "anyOf" in schema:
+        return " or ".join(_expected(option) for option in schema["anyOf"])
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        words = "an integer" if kind == "integer" else "a number"
+        bounds = [
+            f"{symbol} {schema[key]:g}"
+            for key, symbol in (
+                ("minimum", ">="),
+                ("exclusiveMinimum", ">"),
+                ("maximum", "<="),
+                ("exclusiveMaximum", "<"),
+            )
+            if key in schema
+        ]
+        return " ".join([words, *bounds])
+    names = {
+        "boolean": "True or False",
+        "string": "a string",
+        "null": "None",
+        "array": "a list",
+        "object": "a dict",
+    }
+    found = names.get(kind, "a value") if isinstance(kind, str) else "a value"
+    if kind == "array" and "items" in schema:
+        found += f" of {_plural(_expected(schema['items']))}"
+    if kind == "object" and "additionalProperties" in schema:
+        found += f" of {_plural(_expected(schema['additionalProperties']))}"
+    return found
+
+
+def _plural(words: str) -> str:
+    return {"a string": "strings", "a dict": "dicts", "a list of strings": "lists of strings"}.get(
+        words, words
+    )
+
+
+@cache
+def expected(setting: Setting) -> str:
+    """What ``setting``'s declaration asks for, in words: "an integer >= 1", "a number > 0 or
+    None", "True or False"..."""
+    return _expected(msgspec.json.schema(setting.type))
+
+
+def invalid_settings(config: Config) -> list[Error]:
+    """One error per setting whose value does not have its declared type and limits, with
+    the setting's check id; a hint says what is expected, and the default."""
+    errors = []
+    for name, setting in SETTINGS.items():
+        value = getattr(config, name)
+        try:
+            msgspec.convert(value, setting.type, strict=True)
+        except msgspec.ValidationError:
+            errors.append(
+                Error(
+                    f"MEGAPHONE[{name!r}] must be {expected(setting)}, not {value!r}.",
+                    hint=f"{name}: {expected(setting)}; by default {setting.default!r} "
+                    "(docs/settings.md).",
+                    id=setting.check.id,
+                )
+            )
+    return errors
+
+
+def _valid(config: Config, *names: str) -> bool:
+    """Whether these settings have their declared types (the other checks look no further)."""
+    for name in names:
+        try:
+            msgspec.convert(getattr(config, name), SETTINGS[name].type, strict=True)
+        except msgspec.ValidationError:
+            return False
+    return True
+
+
+def _backend_error(exc: Exception, *, by_path: bool) -> Error:
+    """``MEGAPHONE['BACKEND']`` names nothing usable: E005 for a class path, E002 for a URL."""
+    if by_path:
+        return Error(
+            f"MEGAPHONE['BACKEND'] names no usable backend class: {exc}",
+            hint="Give 'package.module:ClassName' of a class satisfying "
+            "megaphone.backends.Backend (subclass megaphone.backends.BaseBackend for the "
+            "defaults), built as ClassName(url, **options); see docs/settings.md.",
+            id="megaphone.E005",
+        )
+    return Error(
+        f"MEGAPHONE['BACKEND'] cannot be used: {exc}",
+        hint="Use memory:// (one process), redis://host:6379/0, or the path of a backend "
+        "class, package.module:ClassName.",
+        id="megaphone.E002",
+    )
 
 
 @register("megaphone")
@@ -30,34 +145,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     config = get_config()
-    try:
-        backend_from_url(config.BACKEND)
-    except (ValueError, ImportError) as exc:
-        errors.append(
-            Error(
-                f"MEGAPHONE['BACKEND'] cannot be used: {exc}",
-                hint="Use memory:// (one process) or redis://host:6379/0.",
-                id="megaphone.E002",
-            )
-        )
-    for key in (
-        "MAX_MESSAGE_SIZE",
-        "OUTBOX_MAX_MESSAGES",
-        "OUTBOX_MAX_BYTES",
-        "HISTORY_SIZE",
-        "HISTORY_MAX_BYTES",
-        "RECOVERY_MAX_MESSAGES",
-        "MAX_SUBSCRIPTIONS",
-    ):
-        value = getattr(config, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            errors.append(
-                Error(
-                    f"MEGAPHONE[{key!r}] must be a positive integer, not {value!r}.",
-                    id="megaphone.E003",
-                )
-            )
-    if config.PERMISSIONS is not None:
+    errors.extend(invalid_settings(config))
+    backend = None
+    if _valid(config, "BACKEND"):
+        try:
+            backend = backend_from_url(config.BACKEND)
+        except InvalidBackend as exc:
+            errors.append(_backend_error(exc, by_path=exc.by_path))
+        except (ValueError, ImportError) as exc:
+            errors.append(_backend_error(exc, by_path=False))
+    if config.PERMISSIONS is not None and _valid(config, "PERMISSIONS"):
         from megaphone.server.permissions import PolicyError, compile_rules
 
         try:
@@ -70,13 +167,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="megaphone.E010",
                 )
             )
-    errors.extend(check_topics(config.TOPICS))
+    if _valid(config, "TOPICS"):
+        errors.extend(check_topics(config.TOPICS))
     workers = int(os.environ.get("MEGAPHONE_WORKERS") or os.environ.get("WEB_CONCURRENCY") or 1)
-    if workers > 1 and config.BACKEND.startswith("memory:"):
+    if workers > 1 and backend is not None and not backend.crosses_processes:
         errors.append(
             Error(
-                f"{workers} worker processes with the in-memory backend: a message published in "
-                "one worker would never reach the clients of the others.",
+                f"{workers} worker processes on {backend.name}, a backend that does not cross "
+                "processes: a message published in one worker would never reach the clients of "
+                "the others.",
                 hint="Set REDIS_URL (or MEGAPHONE['BACKEND']) to redis://host:6379/0, "
                 "or run one worker.",
                 id="megaphone.E004",
@@ -103,16 +202,15 @@ def check_text(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     ]
 
 
-def check_topics(topics: object) -> list[Error]:
-    """``TOPICS``: a dict of glob pattern -> options (``megaphone.E020``, ``megaphone.E021``)."""
-    if not isinstance(topics, tuple):  # get_config() turns a dict into a tuple of pairs
-        return [
-            Error(
-                f"MEGAPHONE['TOPICS'] must be a dict of pattern -> options, not {topics!r}.",
-                hint='e.g. {"chat.*": {"history_size": 100, "presence": True}}',
-                id="megaphone.E020",
-            )
-        ]
+@cache
+def _options_hint() -> str:
+    properties = msgspec.json.schema(TopicOptions)["$defs"]["TopicOptions"]["properties"]
+    return "Options: " + "; ".join(f"{n}: {_expected(p)}" for n, p in properties.items()) + "."
+
+
+def check_topics(topics: tuple[tuple[Any, Any], ...]) -> list[Error]:
+    """The patterns (``megaphone.E020``) and options (``megaphone.E021``) of ``TOPICS``, of its
+    declared shape already (pairs: :func:`get_config` turns the dict into a tuple of them)."""
     errors = []
     for pattern, options in topics:
         if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
@@ -131,29 +229,17 @@ def check_topics(topics: object) -> list[Error]:
                 )
             )
             continue
-        for name, value in options.items():
-            expected = TOPIC_OPTION_TYPES.get(name)
-            if expected is None:
-                errors.append(
-                    Error(
-                        f"MEGAPHONE['TOPICS'][{pattern!r}] has an unknown option {name!r}.",
-                        hint="Options: " + ", ".join(TOPIC_OPTION_TYPES) + ".",
-                        id="megaphone.E021",
-                    )
+        try:
+            # Over the defaults' (valid) options, as topic_options() puts them.
+            msgspec.convert({**base_options(Config()), **options}, TopicOptions, strict=True)
+        except msgspec.ValidationError as exc:
+            errors.append(
+                Error(
+                    f"MEGAPHONE['TOPICS'][{pattern!r}]: {explain(exc)[1]}.",
+                    hint=_options_hint(),
+                    id="megaphone.E021",
                 )
-            elif (
-                not isinstance(value, expected)
-                or (isinstance(value, bool) and expected is not bool)
-                or (name in ("history_size", "history_ttl") and value < 0)
-            ):
-                errors.append(
-                    Error(
-                        f"MEGAPHONE['TOPICS'][{pattern!r}][{name!r}] has a wrong value {value!r}.",
-                        hint="history_size: an integer >= 0; history_ttl: seconds >= 0; "
-                        "the others: True or False.",
-                        id="megaphone.E021",
-                    )
-                )
+            )
     return errors
 
 
@@ -164,25 +250,22 @@ _KEY_HINT = "Generate keys with: python -c 'import secrets; print(secrets.token_
 
 @register("megaphone")
 def check_publishing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """The settings of server-side publishing and of the HTTP API."""
+    """The API keys: not blank (``megaphone.E030``), not short (``megaphone.W030``)."""
     messages: list[CheckMessage] = []
     config = get_config()
-    keys = config.API_KEYS
+    keys = config.API_KEYS if _valid(config, "API_KEYS") else ()
     pairs = list(keys.items()) if isinstance(keys, dict) else [(key, None) for key in keys]
     for key, patterns in pairs:
-        if not isinstance(key, str) or not key.strip() or key != key.strip():
+        if not key.strip() or key != key.strip():
             messages.append(
                 Error(
-                    "MEGAPHONE['API_KEYS'] holds a key that is not a non-empty string without "
-                    "surrounding spaces.",
+                    "MEGAPHONE['API_KEYS'] holds a key that is empty or has surrounding spaces.",
                     hint=_KEY_HINT,
                     id="megaphone.E030",
                 )
             )
             continue
-        if patterns is not None and (
-            not patterns or not all(isinstance(p, str) and p for p in patterns)
-        ):
+        if patterns is not None and (not patterns or not all(patterns)):
             messages.append(
                 Error(
                     f"The topic patterns of API key {key[:4]}... must be a non-empty list of "
@@ -200,27 +283,6 @@ def check_publishing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                     id="megaphone.W030",
                 )
             )
-    for name in ("API_BATCH_MAX", "API_MAX_BODY_SIZE", "API_RATE_BURST"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            messages.append(
-                Error(
-                    f"MEGAPHONE[{name!r}] must be a positive integer, not {value!r}.",
-                    id="megaphone.E031",
-                )
-            )
-    for name, optional in (("PUBLISH_TIMEOUT", False), ("API_RATE_LIMIT", True)):
-        value = getattr(config, name)
-        if optional and value is None:
-            continue
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            messages.append(
-                Error(
-                    f"MEGAPHONE[{name!r}] must be a positive number"
-                    f"{' or None' if optional else ''}, not {value!r}.",
-                    id="megaphone.E031",
-                )
-            )
     return messages
 
 
@@ -233,50 +295,34 @@ _ORIGIN_HINT = (
 
 @register("megaphone")
 def check_request_guards(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """``ALLOWED_ORIGINS`` (``megaphone.E040``, ``megaphone.W040``) and ``MAX_REQUEST_BODY``
-    (``megaphone.E041``, ``megaphone.W041``)."""
+    """Each of ``ALLOWED_ORIGINS`` is a full origin (``megaphone.E040``), not ``*``
+    (``megaphone.W040``); ``MAX_REQUEST_BODY`` lets HTTP API bodies through (``megaphone.W041``)."""
     messages: list[CheckMessage] = []
     config = get_config()
-    origins = config.ALLOWED_ORIGINS
-    if not isinstance(origins, tuple):
+    origins = config.ALLOWED_ORIGINS if _valid(config, "ALLOWED_ORIGINS") else ()
+    if "*" in origins:
         messages.append(
-            Error(
-                f"MEGAPHONE['ALLOWED_ORIGINS'] must be a list of origins, not {origins!r}.",
-                hint=_ORIGIN_HINT,
-                id="megaphone.E040",
+            Warning(
+                "MEGAPHONE['ALLOWED_ORIGINS'] has '*': a page on any site can open a "
+                "WebSocket with your users' cookies and read what they may read.",
+                hint="List the origins of your pages instead. " + _ORIGIN_HINT,
+                id="megaphone.W040",
             )
         )
-    else:
-        if "*" in origins:
+    for origin in origins:
+        if origin != "*" and parse_pattern(origin) is None:
             messages.append(
-                Warning(
-                    "MEGAPHONE['ALLOWED_ORIGINS'] has '*': a page on any site can open a "
-                    "WebSocket with your users' cookies and read what they may read.",
-                    hint="List the origins of your pages instead. " + _ORIGIN_HINT,
-                    id="megaphone.W040",
+                Error(
+                    f"MEGAPHONE['ALLOWED_ORIGINS'] has {origin!r}, which is not a full origin.",
+                    hint=_ORIGIN_HINT,
+                    id="megaphone.E040",
                 )
             )
-        for origin in origins:
-            if origin != "*" and (not isinstance(origin, str) or parse_pattern(origin) is None):
-                messages.append(
-                    Error(
-                        f"MEGAPHONE['ALLOWED_ORIGINS'] has {origin!r}, which is not a full origin.",
-                        hint=_ORIGIN_HINT,
-                        id="megaphone.E040",
-                    )
-                )
     limit = config.MAX_REQUEST_BODY
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        messages.append(
-            Error(
-                f"MEGAPHONE['MAX_REQUEST_BODY'] must be a positive integer or None, not {limit!r}.",
-                id="megaphone.E041",
-            )
-        )
-    elif (
-        limit is not None
-        and isinstance(config.API_MAX_BODY_SIZE, int)
-        and (limit < config.API_MAX_BODY_SIZE)
+    if (
+        _valid(config, "MAX_REQUEST_BODY", "API_MAX_BODY_SIZE")
+        and limit is not None
+        and limit < config.API_MAX_BODY_SIZE
     ):
         messages.append(
             Warning(
@@ -292,39 +338,12 @@ def check_request_guards(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
 
 @register("megaphone")
 def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """The token buckets of each WebSocket connection: publishing, and subscribing."""
+    """A reconnecting client can resubscribe all its topics (``megaphone.W050``)."""
     messages: list[CheckMessage] = []
     config = get_config()
-    valid = True
-    for rate_name, burst_name in (
-        ("PUBLISH_RATE", "PUBLISH_BURST"),
-        ("SUBSCRIBE_RATE", "SUBSCRIBE_BURST"),
-    ):
-        rate, burst = getattr(config, rate_name), getattr(config, burst_name)
-        if not isinstance(rate, int | float) or isinstance(rate, bool) or not rate >= 0:
-            valid = False
-            messages.append(
-                Error(
-                    f"MEGAPHONE[{rate_name!r}] must be a number of requests per second, 0 for "
-                    f"no limit, not {rate!r}.",
-                    id="megaphone.E050",
-                )
-            )
-        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
-            valid = False
-            messages.append(
-                Error(
-                    f"MEGAPHONE[{burst_name!r}] must be a positive integer, not {burst!r}.",
-                    id="megaphone.E050",
-                )
-            )
+    valid = _valid(config, "SUBSCRIBE_RATE", "SUBSCRIBE_BURST", "MAX_SUBSCRIPTIONS")
     subscriptions = config.MAX_SUBSCRIPTIONS
-    if (
-        valid
-        and config.SUBSCRIBE_RATE
-        and isinstance(subscriptions, int)
-        and subscriptions > config.SUBSCRIBE_BURST
-    ):
+    if valid and config.SUBSCRIBE_RATE and subscriptions > config.SUBSCRIBE_BURST:
         messages.append(
             Warning(
                 f"MEGAPHONE['SUBSCRIBE_BURST'] ({config.SUBSCRIBE_BURST}) is below "
@@ -335,22 +354,6 @@ def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
             )
         )
     return messages
-
-
-@register("megaphone")
-def check_join_leave(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """``JOIN_LEAVE_INTERVAL``: a number of seconds, 0 or more (``megaphone.E012``)."""
-    value = get_config().JOIN_LEAVE_INTERVAL
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return []
-    return [
-        Error(
-            f"MEGAPHONE['JOIN_LEAVE_INTERVAL'] must be a number of seconds, 0 or more, "
-            f"not {value!r}.",
-            hint="e.g. 1.0: a topic's join/leave events go out at most once a second.",
-            id="megaphone.E012",
-        )
-    ]
 
 
 @register("megaphone")

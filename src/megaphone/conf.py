@@ -4,9 +4,11 @@ A project configures Megaphone with one dict in its Django settings::
 
     MEGAPHONE = {"MAX_MESSAGE_SIZE": 128 * 1024}
 
-Every key is optional; :data:`DEFAULTS` lists them with their defaults and meaning. No other
-module reads ``django.conf.settings`` for Megaphone's keys: they call :func:`get_config`, which is
-cached and cleared when a test overrides the setting.
+Every key is optional. :class:`Config` declares them once: each with its type and limits (msgspec
+``Meta``), the id of the system check that refuses a bad value (:class:`Check`), its default and
+its meaning; :data:`SETTINGS` is that declaration, read by :mod:`megaphone.checks`, and
+:data:`DEFAULTS` the defaults. No other module reads ``django.conf.settings`` for Megaphone's
+keys: they call :func:`get_config`, which is cached and cleared when a test overrides the setting.
 """
 
 from __future__ import annotations
@@ -15,81 +17,122 @@ import os
 from dataclasses import dataclass, fields
 from fnmatch import fnmatchcase
 from functools import cache, lru_cache
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from msgspec import Meta, Struct
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The system check that refuses a setting's bad value: its stable id (docs/settings.md)."""
+
+    id: str
+
+
+# The kinds of value, with their limits; a check's hint is written from them.
+PositiveInt = Annotated[int, Meta(ge=1)]
+Count = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(gt=0)]
+SecondsOrZero = Annotated[float, Meta(ge=0)]
+PerSecond = Annotated[float, Meta(ge=0)]
+
+_BOUND = Check("megaphone.E003")
+_API = Check("megaphone.E031")
+_RATE = Check("megaphone.E050")
+_SECONDS = Check("megaphone.E013")
+_SWITCH = Check("megaphone.E014")
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     #: Where messages cross processes and where history lives: ``memory://`` (one process) or
     #: ``redis://host:port/db``. Defaults to the ``REDIS_URL`` environment variable when set.
-    BACKEND: str = "memory://"
+    BACKEND: Annotated[
+        str,
+        Meta(
+            description="a backend URL (memory://, redis://host:6379/0) or class path "
+            "(package.module:ClassName)"
+        ),
+        Check("megaphone.E002"),
+    ] = "memory://"
     #: Largest message a client may send, in bytes (text is counted UTF-8 encoded). A larger one
     #: closes that client's connection with 1009; nothing of it is buffered or delivered.
-    MAX_MESSAGE_SIZE: int = 64 * 1024
+    MAX_MESSAGE_SIZE: Annotated[PositiveInt, _BOUND] = 64 * 1024
     #: Bound on one connection's queue of undelivered frames, in messages and in bytes. A client
     #: that falls further behind is closed with 4408 (slow consumer) and may resume from its offset.
-    OUTBOX_MAX_MESSAGES: int = 512
-    OUTBOX_MAX_BYTES: int = 8 * 1024 * 1024
+    OUTBOX_MAX_MESSAGES: Annotated[PositiveInt, _BOUND] = 512
+    OUTBOX_MAX_BYTES: Annotated[PositiveInt, _BOUND] = 8 * 1024 * 1024
     #: History kept per topic for recovery: at most this many messages, none older than the TTL.
-    HISTORY_SIZE: int = 1000
-    HISTORY_TTL: float = 600.0
+    HISTORY_SIZE: Annotated[PositiveInt, _BOUND] = 1000
+    HISTORY_TTL: Annotated[SecondsOrZero, _SECONDS] = 600.0
     #: Bound on the history the in-memory backend keeps, all topics together, in bytes (each
     #: message counts its payload plus about 200 bytes). Over it, messages are evicted in the
     #: order they would expire (oldest first when topics share a TTL); recovery across an
     #: evicted message answers ``recovered: false``. On Redis, bound memory with ``maxmemory``.
-    HISTORY_MAX_BYTES: int = 64 * 1024 * 1024
+    HISTORY_MAX_BYTES: Annotated[PositiveInt, _BOUND] = 64 * 1024 * 1024
     #: Publish-rate limit per connection: a token bucket refilled at PUBLISH_RATE messages per
     #: second, holding at most PUBLISH_BURST. Over it, the connection is closed with 4429.
     #: 0 disables the limit.
-    PUBLISH_RATE: float = 100.0
-    PUBLISH_BURST: int = 1000
+    PUBLISH_RATE: Annotated[PerSecond, _RATE] = 100.0
+    PUBLISH_BURST: Annotated[PositiveInt, _RATE] = 1000
     #: Open WebSocket connections allowed per client IP address, per worker process (0: no
     #: limit). Behind a proxy, run the server with --proxy-headers or every client shares the
     #: proxy's address. Over it, the handshake is refused (HTTP 403).
-    MAX_CONNECTIONS_PER_IP: int = 0
+    MAX_CONNECTIONS_PER_IP: Annotated[Count, Check("megaphone.E043")] = 0
     #: Dead-connection detection: the server pings every PING_INTERVAL seconds and closes a
     #: connection that has not answered within PING_TIMEOUT seconds (``manage.py serve``).
-    PING_INTERVAL: float = 20.0
-    PING_TIMEOUT: float = 20.0
+    PING_INTERVAL: Annotated[Seconds, _SECONDS] = 20.0
+    PING_TIMEOUT: Annotated[Seconds, _SECONDS] = 20.0
     #: Seconds a client has, after connecting, to send a whole request head (a WebSocket
     #: handshake, say); slower, it is dropped (``manage.py serve``).
-    HANDSHAKE_TIMEOUT: float = 10.0
+    HANDSHAKE_TIMEOUT: Annotated[Seconds, _SECONDS] = 10.0
     #: Who may subscribe, publish, read history and presence, per topic glob: see
     #: :mod:`megaphone.server.permissions`. None applies its DEFAULT_PERMISSIONS.
-    PERMISSIONS: tuple[dict[str, str], ...] | None = None
+    PERMISSIONS: Annotated[
+        tuple[dict[str, Any], ...] | None,
+        Meta(description="None or a list of rules (dicts): see megaphone.server.permissions"),
+        Check("megaphone.E010"),
+    ] = None
     #: Every worker publishes its figures for the live dashboard
     # (:mod:`megaphone.contrib.dashboard`)
     #: on the internal topic ``_megaphone.stats`` this often, in seconds, its rates averaged
     #: over its last 5 snapshots; the topic keeps ten minutes of them. 0 turns it off.
-    DASHBOARD_INTERVAL: float = 2.0
+    DASHBOARD_INTERVAL: Annotated[SecondsOrZero, _SECONDS] = 2.0
     #: Lifetime in seconds of the connection tokens issued by :mod:`megaphone.server.tokens`.
-    TOKEN_TTL: float = 300.0
+    TOKEN_TTL: Annotated[Seconds, _SECONDS] = 300.0
     #: Origins a browser page may connect from besides the handshake's own (same scheme, host
     #: and port, the host in ``ALLOWED_HOSTS``) and Django's ``CSRF_TRUSTED_ORIGINS``: full
     #: origins as in the latter, e.g. ``["https://app.example.com", "https://*.example.com"]``;
     #: ``["*"]`` allows every origin. A client that sends no Origin header (wscat, scripts,
     #: servers) is always accepted. See :mod:`megaphone.server.origins`.
-    ALLOWED_ORIGINS: tuple[str, ...] = ()
+    ALLOWED_ORIGINS: Annotated[
+        tuple[str, ...],
+        Meta(description='a list of full origins, e.g. ["https://app.example.com"]'),
+        Check("megaphone.E040"),
+    ] = ()
     #: Seconds ``megaphone.publish()`` / ``apublish()`` wait for the backend to accept a message
     #: before raising :class:`megaphone.PublishUnavailable` (the message may still go out).
-    PUBLISH_TIMEOUT: float = 5.0
+    PUBLISH_TIMEOUT: Annotated[Seconds, _API] = 5.0
     #: Keys of the HTTP API (``Authorization: Bearer <key>``). A list of keys allowed on every
     #: topic, or a dict ``{key: [topic pattern, ...]}`` (``fnmatch`` patterns, e.g. ``"orders.*"``)
     #: restricting each key. Empty: the HTTP API refuses every request with 401.
-    API_KEYS: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
+    API_KEYS: Annotated[
+        tuple[str, ...] | dict[str, tuple[str, ...]],
+        Meta(description="a list of keys (strings), or a dict of key -> list of topic patterns"),
+        Check("megaphone.E030"),
+    ] = ()
     #: Per-key rate limit of the HTTP API, per process: a token bucket refilled at
     #: ``API_RATE_LIMIT`` messages per second holding at most ``API_RATE_BURST``. ``None``: off.
-    API_RATE_LIMIT: float | None = 100.0
-    API_RATE_BURST: int = 500
+    API_RATE_LIMIT: Annotated[Annotated[float, Meta(gt=0)] | None, _API] = 100.0
+    API_RATE_BURST: Annotated[PositiveInt, _API] = 500
     #: Most messages in one ``POST api/publish/batch`` request, and largest request body of the
     #: HTTP API in bytes (each message is also held to ``MAX_MESSAGE_SIZE``; a body is also held
     #: to ``MAX_REQUEST_BODY``, before the API reads it).
-    API_BATCH_MAX: int = 100
-    API_MAX_BODY_SIZE: int = 2621440
+    API_BATCH_MAX: Annotated[PositiveInt, _API] = 100
+    API_MAX_BODY_SIZE: Annotated[PositiveInt, _API] = 2621440
     #: Largest HTTP request body, in bytes, on every path of the application that
     #: :func:`megaphone.asgi.application` builds
     # (:class:`megaphone.server.bodylimit.RequestBodyLimit`):
@@ -97,39 +140,71 @@ class Config:
     #: and ``DATA_UPLOAD_MAX_MEMORY_SIZE``: a body Django takes stays in memory, so no request
     #: body touches the disk. Raise it if your views take larger uploads (Django spools those to
     #: temporary files). None: no limit (Django reads, and spools to disk, any body).
-    MAX_REQUEST_BODY: int | None = 2621440
+    MAX_REQUEST_BODY: Annotated[PositiveInt | None, Check("megaphone.E041")] = 2621440
     #: Presence (who is subscribed) is tracked on every topic when True; ``TOPICS`` may turn it
     #: on or off per topic. Join/leave events are sent to subscribers when ``JOIN_LEAVE`` is True
     #: (they need presence on too).
-    PRESENCE: bool = False
-    JOIN_LEAVE: bool = False
+    PRESENCE: Annotated[bool, _SWITCH] = False
+    JOIN_LEAVE: Annotated[bool, _SWITCH] = False
     #: Join/leave events of a topic are coalesced over windows this long, in seconds, per
     #: process: at most one batch per window, net of what cancelled out (see
     #: :mod:`megaphone.engine.joinleave`). 0 still coalesces what one loop turn announced.
-    JOIN_LEAVE_INTERVAL: float = 1.0
+    JOIN_LEAVE_INTERVAL: Annotated[SecondsOrZero, Check("megaphone.E012")] = 1.0
     #: Seconds a presence entry lives in a shared backend (Redis) without being refreshed: an
     #: entry of a process that died without saying goodbye vanishes after this long.
-    PRESENCE_TTL: float = 60.0
+    PRESENCE_TTL: Annotated[Seconds, _SECONDS] = 60.0
     #: Most missed messages a subscription recovers on resubscribe; a larger gap answers
     #: ``recovered: false``. They are sent paced by the client, half an outbox at a time.
-    RECOVERY_MAX_MESSAGES: int = 1000
+    RECOVERY_MAX_MESSAGES: Annotated[PositiveInt, _BOUND] = 1000
     #: Most topics one connection of the protocol endpoint (``/ws/connect/``) may subscribe to.
-    MAX_SUBSCRIPTIONS: int = 256
+    MAX_SUBSCRIPTIONS: Annotated[PositiveInt, _BOUND] = 256
     #: Subscribe/unsubscribe-rate limit per connection of ``/ws/connect/``: a token bucket
     #: refilled at SUBSCRIBE_RATE requests per second, holding at most SUBSCRIBE_BURST (enough
     #: to resubscribe every topic after a reconnect). Over it, the request gets ``rate_limited``;
     #: refusals are limited by a bucket of the same rate and burst, and a client past that one
     #: too (it went on without waiting) is closed with 4429. 0 disables the limit.
-    SUBSCRIBE_RATE: float = 20.0
-    SUBSCRIBE_BURST: int = 512
+    SUBSCRIBE_RATE: Annotated[PerSecond, _RATE] = 20.0
+    SUBSCRIBE_BURST: Annotated[PositiveInt, _RATE] = 512
     #: Per-topic overrides by glob pattern (``fnmatch``, case-sensitive), the first matching
     #: pattern in order wins, e.g. ``{"chat.*": {"history_size": 100, "presence": True}}``.
     #: Options: see :class:`TopicOptions`. Stored as a tuple of ``(pattern, options)`` pairs.
-    TOPICS: tuple[tuple[str, dict[str, Any]], ...] = ()
+    #: Its shape only (pairs); the patterns and options are checked by ``checks.check_topics``.
+    TOPICS: Annotated[
+        tuple[tuple[Any, Any], ...],
+        Meta(description='a dict of topic pattern -> options, e.g. {"chat.*": {"presence": True}}'),
+        Check("megaphone.E020"),
+    ] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting, as :class:`Config` declares it."""
+
+    name: str
+    #: The type a value must have, with its limits (for :func:`msgspec.convert`).
+    type: Any
+    check: Check
+    default: Any
+
+
+def declare(config: type[Any]) -> dict[str, Setting]:
+    """The settings a dataclass like :class:`Config` declares; :class:`TypeError` if a field
+    has no :class:`Check` (a new setting must say which check refuses its bad values)."""
+    hints = get_type_hints(config, include_extras=True)
+    declared = {}
+    for field in fields(config):
+        hint = hints[field.name]
+        checks = [m for m in get_args(hint)[1:] if isinstance(m, Check)]
+        if get_origin(hint) is not Annotated or len(checks) != 1:
+            raise TypeError(f"{field.name} declares no Check: every setting needs one")
+        declared[field.name] = Setting(field.name, hint, checks[0], field.default)
+    return declared
+
+
+#: Every setting, by name: its type and limits, its check and its default.
+SETTINGS: dict[str, Setting] = declare(Config)
 #: Every setting with its default.
-DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
+DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.items()}
 
 
 def _defaults_from_environment() -> dict[str, Any]:
@@ -152,11 +227,14 @@ def get_config() -> Config:
         values["ALLOWED_ORIGINS"] = tuple(origins or ())  # a string is left for the checks
     keys = values["API_KEYS"]
     if isinstance(keys, dict):
-        values["API_KEYS"] = {key: tuple(patterns) for key, patterns in keys.items()}
+        values["API_KEYS"] = {
+            key: tuple(patterns) if isinstance(patterns, list | tuple) else patterns
+            for key, patterns in keys.items()
+        }
     elif isinstance(keys, str):
         values["API_KEYS"] = (keys,)
-    else:
-        values["API_KEYS"] = tuple(keys)
+    elif isinstance(keys, list | tuple | set | frozenset):
+        values["API_KEYS"] = tuple(keys)  # anything else is left for the checks
     topics = values["TOPICS"]
     if isinstance(topics, dict):
         values["TOPICS"] = tuple(
@@ -166,14 +244,15 @@ def get_config() -> Config:
     return Config(**{name: values[name] for name in DEFAULTS})
 
 
-@dataclass(frozen=True, slots=True)
-class TopicOptions:
-    """What applies to one topic: the global settings, overridden by its ``TOPICS`` entry."""
+class TopicOptions(Struct, frozen=True, forbid_unknown_fields=True):
+    """What applies to one topic: the global settings, overridden by its ``TOPICS`` entry. The
+    declaration of a ``TOPICS`` entry's options too: ``megaphone.E021`` refuses an entry that
+    does not fit it (:func:`megaphone.checks.check_topics`)."""
 
     #: History kept for recovery: at most ``history_size`` messages, none older than
     #: ``history_ttl`` seconds.
-    history_size: int
-    history_ttl: float
+    history_size: Count
+    history_ttl: SecondsOrZero
     #: Track who is subscribed (``presence`` op); send join/leave events to subscribers.
     presence: bool
     join_leave: bool
@@ -183,30 +262,28 @@ class TopicOptions:
     publish: bool = True
 
 
-#: The options a ``TOPICS`` entry may set, with the type each takes.
-TOPIC_OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "history_size": int,
-    "history_ttl": (int, float),
-    "presence": bool,
-    "join_leave": bool,
-    "durable": bool,
-    "publish": bool,
-}
+#: The options a ``TOPICS`` entry may set.
+TOPIC_OPTIONS: tuple[str, ...] = TopicOptions.__struct_fields__
+
+
+def base_options(config: Config) -> dict[str, Any]:
+    """The options of a topic that no ``TOPICS`` entry matches: the global settings."""
+    return {
+        "history_size": config.HISTORY_SIZE,
+        "history_ttl": config.HISTORY_TTL,
+        "presence": config.PRESENCE,
+        "join_leave": config.JOIN_LEAVE,
+    }
 
 
 @lru_cache(maxsize=4096)
 def topic_options(topic: str) -> TopicOptions:
     """The options of ``topic``: the first ``TOPICS`` pattern matching it, over the defaults."""
     config = get_config()
-    values: dict[str, Any] = {
-        "history_size": config.HISTORY_SIZE,
-        "history_ttl": float(config.HISTORY_TTL),
-        "presence": config.PRESENCE,
-        "join_leave": config.JOIN_LEAVE,
-    }
+    values = base_options(config)
     for pattern, options in config.TOPICS:
         if isinstance(pattern, str) and isinstance(options, dict) and fnmatchcase(topic, pattern):
-            values.update({k: v for k, v in options.items() if k in TOPIC_OPTION_TYPES})
+            values.update({k: v for k, v in options.items() if k in TOPIC_OPTIONS})
             break
     values["history_ttl"] = float(values["history_ttl"])
     return TopicOptions(**values)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from megaphone.backends import durable
+from megaphone.backends import database
 from megaphone.models import DurableMessage, DurableTopic
 from tests.asgi.test_protocol import connect, raw, unique
 from tests.conftest import timeout
@@ -32,7 +32,7 @@ async def test_durable_topic_numbers_stores_and_recovers_from_the_database() -> 
     topic = unique("durable.a")
     client, wscat = await connect(), await raw(topic)
     start = await client.result(op="subscribe", topic=topic)
-    assert start["offset"] == 0 and start["epoch"] == durable.initial_epoch(topic)
+    assert start["offset"] == 0 and start["epoch"] == database.initial_epoch(topic)
     assert not await DurableTopic.objects.filter(name=topic).aexists()  # a read writes nothing
     await client.send(op="publish", topic=topic, data={"k": 1}, msg_id="x1")
     frames = [await client.recv(), await client.recv()]
@@ -91,26 +91,26 @@ async def test_durable_history_is_bounded_and_says_when_it_is_incomplete() -> No
 
 def test_append_retries_and_numbers_without_gaps() -> None:
     topic = unique("durable.c")
-    offsets = [durable.append(topic, f"m{i}", size=100)[0].offset for i in range(20)]
+    offsets = [database.append(topic, f"m{i}", size=100)[0].offset for i in range(20)]
     assert offsets == list(range(1, 21))
-    page = durable.history(topic, 10, 5, size=100)
+    page = database.history(topic, 10, 5, size=100)
     assert [m.payload for m in page.messages] == ["m10", "m11", "m12", "m13", "m14"]
     assert page.complete and page.offset == 20
 
 
 def test_expired_messages_are_deleted_in_the_background_in_bounded_batches(monkeypatch) -> None:
-    monkeypatch.setattr(durable, "EXPIRE_BATCH", 2)
+    monkeypatch.setattr(database, "EXPIRE_BATCH", 2)
     topics = sorted(unique("durable.x") for _ in range(3))
     for topic in topics:
-        durable.append(topic, "old")
+        database.append(topic, "old")
     DurableMessage.objects.filter(topic__in=topics).update(time=0.0)  # published long ago
-    durable.append(topics[0], "new")
+    database.append(topics[0], "new")
 
     def limits(topic: str) -> tuple[int, float]:
         return 100, 600.0
 
-    assert durable.expire("", limits) == topics[1]  # two topics at a time...
-    assert durable.expire(topics[1], limits) == ""  # ...then the round is over
+    assert database.expire("", limits) == topics[1]  # two topics at a time...
+    assert database.expire(topics[1], limits) == ""  # ...then the round is over
     assert [m.text for m in DurableMessage.objects.filter(topic__in=topics)] == ["new"]
-    page = durable.history(topics[1], 0)  # its row stays: the epoch and offset live on
+    page = database.history(topics[1], 0)  # its row stays: the epoch and offset live on
     assert (page.offset, page.messages, page.complete) == (1, [], False)

@@ -11,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 
 import megaphone
 from example.asgi import application
-from megaphone.engine import publishing
+from megaphone.engine.background import background
 from megaphone.testing import unique
 from tests.conftest import timeout
 
@@ -26,8 +26,8 @@ async def subscribe(topic: str) -> WebsocketCommunicator:
 async def test_a_thousand_sync_publishes_from_a_plain_thread_all_arrive_in_order() -> None:
     topic = unique("sync")
     subscriber = await subscribe(topic)
-    loops_before = publishing._publisher.loops_started
-    nodes_before = publishing._publisher.nodes_started
+    loops_before = background.loops_started
+    nodes_before = background.nodes_started
     offsets: list[int] = []
     caught: list[warnings.WarningMessage] = []
     errors: list[BaseException] = []
@@ -54,8 +54,8 @@ async def test_a_thousand_sync_publishes_from_a_plain_thread_all_arrive_in_order
     # with one node (one backend), whatever the number of calls.
     names = [t.name for t in threading.enumerate()]
     assert names.count("megaphone-publisher") == 1
-    assert publishing._publisher.loops_started - loops_before <= 1
-    assert publishing._publisher.nodes_started - nodes_before <= 1
+    assert background.loops_started - loops_before <= 1
+    assert background.nodes_started - nodes_before <= 1
     assert await subscriber.receive_nothing(timeout=0.1)
     await subscriber.disconnect()
 
@@ -65,7 +65,7 @@ async def test_many_threads_publish_through_one_loop_and_every_message_arrives()
     subscriber = await subscribe(topic)
     await asyncio.to_thread(megaphone.publish, topic, "first")
     assert await subscriber.receive_from(timeout=timeout(5)) == "first"
-    loops, nodes = publishing._publisher.loops_started, publishing._publisher.nodes_started
+    loops, nodes = background.loops_started, background.nodes_started
 
     def worker(n: int) -> None:
         for i in range(50):
@@ -79,7 +79,7 @@ async def test_many_threads_publish_through_one_loop_and_every_message_arrives()
         await asyncio.to_thread(thread.join)
     for n in range(10):  # each thread's messages in the order it sent them
         assert [m for m in received if m.startswith(f"{n}:")] == [f"{n}:{i}" for i in range(50)]
-    assert (publishing._publisher.loops_started, publishing._publisher.nodes_started) == (
+    assert (background.loops_started, background.nodes_started) == (
         loops,
         nodes,
     )

@@ -62,6 +62,30 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "time.sleep(0.5)  # the page retries against the dead network meanwhile",
     ): IDLE + " (the page keeps failing to reconnect while the network is down)",
     ("unit/test_memory_backend.py", "await asyncio.sleep(0.1)"): CLOCK,
+    ("backends/conformance.py", "await asyncio.sleep(0.01)"): TODO
+    + " (until(): the lists the backends' callbacks fill; megaphone.testing.Collected fits)",
+    (
+        "backends/conformance.py",
+        "await asyncio.sleep(attempt % 5 * 0.0005)  # stop at different steps of starting",
+    ): PACES + " (stop() at different points of start(), on purpose)",
+    (
+        "backends/conformance.py",
+        "await asyncio.sleep(timeout(0.3) + 0.2)  # the TTL itself",
+    ): CLOCK,
+    (
+        "backends/conformance.py",
+        "await asyncio.sleep(timeout(0.2) + 0.3)  # epoch_ttl itself",
+    ): CLOCK,
+    ("backends/conformance.py", "await asyncio.sleep(0.05)"): POLLS
+    + " (a backend server coming back: retried until it answers)",
+    (
+        "backends/conformance.py",
+        "await asyncio.sleep(0.1)  # refreshing: more often than the TTL",
+    ): CLOCK + " (presence refreshed within its TTL)",
+    (
+        "backends/test_durable.py",
+        "await asyncio.sleep(0.6)  # the store's TTL (0.5 s) itself",
+    ): CLOCK,
     ("e2e/test_redis_backend.py", "await asyncio.sleep(0.01)"): POLLS
     + " (until(): Redis's client list)",
     ("e2e/test_redis_backend.py", "await asyncio.sleep(0.4)"): CLOCK + " (a Redis key's TTL)",

@@ -14,9 +14,11 @@ from django.test import override_settings
 import megaphone
 from megaphone import backends
 from megaphone.backends import BackendUnavailable
+from megaphone.backends.durable import DurableTopics
 from megaphone.backends.memory import MemoryBackend
 from megaphone.core.message import Message
 from megaphone.engine import publishing
+from megaphone.engine.background import background
 from megaphone.engine.node import get_node
 from megaphone.engine.publishing import (
     InvalidMessage,
@@ -118,7 +120,7 @@ async def test_publish_from_async_code_says_to_use_apublish() -> None:
 
 def test_one_background_loop_and_one_node_for_every_thread() -> None:
     megaphone.publish(topic(), "warm up")
-    loops, nodes = publishing._publisher.loops_started, publishing._publisher.nodes_started
+    loops, nodes = background.loops_started, background.nodes_started
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -134,8 +136,8 @@ def test_one_background_loop_and_one_node_for_every_thread() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert publishing._publisher.loops_started == loops
-    assert publishing._publisher.nodes_started == nodes
+    assert background.loops_started == loops
+    assert background.nodes_started == nodes
     names = [t.name for t in threading.enumerate()]
     assert names.count("megaphone-publisher") == 1
 
@@ -172,7 +174,8 @@ def test_backend_that_does_not_answer_times_out(broken_backend: None) -> None:
 
 async def test_apublish_backend_failure_and_timeout(broken_backend: None) -> None:
     # apublish uses this loop's node, built from the (overridden) settings on first use.
-    assert isinstance((await get_node()).backend, BrokenBackend)
+    backend = (await get_node()).backend
+    assert isinstance(backend, DurableTopics) and isinstance(backend.inner, BrokenBackend)
     with pytest.raises(PublishUnavailable):
         await megaphone.apublish(topic(), "x")
     with pytest.raises(PublishUnavailable, match=r"within 0\.3 s"):

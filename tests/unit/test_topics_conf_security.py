@@ -7,6 +7,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
+from megaphone.backends.memory import MemoryBackend
 from megaphone.conf import DEFAULTS, get_config
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.server.origins import origin_allowed
@@ -208,12 +209,22 @@ def test_check_subscribe_burst_below_max_subscriptions() -> None:
         assert ids() == set()  # no limit
 
 
-def test_check_several_workers_on_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+class OneProcessBackend(MemoryBackend):
+    """A user's own backend that, like memory://, does not cross processes."""
+
+
+def test_check_several_workers_on_a_backend_that_does_not_cross_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("MEGAPHONE_WORKERS", "4")
     assert "megaphone.E004" in ids()
+    own = f"{__name__}:OneProcessBackend"
+    with override_settings(MEGAPHONE={"BACKEND": own}):
+        assert "megaphone.E004" in ids()
     with override_settings(MEGAPHONE={"BACKEND": "redis://127.0.0.1:6379/0"}):
-        monkeypatch.setenv("MEGAPHONE_WORKERS", "1")
         assert "megaphone.E004" not in ids()
+    monkeypatch.setenv("MEGAPHONE_WORKERS", "1")
+    assert "megaphone.E004" not in ids()
 
 
 @override_settings(MEGAPHONE={"PERMISSIONS": [{"topics": "*", "default": "everyone"}]})

@@ -1,144 +1,209 @@
-"""Durable topics: offsets, epoch and history in the Django database.
+"""Durable topics: a backend whose chosen topics are numbered and kept by another history store.
 
-A topic whose options say ``durable: True`` (see :func:`megaphone.conf.topic_options`) is numbered
-and stored here instead of in the backend: :func:`append` assigns the next offset inside a
-transaction that locks the topic's row (``select_for_update``; on SQLite, which has no row locks,
-the unique constraint on ``(topic, offset)`` turns a lost race into a retry), stores the message
-and trims the topic's history to its size and TTL. The node then fans the numbered message out
-through the backend (:meth:`Backend.forward`).
+:class:`DurableTopics` wraps a :class:`~.base.Backend` and a :class:`~.base.HistoryStore`
+(:class:`~.database.DatabaseHistory`, the Django database, by default) and is itself a
+backend. For each topic it asks ``durable(topic)`` (by default :func:`durable_topic`: the
+topic's options say ``durable: True``, see :func:`megaphone.conf.topic_options`):
 
-Only a publish writes. A topic's row is created by its first publish, never by a subscribe, a
-history read or a recovery: a topic without a row answers offset 0 in :func:`initial_epoch`, and
-its first publish creates the row in that same epoch. So a client that subscribed before the
-first publish (and was told that epoch) receives message 1 in the epoch it knows, as the next
-offset, without a gap. The epoch never changes while the row exists, and rows are not deleted
-(one small row per published topic), so offsets and recovery survive a restart of every
-process, and a topic's offsets never start again under its initial epoch. (Deleting a row by
-hand, or restoring an older database, would: clients holding offsets of the old rows could then
-be answered from the new ones.) Expired messages are deleted in the background (:func:`expire`,
-run by the node's sweeper), not only when the topic is next published to.
+* a durable topic's publish is appended to the store, which numbers it, and, when it is new (not
+  a known ``msg_id``), fanned out through the wrapped backend's :meth:`~.base.Broker.forward`;
+  its history is read from the store. The wrapped backend never numbers nor stores it.
+* any other topic goes to the wrapped backend, unchanged.
 
-Every function here is synchronous ORM code; the node calls them through ``sync_to_async``.
+So a durable topic has the guarantees of its store (offsets and epoch kept across restarts of
+every process, in the database) and the fan-out of the wrapped backend (at most once: a
+subscriber that missed a forwarded message fills the gap from the store's history). Fan-out,
+presence and the cluster-wide topic count are the wrapped backend's. Its sweep runs the
+wrapped backend's, then, when some topic may be durable, the store's.
+
+The node always holds one (see :func:`megaphone.engine.node.start_node`): which topics are
+durable is read per call, so settings that change at run time (tests) are followed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
-from django.db import IntegrityError, OperationalError, transaction
+from channels.db import database_sync_to_async
+from django.db import DatabaseError
 
-from megaphone.backends.base import HistoryPage
+from megaphone.backends.base import (
+    Appended,
+    Backend,
+    BackendUnavailable,
+    ClusterTopics,
+    HistoryLimits,
+    HistoryPage,
+    HistoryStore,
+    MessageCallback,
+    PresenceStore,
+)
+from megaphone.conf import get_config, topic_options
 from megaphone.core.message import Message
-from megaphone.models import DurableMessage, DurableTopic
 
-#: Attempts at appending before giving up when concurrent writers keep winning the race.
-ATTEMPTS = 10
-#: Durable topics whose expired messages one :func:`expire` call deletes, at most.
-EXPIRE_BATCH = 200
+#: Seconds between two rounds over durable topics' expired messages in the database (a round
+#: deletes them a batch of topics per :meth:`DatabaseHistory.sweep`).
+EXPIRE_INTERVAL = 10.0
 
-
-def initial_epoch(topic: str) -> str:
-    """The epoch of ``topic`` before its first publish, and the one its row is created with:
-    the same in every process, computed without touching the database."""
-    return hashlib.blake2b(topic.encode(), digest_size=4, person=b"megaphone").hexdigest()
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def _message(row: DurableMessage, epoch: str) -> Message:
-    payload: str | bytes = row.text if row.text is not None else bytes(row.data or b"")
-    return Message(row.topic, payload, row.offset, epoch, row.time, json=row.json)
+def durable_topic(topic: str) -> bool:
+    """Whether the settings make ``topic`` durable (internal ``$`` topics never are)."""
+    return not topic.startswith("$") and topic_options(topic).durable
 
 
-def _locked_topic(name: str) -> DurableTopic:
-    """``name``'s row, locked for the transaction; created (in :func:`initial_epoch`) if new."""
-    queryset = DurableTopic.objects.select_for_update()
-    try:
-        return queryset.get(name=name)
-    except DurableTopic.DoesNotExist:
-        DurableTopic.objects.get_or_create(name=name, defaults={"epoch": initial_epoch(name)})
-        return queryset.get(name=name)
-
-
-def _trim(topic: str, offset: int, size: int, ttl: float, now: float) -> None:
-    DurableMessage.objects.filter(topic=topic, offset__lte=offset - size).delete()
-    DurableMessage.objects.filter(topic=topic, time__lt=now - ttl).delete()
-
-
-def append(
-    topic: str,
-    payload: str | bytes,
-    *,
-    json: bool = False,
-    msg_id: str | None = None,
-    size: int = 1000,
-    ttl: float = 600.0,
-) -> tuple[Message, bool]:
-    """Number and store a message; return it and whether it is new (False: a known ``msg_id``)."""
-    for attempt in range(ATTEMPTS):
-        try:
-            with transaction.atomic():
-                state = _locked_topic(topic)
-                if msg_id is not None:
-                    seen = DurableMessage.objects.filter(topic=topic, msg_id=msg_id).first()
-                    if seen is not None:
-                        return _message(seen, state.epoch), False
-                now = time.time()
-                state.offset += 1
-                row = DurableMessage.objects.create(
-                    topic=topic,
-                    offset=state.offset,
-                    text=payload if isinstance(payload, str) else None,
-                    data=payload if isinstance(payload, bytes) else None,
-                    json=json,
-                    msg_id=msg_id,
-                    time=now,
-                )
-                DurableTopic.objects.filter(name=topic).update(offset=state.offset)
-                _trim(topic, state.offset, size, ttl, now)
-                return _message(row, state.epoch), True
-        except (IntegrityError, OperationalError):  # a concurrent writer won: read again
-            if attempt == ATTEMPTS - 1:
-                raise
-            time.sleep(0.005 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def history(
-    topic: str, since: int = 0, limit: int | None = None, *, size: int = 1000, ttl: float = 600.0
-) -> HistoryPage:
-    """The same contract as :meth:`Backend.history`, from the database; writes nothing (a topic
-    never published to answers offset 0 in its :func:`initial_epoch`)."""
-    with transaction.atomic():
-        state = DurableTopic.objects.filter(name=topic).first()
-        if state is None:
-            return HistoryPage([], 0, initial_epoch(topic), True)
-        now = time.time()
-        rows = DurableMessage.objects.filter(
-            topic=topic, offset__gt=max(since, state.offset - size), time__gte=now - ttl
-        ).order_by("offset")
-        oldest = rows.values_list("offset", flat=True).first()
-        oldest_kept = oldest if oldest is not None else state.offset + 1
-        complete = since >= state.offset or oldest_kept == since + 1
-        if limit is not None:
-            rows = rows[:limit]
-        messages = [_message(row, state.epoch) for row in rows]
-    return HistoryPage(messages, state.offset, state.epoch, complete)
-
-
-def expire(after: str, limits: Callable[[str], tuple[int, float]]) -> str:
-    """Delete the expired messages of the next :data:`EXPIRE_BATCH` durable topics in name
-    order after ``after`` (``limits(topic) -> (size, ttl)``); return where the next call starts
-    ("" once every topic was seen: the next call starts a new round)."""
-    names = list(
-        DurableTopic.objects.filter(name__gt=after)
-        .order_by("name")
-        .values_list("name", flat=True)[:EXPIRE_BATCH]
+def any_durable_topics() -> bool:
+    """Whether some ``TOPICS`` entry of the settings makes topics durable."""
+    return any(
+        isinstance(options, dict) and options.get("durable") for _, options in get_config().TOPICS
     )
-    by_ttl: dict[float, list[str]] = {}
-    for name in names:
-        by_ttl.setdefault(limits(name)[1], []).append(name)
-    now = time.time()
-    for ttl, topics in by_ttl.items():
-        DurableMessage.objects.filter(topic__in=topics, time__lt=now - ttl).delete()
-    return names[-1] if len(names) == EXPIRE_BATCH else ""
+
+
+class DurableTopics:
+    """``backend`` with the topics that ``durable(topic)`` chooses kept in ``store``; see the
+    module docstring. ``any_durable()`` says whether the store needs sweeping at all."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: HistoryStore,
+        *,
+        durable: Callable[[str], bool] = durable_topic,
+        any_durable: Callable[[], bool] = any_durable_topics,
+    ) -> None:
+        self.inner = backend
+        self.store = store
+        self._durable = durable
+        self._any_durable = any_durable
+        self.url = backend.url
+        self.pipelines_publishes = backend.pipelines_publishes
+        self.crosses_processes = backend.crosses_processes
+
+    @classmethod
+    def in_database(cls, backend: Backend, limits: HistoryLimits) -> DurableTopics:
+        """``backend`` with the settings' durable topics in the Django database."""
+        return cls(backend, DatabaseHistory(limits))
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def presence_store(self) -> PresenceStore | None:
+        return self.inner.presence_store
+
+    @property
+    def cluster_topics(self) -> ClusterTopics | None:
+        return self.inner.cluster_topics
+
+    def history_limits(self, topic: str) -> tuple[int, float]:
+        if self._durable(topic):
+            return self.store.history_limits(topic)
+        return self.inner.history_limits(topic)
+
+    async def publish(
+        self, topic: str, payload: str | bytes, *, json: bool = False, msg_id: str | None = None
+    ) -> Message:
+        if not self._durable(topic):
+            return await self.inner.publish(topic, payload, json=json, msg_id=msg_id)
+        message, new = await self.store.append(topic, payload, json=json, msg_id=msg_id)
+        if new:
+            await self.inner.forward(message)
+        return message
+
+    async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
+        if self._durable(topic):
+            return await self.store.history(topic, since, limit)
+        return await self.inner.history(topic, since, limit)
+
+    async def sweep(self) -> bool:
+        if await self.inner.sweep():
+            return True
+        return self._any_durable() and await self.store.sweep()
+
+    # The broker: the wrapped backend's.
+
+    async def start(self, on_message: MessageCallback) -> None:
+        await self.inner.start(on_message)
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def subscribe(self, topic: str) -> None:
+        await self.inner.subscribe(topic)
+
+    async def unsubscribe(self, topic: str) -> None:
+        await self.inner.unsubscribe(topic)
+
+    async def forward(self, message: Message) -> None:
+        await self.inner.forward(message)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+
+class DatabaseHistory:
+    """A :class:`~.base.HistoryStore` in the Django database (see :mod:`~.database`), with
+    each topic's limits from ``limits(topic) -> (size, ttl)``."""
+
+    def __init__(self, limits: HistoryLimits) -> None:
+        self._limits = limits
+        self._cursor = ""  # where the current round of expiry goes on ("": a new round)
+        self._next_round = time.monotonic() + EXPIRE_INTERVAL
+
+    def history_limits(self, topic: str) -> tuple[int, float]:
+        return self._limits(topic)
+
+    @staticmethod
+    async def _run(what: str, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function`` in Django's database thread; a DatabaseError as BackendUnavailable."""
+        call: Callable[P, Awaitable[T]] = database_sync_to_async(function)
+        try:
+            return await call(*args, **kwargs)
+        except DatabaseError as exc:
+            raise BackendUnavailable(f"{what}: {exc}") from exc
+
+    async def append(
+        self, topic: str, payload: str | bytes, *, json: bool = False, msg_id: str | None = None
+    ) -> Appended:
+        from megaphone.backends import database  # imports the models: once Django is set up
+
+        size, ttl = self._limits(topic)
+        message, new = await self._run(
+            f"durable topic {topic}",
+            database.append,
+            topic,
+            payload,
+            json=json,
+            msg_id=msg_id,
+            size=size,
+            ttl=ttl,
+        )
+        return Appended(message, new)
+
+    async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
+        from megaphone.backends import database
+
+        size, ttl = self._limits(topic)
+        return await self._run(
+            f"durable topic {topic}", database.history, topic, since, limit, size=size, ttl=ttl
+        )
+
+    async def sweep(self) -> bool:
+        """Every :data:`EXPIRE_INTERVAL` seconds, a round over the durable topics: one
+        :func:`~.database.expire` batch per call (one a second from the node's sweeper) until
+        every topic was seen. Always False: the rest of a round waits for the next call."""
+        if time.monotonic() < self._next_round:
+            return False
+        from megaphone.backends import database
+
+        self._cursor = await self._run(
+            "durable topics", database.expire, self._cursor, self._limits
+        )
+        pause = 0.0 if self._cursor else EXPIRE_INTERVAL
+        self._next_round = time.monotonic() + pause
+        return False

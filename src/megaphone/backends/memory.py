@@ -40,7 +40,13 @@ import time
 from collections import deque
 from typing import Any
 
-from megaphone.backends.base import Backend, HistoryPage, MessageCallback, epoch_ttl
+from megaphone.backends.base import (
+    BaseBackend,
+    HistoryPage,
+    MessageCallback,
+    PresenceStore,
+    epoch_ttl,
+)
 from megaphone.core import metrics
 from megaphone.core.message import Message
 
@@ -284,15 +290,21 @@ class _Store:
 _store = _Store()
 
 
-class MemoryBackend(Backend):
-    """Single-process backend; see the module docstring."""
+class MemoryBackend(BaseBackend):
+    """Single-process backend; see the module docstring. Its own :class:`~.base.PresenceStore`
+    (entries live until removed: they die with the process)."""
 
+    crosses_processes = False
     _listener: _Listener | None = None
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         # Topics this instance subscribed to: each counts once in its topic's ``subscribers``.
         self._subscribed: set[str] = set()
+
+    @property
+    def presence_store(self) -> PresenceStore | None:
+        return self
 
     def _state(self, topic: str, now: float) -> _Topic:
         """``topic``'s state, created if new."""

@@ -77,10 +77,12 @@ from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
 from megaphone.backends.base import (
-    Backend,
     BackendUnavailable,
+    BaseBackend,
+    ClusterTopics,
     HistoryPage,
     MessageCallback,
+    PresenceStore,
     epoch_ttl,
 )
 from megaphone.core.decoding import InvalidText
@@ -267,6 +269,17 @@ def _settle(queued: list[_Queued], error: Callable[[_Queued], BackendUnavailable
             q.future.set_exception(error(q))
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it ended. redis-py can swallow a cancellation (its
+    ``connect()`` did, in redis-py 8.1: the pub/sub reader then went on, connected, and stop()
+    waited for ever), so the task is cancelled again until it ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    if not task.cancelled():
+        task.exception()  # retrieved: it was logged where it happened, if it was an error
+
+
 def _keys(topic: str) -> list[str]:
     return [
         f"megaphone:{{{topic}}}:meta",
@@ -295,10 +308,20 @@ def _encode_wire(message: Message) -> bytes:
     return head.encode() + _KINDS[message.kind] + b"\n" + payload
 
 
-class RedisBackend(Backend):
-    """Backend on one Redis server; see the module docstring for what it guarantees."""
+class RedisBackend(BaseBackend):
+    """Backend on one Redis server; see the module docstring for what it guarantees. Its own
+    :class:`~.base.PresenceStore` and :class:`~.base.ClusterTopics`."""
 
+    crosses_processes = True
     pipelines_publishes = True
+
+    @property
+    def presence_store(self) -> PresenceStore | None:
+        return self
+
+    @property
+    def cluster_topics(self) -> ClusterTopics:
+        return self
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
@@ -372,9 +395,7 @@ class RedisBackend(Backend):
         reader, self._reader = self._reader, None
         for task in (reader, self._pipelines):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
         queued, self._queued = self._queued, []
         _settle(queued, lambda q: BackendUnavailable("the backend stopped"))
         await self._close_pubsub()

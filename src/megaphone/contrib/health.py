@@ -37,7 +37,7 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     except (BackendUnavailable, TimeoutError, OSError) as exc:
         reason = str(exc) or type(exc).__name__
         return JsonResponse({"status": "unavailable", "reason": reason}, status=503)
-    return JsonResponse({"status": "ready", "backend": type(node.backend).__name__})
+    return JsonResponse({"status": "ready", "backend": node.backend.name})
 
 
 @require_safe

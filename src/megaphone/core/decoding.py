@@ -18,6 +18,7 @@ Pure: no Django, no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,6 +30,7 @@ __all__ = [
     "check_text",
     "decode_json",
     "encode_json",
+    "explain",
     "invalid_strings",
     "strict_query",
     "utf8_size",
@@ -66,10 +68,29 @@ def encode_json(value: Any) -> str:
     return _encode(value).decode()
 
 
-def utf8_size(text: str) -> int:
-    """Size of ``text`` in UTF-8, in bytes; :class:`InvalidText` if UTF-8 cannot encode it.
-    Free for ASCII text (Python knows a string is ASCII without scanning it)."""
-    if text.isascii():
+_WHERE = re.compile(r"^(.*?)(?: - at `\$((?:\.\w+|\[\d+\])*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"^Object missing required field `(\w+)`$")
+
+
+def explain(error: msgspec.ValidationError) -> tuple[str, str]:
+    """``(where, message)`` of a value a msgspec declaration refused: ``where`` is the path of
+    the refused field (``"since.offset"``, ``"messages[1].topic"``; ``""`` for the value
+    itself) and ``message`` says what was wrong, naming the field (``"since.epoch is
+    missing"``, ``"msg_id: Expected `str` of length <= 64"``)."""
+    match = _WHERE.match(str(error))
+    what, where = (match.group(1), (match.group(2) or "").lstrip(".")) if match else ("", "")
+    missing = _MISSING.match(what)
+    if missing:
+        where = f"{where}.{missing.group(1)}" if where else missing.group(1)
+        return where, f"{where} is missing"
+    return where, (f"{where}: {what}" if where else what)[:200]
+
+
+def utf8_size(text: str | bytes) -> int:
+    """Size of ``text`` on the wire, in bytes: UTF-8 encoded for a ``str`` (:class:`InvalidText`
+    if UTF-8 cannot encode it), as it is for ``bytes``. Free for bytes and ASCII text (Python
+    knows a string is ASCII without scanning it)."""
+    if isinstance(text, bytes) or text.isascii():
         return len(text)
     try:
         return len(text.encode())

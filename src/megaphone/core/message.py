@@ -12,6 +12,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 Kind = Literal["text", "binary", "json"]
+
+#: Longest ``msg_id`` (a publish's idempotency key), in characters, wherever one is taken: the
+#: protocol, the HTTP API and ``publish()`` (``models.Message.msg_id`` has the same length).
+#: Request ids share the limit.
+MAX_MSG_ID_LENGTH = 64
 Encoder = Callable[["Message"], Any]
 
 

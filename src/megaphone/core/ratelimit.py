@@ -1,4 +1,5 @@
-"""A token bucket: the publish-rate limit of one connection. Pure logic, clock injectable."""
+"""A token bucket: the rate limits of a connection (publishing, subscribing) and of an HTTP API
+key. Pure logic, clock injectable."""
 
 from __future__ import annotations
 
@@ -34,3 +35,17 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+    def take(self, n: int) -> float:
+        """Take ``n`` tokens at once (a batch of ``n`` messages) and return 0, or take none and
+        return the seconds to wait until there are enough (at most ``burst`` are ever needed:
+        a batch larger than the burst goes through once the bucket is full)."""
+        if not self.rate:
+            return 0.0
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= min(n, self.burst):
+            self._tokens = max(0.0, self._tokens - n)
+            return 0.0
+        return (min(n, self.burst) - self._tokens) / self.rate

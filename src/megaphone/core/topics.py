@@ -15,7 +15,10 @@ import re
 MAX_TOPIC_LENGTH = 200
 #: Name prefixes of Megaphone's internal topics.
 INTERNAL_PREFIXES = ("$", "_megaphone.")
-_TOPIC = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.:@=-]{{0,{MAX_TOPIC_LENGTH - 1}}}")
+#: What a topic name looks like (its length aside), as a regular expression that JSON Schema
+#: (the OpenAPI document) and Python read alike; :func:`validate_topic` matches it in full.
+TOPIC_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_.:@=-]*$"
+_TOPIC = re.compile(TOPIC_PATTERN)
 
 
 class InvalidTopic(ValueError):

@@ -9,10 +9,12 @@ first use by :func:`get_node` from the settings.
 
 A started node runs a *sweeper* task: about every :data:`SWEEP_INTERVAL` seconds it calls
 :meth:`Backend.sweep` (expired history dropped, unused topics released, shared keys of subscribed
-topics kept alive), in bounded rounds that yield to the loop between them, and every
-:data:`DURABLE_SWEEP_INTERVAL` seconds it starts deleting the expired messages of durable topics
-(when the settings have any), a bounded batch of topics per sweep, in a database thread
-(:func:`megaphone.backends.durable.expire`).
+topics kept alive, durable topics' expired messages deleted), in bounded rounds that yield to the
+loop between them.
+
+The node built from the settings (:func:`start_node`) holds the settings' backend wrapped in
+:class:`~megaphone.backends.durable.DurableTopics`, which keeps durable topics in the Django
+database: the node itself treats every topic alike.
 """
 
 from __future__ import annotations
@@ -21,13 +23,10 @@ import asyncio
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
-
-from channels.db import database_sync_to_async
-from django.db import DatabaseError
 
 from megaphone.backends import Backend, BackendUnavailable, backend_from_url
-from megaphone.backends.base import HistoryPage
+from megaphone.backends.base import HistoryPage, PresenceStore
+from megaphone.backends.durable import DurableTopics
 from megaphone.conf import get_config, topic_options
 from megaphone.core import metrics
 from megaphone.core.decoding import check_text
@@ -55,9 +54,6 @@ logger = get_logger(__name__)
 
 #: Seconds between two sweeps of the backend (see the module docstring).
 SWEEP_INTERVAL = 1.0
-#: Seconds between two rounds over durable topics' expired messages in the database (a round
-#: deletes them a batch of topics per sweep).
-DURABLE_SWEEP_INTERVAL = 10.0
 
 
 class Node:
@@ -83,18 +79,10 @@ class Node:
     async def _sweep_forever(self) -> None:
         """The sweeper (see the module docstring). A failing round is logged and retried on
         the next tick: the task never dies while the node runs."""
-        durable_cursor = ""
-        next_durable_sweep = time.monotonic() + DURABLE_SWEEP_INTERVAL
         while True:
             more = False
             try:
                 more = await self.backend.sweep()
-                if not more and time.monotonic() >= next_durable_sweep:
-                    if _has_durable_topics():
-                        durable_cursor = await _durable_expire(durable_cursor)
-                    # A round goes on at the next tick; the next round starts later.
-                    pause = SWEEP_INTERVAL if durable_cursor else DURABLE_SWEEP_INTERVAL
-                    next_durable_sweep = time.monotonic() + pause
             except BackendUnavailable as exc:  # the backend's own errors say it loudly
                 metrics.BACKEND_ERRORS.labels("sweep").inc()
                 logger.debug("sweep failed: %s", exc)
@@ -159,15 +147,7 @@ class Node:
         if msg_id is not None:
             check_text(msg_id, "msg_id")
         try:
-            if _durable(topic):
-                size, ttl = history_limits(topic)
-                message, new = await _durable_append(
-                    topic, payload, json=json, msg_id=msg_id, size=size, ttl=ttl
-                )
-                if new:
-                    await self.backend.forward(message)
-            else:
-                message = await self.backend.publish(topic, payload, json=json, msg_id=msg_id)
+            message = await self.backend.publish(topic, payload, json=json, msg_id=msg_id)
         except BackendUnavailable:
             metrics.BACKEND_ERRORS.labels("publish").inc()
             raise
@@ -180,78 +160,41 @@ class Node:
         return await self.publish(topic, text, json=True)
 
     async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
-        """``topic``'s messages after offset ``since`` (see :meth:`Backend.history`); durable
-        topics' come from the database."""
-        if _durable(topic):
-            size, ttl = history_limits(topic)
-            return await _durable_history(topic, since, limit, size=size, ttl=ttl)
+        """``topic``'s messages after offset ``since`` (see :meth:`Backend.history`)."""
         return await self.backend.history(topic, since, limit)
+
+    def _presence_store(self) -> PresenceStore:
+        """The backend's presence; :class:`BackendUnavailable` if it declares none."""
+        store = self.backend.presence_store
+        if store is None:
+            raise BackendUnavailable(f"{self.backend.name} does not keep presence")
+        return store
 
     async def presence_add(self, topic: str, client: str, info: dict[str, object]) -> None:
         """Record ``client`` on ``topic``, and keep refreshing it until removed."""
         self._presence[topic, client] = info
-        await self.backend.presence_add(topic, client, info)
+        await self._presence_store().presence_add(topic, client, info)
         if self._presence_refresher is None or self._presence_refresher.done():
             self._presence_refresher = asyncio.ensure_future(self._refresh_presence())
 
     async def presence_remove(self, topic: str, client: str) -> None:
         self._presence.pop((topic, client), None)
-        await self.backend.presence_remove(topic, client)
+        await self._presence_store().presence_remove(topic, client)
 
     async def presence(self, topic: str) -> dict[str, dict[str, object]]:
-        return await self.backend.presence(topic)
+        return await self._presence_store().presence(topic)
 
     async def _refresh_presence(self) -> None:
         """Re-add this process's entries three times per ``presence_ttl``, while there are any."""
         while self._presence:
-            await asyncio.sleep(self.backend.presence_ttl / 3)
+            store = self._presence_store()
+            await asyncio.sleep(store.presence_ttl / 3)
             for (topic, client), info in list(self._presence.items()):
                 try:
-                    await self.backend.presence_add(topic, client, info)
+                    await store.presence_add(topic, client, info)
                 except BackendUnavailable:
                     metrics.BACKEND_ERRORS.labels("presence").inc()
                     break
-
-
-def _durable(topic: str) -> bool:
-    return not topic.startswith("$") and topic_options(topic).durable
-
-
-def _has_durable_topics() -> bool:
-    return any(
-        isinstance(options, dict) and options.get("durable") for _, options in get_config().TOPICS
-    )
-
-
-async def _durable_expire(cursor: str) -> str:
-    from megaphone.backends import durable
-
-    try:
-        after: str = await database_sync_to_async(durable.expire)(cursor, history_limits)
-    except DatabaseError as exc:
-        raise BackendUnavailable(f"durable topics: {exc}") from exc
-    return after
-
-
-async def _durable_append(topic: str, payload: str | bytes, **options: Any) -> tuple[Message, bool]:
-    # imports models: only once Django is set up, and only if used
-    from megaphone.backends import durable
-
-    try:
-        return await database_sync_to_async(durable.append)(topic, payload, **options)
-    except DatabaseError as exc:
-        raise BackendUnavailable(f"durable topic {topic}: {exc}") from exc
-
-
-async def _durable_history(
-    topic: str, since: int, limit: int | None, **options: Any
-) -> HistoryPage:
-    from megaphone.backends import durable
-
-    try:
-        return await database_sync_to_async(durable.history)(topic, since, limit, **options)
-    except DatabaseError as exc:
-        raise BackendUnavailable(f"durable topic {topic}: {exc}") from exc
 
 
 def history_limits(topic: str) -> tuple[int, float]:
@@ -285,7 +228,7 @@ async def start_node(*, dashboard: bool = True) -> Node:
         presence_ttl=config.PRESENCE_TTL,
         history_max_bytes=config.HISTORY_MAX_BYTES,
     )
-    node = Node(backend)
+    node = Node(DurableTopics.in_database(backend, history_limits))
     await node.start()
     if dashboard and config.DASHBOARD_INTERVAL:
         node.publish_stats(config.DASHBOARD_INTERVAL)

@@ -2,10 +2,11 @@
 
 ``publish(topic, data)`` works from views, signal handlers, Celery tasks, management commands and
 the shell: any thread that is not running an event loop. It hands the message to **one**
-process-wide background event loop owned by Megaphone (a daemon thread, started on first use and
-reused by every caller, restarted after a ``fork``), which holds one backend for the process, so
-the number of backend connections does not grow with the number of threads or calls. It waits up
-to ``PUBLISH_TIMEOUT`` seconds for the backend to accept the message and returns it.
+process-wide background event loop owned by Megaphone (:mod:`megaphone.engine.background`: a
+daemon thread, started on first use and reused by every caller, restarted after a ``fork``),
+which holds one backend for the process, so the number of backend connections does not grow
+with the number of threads or calls. It waits up to ``PUBLISH_TIMEOUT`` seconds for the backend
+to accept the message and returns it.
 
 ``await apublish(topic, data)`` publishes through the node of the running event loop (the one the
 server's WebSocket connections use).
@@ -32,21 +33,16 @@ server and no client shares this process's memory: use the Redis backend there.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import json
-import os
-import threading
-from concurrent.futures import Future
 from typing import Any
 
 from megaphone.backends import BackendUnavailable
-from megaphone.backends.memory import MemoryBackend
 from megaphone.conf import get_config
 from megaphone.core.decoding import InvalidText, check_text, utf8_size
-from megaphone.core.message import Message
+from megaphone.core.message import MAX_MSG_ID_LENGTH, Message
 from megaphone.core.topics import InvalidTopic, validate_topic
-from megaphone.engine.node import Node, get_node, start_node
+from megaphone.engine.background import background
+from megaphone.engine.node import Node, get_node
 
 __all__ = [
     "InvalidMessage",
@@ -128,17 +124,6 @@ def serves_clients() -> bool:
     return _serving
 
 
-def encoded_size(payload: str | bytes) -> int:
-    """Size of ``payload`` on the wire, in bytes (text counted UTF-8 encoded); raises
-    :class:`InvalidMessage` (``invalid_data``) for text that is not valid Unicode."""
-    if isinstance(payload, bytes):
-        return len(payload)
-    try:
-        return utf8_size(payload)
-    except InvalidText as exc:
-        raise InvalidMessage(f"data is {exc}", "invalid_data") from None
-
-
 def encode_data(data: Any) -> tuple[str | bytes, bool]:
     """``(payload, is_json)`` for ``data``, following the rules in the module docstring."""
     if isinstance(data, str):
@@ -154,10 +139,6 @@ def encode_data(data: Any) -> tuple[str | bytes, bool]:
     except (TypeError, ValueError) as exc:
         raise InvalidMessage(f"data cannot be encoded as JSON: {exc}", "invalid_data") from exc
     return text, True
-
-
-#: Longest ``msg_id`` (the protocol's limit too).
-MAX_MSG_ID_LENGTH = 64
 
 
 def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str | bytes, bool]:
@@ -181,7 +162,11 @@ def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str 
         except InvalidText as exc:
             raise InvalidMessage(str(exc), "invalid_msg_id") from None
     payload, is_json = encode_data(data)
-    size, limit = encoded_size(payload), get_config().MAX_MESSAGE_SIZE
+    try:
+        size = utf8_size(payload)
+    except InvalidText as exc:
+        raise InvalidMessage(f"data is {exc}", "invalid_data") from None
+    limit = get_config().MAX_MESSAGE_SIZE
     if size > limit:
         raise MessageTooLarge(f"message of {size} bytes on {topic!r}: the limit is {limit} bytes")
     return topic, payload, is_json
@@ -190,7 +175,7 @@ def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str 
 async def _publish_on(
     node: Node, topic: str, payload: str | bytes, is_json: bool, msg_id: str | None
 ) -> Message:
-    if isinstance(node.backend, MemoryBackend) and not serves_clients():
+    if not node.backend.crosses_processes and not serves_clients():
         raise NoServerHere.for_topic(topic)
     try:
         return await node.publish(topic, payload, json=is_json, msg_id=msg_id)
@@ -230,8 +215,8 @@ async def apublish_prepared(
     timeout = get_config().PUBLISH_TIMEOUT if timeout is None else timeout
     try:
         async with asyncio.timeout(timeout):
-            if asyncio.get_running_loop() is _publisher.current_loop():
-                node = await _publisher.node()
+            if asyncio.get_running_loop() is background.current_loop():
+                node = await background.node()
             else:
                 node = await get_node()
             return await _publish_on(node, topic, payload, is_json, msg_id)
@@ -273,7 +258,7 @@ def publish_prepared(
 ) -> Message:
     """:func:`publish` of what :func:`prepare` returned (no running loop in this thread)."""
     timeout = get_config().PUBLISH_TIMEOUT if timeout is None else timeout
-    future = _publisher.submit(_publisher.publish(topic, payload, is_json, msg_id))
+    future = background.submit(_publish_in_background(topic, payload, is_json, msg_id))
     try:
         return future.result(timeout)
     except TimeoutError:
@@ -281,123 +266,17 @@ def publish_prepared(
         raise PublishUnavailable.timed_out(topic, timeout) from None
 
 
-class _Publisher:
-    """The process's background event loop for sync callers, and its one node (one backend).
-
-    The node is rebuilt when ``MEGAPHONE['BACKEND']`` changes (tests override settings).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        # Touched only on the background loop:
-        self._node: asyncio.Task[Node] | None = None
-        self._node_url = ""
-        #: How many loops and nodes this process has started (tests check they stay bounded).
-        self.loops_started = 0
-        self.nodes_started = 0
-
-    def current_loop(self) -> asyncio.AbstractEventLoop | None:
-        return self._loop if self._pid == os.getpid() else None
-
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            thread = self._thread
-            if (
-                self._loop is None
-                or self._pid != os.getpid()
-                or thread is None
-                or not thread.is_alive()
-            ):
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=self._run, args=(loop,), name="megaphone-publisher", daemon=True
-                )
-                thread.start()
-                self._loop, self._thread, self._pid = loop, thread, os.getpid()
-                self._node, self._node_url = None, ""
-                self.loops_started += 1
-            return self._loop
-
-    @staticmethod
-    def _run(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    def submit(self, coroutine: Any) -> Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())
-
-    async def node(self) -> Node:
-        url = get_config().BACKEND
-        starting = self._node
-        if starting is not None and self._node_url != url:
-            self._node = None
-            if starting.done() and not starting.cancelled() and not starting.exception():
-                await starting.result().stop()
-            starting = None
-        if starting is None or (starting.done() and (starting.cancelled() or starting.exception())):
-            starting = self._node = asyncio.get_running_loop().create_task(self._start_node())
-            self._node_url = url
-        return await asyncio.shield(starting)
-
-    async def _start_node(self) -> Node:
-        node = await start_node(dashboard=False)
-        self.nodes_started += 1
-        return node
-
-    async def publish(
-        self, topic: str, payload: str | bytes, is_json: bool, msg_id: str | None
-    ) -> Message:
-        try:
-            node = await self.node()
-        except (BackendUnavailable, OSError) as exc:
-            raise PublishUnavailable(f"the backend cannot be reached: {exc}") from exc
-        return await _publish_on(node, topic, payload, is_json, msg_id)
-
-    async def _stop_node(self) -> None:
-        starting, self._node = self._node, None
-        if starting is None or not starting.done() or starting.cancelled():
-            return
-        if starting.exception() is None:
-            await starting.result().stop()
-
-    def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop the node (closing its backend connections) and the background loop, if any.
-
-        Registered with :mod:`atexit`; the next :func:`publish` starts them again.
-        """
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            if loop is None or thread is None or self._pid != os.getpid():
-                return
-            self._loop = self._thread = None
-        if thread.is_alive():
-            with contextlib.suppress(Exception):  # best effort, at exit
-                asyncio.run_coroutine_threadsafe(self._stop_node(), loop).result(timeout)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
-
-    def _after_fork(self) -> None:
-        # The child has no background thread: forget the parent's loop (its fds are shared with
-        # the parent, so it is not closed here) and start afresh on the next publish().
-        self._lock = threading.Lock()
-        self._loop = self._thread = None
-        self._node, self._node_url = None, ""
-
-
-_publisher = _Publisher()
-atexit.register(_publisher.shutdown)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_publisher._after_fork)
+async def _publish_in_background(
+    topic: str, payload: str | bytes, is_json: bool, msg_id: str | None
+) -> Message:
+    try:
+        node = await background.node()
+    except (BackendUnavailable, OSError) as exc:
+        raise PublishUnavailable(f"the backend cannot be reached: {exc}") from exc
+    return await _publish_on(node, topic, payload, is_json, msg_id)
 
 
 def shutdown(timeout: float = 5.0) -> None:
     """Close the background publisher's backend connections and stop its thread (optional:
     it also happens at interpreter exit)."""
-    _publisher.shutdown(timeout)
+    background.shutdown(timeout)

@@ -1,15 +1,18 @@
 """The JSON protocol of the multiplexed endpoint ``/ws/connect/``: parsing and frame encoding.
 
-Pure: no sockets, no Django, no awaiting. :func:`parse` turns one text frame from a client into a
-request object or raises :class:`ProtocolError` with a stable error code; the ``*_frame`` and
-``encode_*`` functions build the text of server frames. The specification, with an example of
-every frame, is ``docs/protocol.md``; keep the two in step.
+Pure: no sockets, no Django, no awaiting. The client frames are declared once, as msgspec
+structs (:class:`SubscribeFrame`, :class:`PublishFrame`...: a tagged union on ``op``, their limits
+in ``Meta``); :func:`parse` decodes one text frame straight into them and returns the request
+object the session handles (:class:`Subscribe`, :class:`Publish`...), or raises
+:class:`ProtocolError` with a stable error code, derived from where the declaration refused the
+frame (:func:`_refusal`). The ``*_frame`` and ``encode_*`` functions build the text of server
+frames. The specification, with an example of every frame, is ``docs/protocol.md``; keep the two
+in step.
 
 Message frames are encoded once per message per process: :func:`message_json` (the frame's text)
 and :func:`message_event` (the ASGI event around it) are *encoders* for
 :meth:`megaphone.core.message.Message.encoded`, so every protocol subscriber of a topic is handed
-the
-same event dict, and a history reply splices the same texts.
+the same event dict, and a history reply splices the same texts (:func:`encoded_messages`).
 """
 
 from __future__ import annotations
@@ -18,18 +21,33 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from megaphone.core.decoding import InvalidText, check_text, decode_json, encode_json, utf8_size
-from megaphone.core.message import Message
-from megaphone.core.topics import InvalidTopic, validate_topic
+import msgspec
+from msgspec import Meta, Struct
+
+from megaphone.core.decoding import (
+    InvalidText,
+    check_text,
+    decode_json,
+    encode_json,
+    explain,
+    utf8_size,
+)
+from megaphone.core.message import MAX_MSG_ID_LENGTH, Message
+from megaphone.core.topics import (
+    MAX_TOPIC_LENGTH,
+    TOPIC_PATTERN,
+    InvalidTopic,
+    validate_topic,
+)
 
 #: The protocol version a server announces in its ``connected`` frame.
 VERSION = 1
 
 #: Request ids: an integer in 0 .. 2**53 - 1 (exact in JavaScript) or a string of at most this
 #: many characters. ``msg_id`` (publish idempotency key) has the same string limit.
-MAX_ID_LENGTH = 64
+MAX_ID_LENGTH = MAX_MSG_ID_LENGTH
 MAX_INT_ID = 2**53 - 1
 #: Largest ``info`` (client info for presence), in bytes of its JSON text.
 MAX_INFO_SIZE = 1024
@@ -65,6 +83,32 @@ class ProtocolError(Exception):
         self.code = code
         self.message = message
         self.id = id
+
+
+# The field types, with their limits: the only place they are written ------------------------
+
+#: A request id: an integer exact in JavaScript, or a short string.
+Id = Annotated[int, Meta(ge=0, le=MAX_INT_ID)] | Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
+#: A topic name (:mod:`megaphone.core.topics`); the pattern is matched in full by
+#: :func:`~megaphone.core.topics.validate_topic`, which gives the error its message.
+Topic = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_TOPIC_LENGTH,
+        extra_json_schema={"pattern": TOPIC_PATTERN, "examples": ["orders", "chat.room-42"]},
+    ),
+]
+Offset = Annotated[int, Meta(ge=0, le=MAX_INT_ID)]
+Epoch = Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
+MsgId = Annotated[str, Meta(max_length=MAX_MSG_ID_LENGTH)]
+HistoryLimit = Annotated[int, Meta(ge=0, le=MAX_HISTORY_LIMIT)]
+
+#: Where a string over its length limit is ``too_large`` rather than ``bad_request``.
+_TOO_LARGE_FIELDS = frozenset({"id", "msg_id", "epoch"})
+
+
+# The requests, as the session handles them ---------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,154 +165,181 @@ class Ping:
 Request = Subscribe | Unsubscribe | Publish | History | Presence | Ping
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+# The client frames, as they are on the wire (docs/protocol.md) -------------------------------
 
 
-def _parse_id(frame: dict[str, Any]) -> int | str | None:
-    value = frame.get("id")
-    if value is None:
-        return None
-    if _is_int(value):
-        if 0 <= value <= MAX_INT_ID:
-            return value  # type: ignore[no-any-return]
-        raise ProtocolError(Code.BAD_REQUEST, "id must be an integer from 0 to 2**53-1")
-    if isinstance(value, str):
-        if len(value) <= MAX_ID_LENGTH:
-            return value
-        raise ProtocolError(Code.TOO_LARGE, f"id is over {MAX_ID_LENGTH} characters")
-    raise ProtocolError(Code.BAD_REQUEST, "id must be an integer or a string")
+class _Frame(Struct, tag_field="op", kw_only=True):
+    """What every client frame has: its ``op`` (the tag) and an optional ``id``."""
+
+    id: Id | None = None
 
 
-class _Fields:
-    """Typed access to a request's fields; every failure names the field."""
+class _TopicFrame(_Frame, kw_only=True):
+    topic: Topic
 
-    def __init__(self, frame: dict[str, Any], id: int | str | None) -> None:
-        self.frame = frame
-        self.id = id
-
-    def fail(self, message: str, code: str = Code.BAD_REQUEST) -> ProtocolError:
-        return ProtocolError(code, message, self.id)
-
-    def topic(self) -> str:
-        if "topic" not in self.frame:
-            raise self.fail("topic is missing")
+    def __post_init__(self) -> None:
+        # Meta cannot say "the whole string matches" (JSON Schema patterns search): this does.
         try:
-            return validate_topic(self.frame["topic"])
+            validate_topic(self.topic)
         except InvalidTopic as exc:
-            raise self.fail(str(exc), Code.INVALID_TOPIC) from None
-
-    def int(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        value = self.frame.get(name, default)
-        if not _is_int(value) or not minimum <= value <= maximum:
-            raise self.fail(f"{name} must be an integer from {minimum} to {maximum}")
-        return value  # type: ignore[no-any-return]
-
-    def str(self, name: str, max_length: int = MAX_ID_LENGTH) -> str | None:
-        value = self.frame.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.fail(f"{name} must be a string")
-        if len(value) > max_length:
-            raise self.fail(f"{name} is over {max_length} characters", Code.TOO_LARGE)
-        return value
-
-    def position(self) -> Position | None:
-        since = self.frame.get("since")
-        if since is None:
-            return None
-        if not isinstance(since, dict):
-            raise self.fail("since must be an object {offset, epoch}")
-        offset, epoch = since.get("offset"), since.get("epoch")
-        if not _is_int(offset) or not 0 <= offset <= MAX_INT_ID:
-            raise self.fail("since.offset must be an integer from 0 to 2**53-1")
-        if not isinstance(epoch, str) or len(epoch) > MAX_ID_LENGTH:
-            raise self.fail(f"since.epoch must be a string of at most {MAX_ID_LENGTH} characters")
-        return Position(offset, epoch)
+            raise ProtocolError(Code.INVALID_TOPIC, str(exc), self.id) from None
 
 
-def _publish(fields: _Fields) -> Publish:
-    frame = fields.frame
-    topic = fields.topic()
-    if "data" not in frame:
-        raise fields.fail("data is missing")
-    data = frame["data"]
-    msg_id = fields.str("msg_id")
-    binary = frame.get("binary", False)
-    if not isinstance(binary, bool):
-        raise fields.fail("binary must be true or false")
-    if binary:
-        if not isinstance(data, str):
-            raise fields.fail("data must be a base64 string when binary is true")
-        try:
-            payload = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise fields.fail("data is not valid base64") from None
-        return Publish(fields.id, topic, payload, msg_id=msg_id)
-    if isinstance(data, str):
-        return Publish(fields.id, topic, data, msg_id=msg_id)
-    return Publish(fields.id, topic, encode_json(data), json=True, msg_id=msg_id)
+class PositionFrame(Struct):
+    """``since`` of a ``subscribe``: the last offset the client saw, and its epoch."""
+
+    offset: Offset
+    epoch: Epoch
 
 
-def _subscribe(fields: _Fields) -> Subscribe:
-    topic = fields.topic()
-    since = fields.position()
-    info = fields.frame.get("info")
-    if info is not None:
-        if not isinstance(info, dict):
-            raise fields.fail("info must be an object")
-        if utf8_size(encode_json(info)) > MAX_INFO_SIZE:
-            raise fields.fail(f"info is over {MAX_INFO_SIZE} bytes of JSON", Code.TOO_LARGE)
-    return Subscribe(fields.id, topic, since, info)
+class SubscribeFrame(_TopicFrame, tag="subscribe", kw_only=True):
+    since: PositionFrame | None = None
+    #: Client info for presence: a JSON object of at most MAX_INFO_SIZE bytes.
+    info: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _TopicFrame.__post_init__(self)
+        if self.info is not None and utf8_size(encode_json(self.info)) > MAX_INFO_SIZE:
+            raise ProtocolError(
+                Code.TOO_LARGE, f"info is over {MAX_INFO_SIZE} bytes of JSON", self.id
+            )
+
+    def request(self) -> Subscribe:
+        since = self.since
+        position = None if since is None else Position(since.offset, since.epoch)
+        return Subscribe(self.id, self.topic, position, self.info)
 
 
-def _history(fields: _Fields) -> History:
-    topic = fields.topic()
-    since = fields.int("since", 0, 0, MAX_INT_ID)
-    epoch = fields.str("epoch")
-    limit = fields.int("limit", DEFAULT_HISTORY_LIMIT, 0, MAX_HISTORY_LIMIT)
-    return History(fields.id, topic, since, epoch, limit)
+class UnsubscribeFrame(_TopicFrame, tag="unsubscribe", kw_only=True):
+    def request(self) -> Unsubscribe:
+        return Unsubscribe(self.id, self.topic)
 
 
-_OPS = {
-    "subscribe": _subscribe,
-    "unsubscribe": lambda f: Unsubscribe(f.id, f.topic()),
-    "publish": _publish,
-    "history": _history,
-    "presence": lambda f: Presence(f.id, f.topic()),
-    "ping": lambda f: Ping(f.id),
+class PublishFrame(_TopicFrame, tag="publish", kw_only=True):
+    #: Any JSON value; with ``binary``, the base64 of the message's bytes.
+    data: Any
+    binary: bool = False
+    msg_id: MsgId | None = None
+
+    def request(self) -> Publish:
+        data = self.data
+        if self.binary:
+            if not isinstance(data, str):
+                raise ProtocolError(
+                    Code.BAD_REQUEST, "data must be a base64 string when binary is true", self.id
+                )
+            try:
+                payload = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise ProtocolError(Code.BAD_REQUEST, "data is not valid base64", self.id) from None
+            return Publish(self.id, self.topic, payload, msg_id=self.msg_id)
+        if isinstance(data, str):
+            return Publish(self.id, self.topic, data, msg_id=self.msg_id)
+        return Publish(self.id, self.topic, encode_json(data), json=True, msg_id=self.msg_id)
+
+
+class HistoryFrame(_TopicFrame, tag="history", kw_only=True):
+    since: Offset = 0
+    epoch: Epoch | None = None
+    limit: HistoryLimit = DEFAULT_HISTORY_LIMIT
+
+    def request(self) -> History:
+        return History(self.id, self.topic, self.since, self.epoch, self.limit)
+
+
+class PresenceFrame(_TopicFrame, tag="presence", kw_only=True):
+    def request(self) -> Presence:
+        return Presence(self.id, self.topic)
+
+
+class PingFrame(_Frame, tag="ping", kw_only=True):
+    def request(self) -> Ping:
+        return Ping(self.id)
+
+
+ClientFrame = (
+    SubscribeFrame | UnsubscribeFrame | PublishFrame | HistoryFrame | PresenceFrame | PingFrame
+)
+_decode_frame = msgspec.json.Decoder(ClientFrame).decode
+#: The ops of this protocol version, from the declaration, and the frame of each.
+FRAMES: dict[str, type[_Frame]] = {
+    frame.__struct_config__.tag: frame for frame in ClientFrame.__args__
 }
+OPS = tuple(FRAMES)
+
+
+class _Id(Struct):
+    """The ``id`` alone: read, on a refused frame, for the error frame."""
+
+    id: Id | None = None
+
+
+class _Op(Struct):
+    op: str
 
 
 def parse(text: str) -> Request:
     """The request in one client text frame; :class:`ProtocolError` if it is not one.
 
-    The frame is decoded strictly (:func:`megaphone.core.decoding.decode_json`): a frame that is not
+    The frame is decoded strictly (:mod:`megaphone.core.decoding`): a frame that is not
     JSON, or holds text that is not valid Unicode anywhere (a lone surrogate such as
     ``"\\ud800"`` in ``data``, ``info``, ``msg_id``, ``id``, ``topic``, ``epoch``...), is
     refused as a whole with ``bad_request``, so every string of a parsed request is valid
     Unicode. The error carries the request's ``id`` when that alone can still be read.
     """
     try:
+        return _decode_frame(text).request()
+    except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
+        raise _refusal(text) from None
+
+
+def _refusal(text: str) -> ProtocolError:
+    """The :class:`ProtocolError` for a frame the declaration refused, found on the error path
+    only (the valid frame costs one decoding): the ``id`` first, then ``op``, then ``topic``,
+    then the op's other fields, so that the code does not depend on the order of the frame's
+    keys."""
+    try:
         frame = decode_json(text)
     except InvalidText as exc:
-        raise _undecodable(text, exc) from None
+        return _undecodable(text, exc)
     if not isinstance(frame, dict):
-        raise ProtocolError(Code.BAD_REQUEST, "a frame must be a JSON object")
-    request_id = _parse_id(frame)
-    op = frame.get("op")
-    if not isinstance(op, str):
-        raise ProtocolError(Code.BAD_REQUEST, "op is missing or not a string", request_id)
-    handler = _OPS.get(op)
-    if handler is None:
-        raise ProtocolError(Code.UNKNOWN_OP, f"unknown op {op[:40]!r}", request_id)
+        return ProtocolError(Code.BAD_REQUEST, "a frame must be a JSON object")
     try:
-        return handler(_Fields(frame, request_id))  # type: ignore[no-any-return]
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, ProtocolError):
-            raise
-        raise ProtocolError(Code.BAD_REQUEST, str(exc)[:200], request_id) from None
+        request_id = msgspec.convert(frame, _Id).id
+    except msgspec.ValidationError as exc:
+        return _invalid(exc, None)
+    try:
+        op = msgspec.convert(frame, _Op).op
+    except msgspec.ValidationError:
+        return ProtocolError(Code.BAD_REQUEST, "op is missing or not a string", request_id)
+    if op not in FRAMES:
+        return ProtocolError(Code.UNKNOWN_OP, f"unknown op {op[:40]!r}", request_id)
+    if "topic" in FRAMES[op].__struct_fields__:
+        if "topic" not in frame:
+            return ProtocolError(Code.BAD_REQUEST, "topic is missing", request_id)
+        try:
+            validate_topic(frame["topic"])
+        except InvalidTopic as invalid:
+            return ProtocolError(Code.INVALID_TOPIC, str(invalid), request_id)
+    try:
+        msgspec.convert(frame, ClientFrame).request()
+    except msgspec.ValidationError as exc:
+        return _invalid(exc, request_id)
+    except ProtocolError as exc:
+        return exc
+    except RecursionError:
+        return ProtocolError(Code.BAD_REQUEST, "nested too deeply", request_id)
+    # Valid as a Python value but not as text: a number out of range, say.
+    return ProtocolError(Code.BAD_REQUEST, "the frame is not valid", request_id)  # pragma: no cover
+
+
+def _invalid(error: msgspec.ValidationError, request_id: int | str | None) -> ProtocolError:
+    """``bad_request`` naming the field, or ``too_large`` for an id, ``msg_id`` or ``epoch``
+    over its length limit."""
+    where, message = explain(error)
+    if where in _TOO_LARGE_FIELDS and "of length <=" in message:
+        return ProtocolError(Code.TOO_LARGE, message, request_id)
+    return ProtocolError(Code.BAD_REQUEST, message, request_id)
 
 
 def _undecodable(text: str, error: InvalidText) -> ProtocolError:
@@ -286,12 +357,14 @@ def _undecodable(text: str, error: InvalidText) -> ProtocolError:
         message = "the frame is not valid Unicode (a lone surrogate escape) or a number is too big"
     except InvalidText:
         message = f"the frame is {error}"[:200]
-    try:
-        request_id = _parse_id(frame) if isinstance(frame, dict) else None
-        if isinstance(request_id, str):
-            check_text(request_id, "id")
-    except (ProtocolError, InvalidText):
-        request_id = None
+    request_id: int | str | None = None
+    if isinstance(frame, dict):
+        try:
+            request_id = msgspec.convert({"id": frame.get("id")}, _Id).id
+            if isinstance(request_id, str):
+                check_text(request_id, "id")
+        except (msgspec.ValidationError, InvalidText):
+            request_id = None
     return ProtocolError(Code.BAD_REQUEST, message, request_id)
 
 
@@ -334,11 +407,17 @@ def error_frame(id: int | str | None, code: str, message: str) -> str:
     return _dumps({"type": "error", "id": id, "code": code, "message": message})
 
 
+def encoded_messages(messages: list[Message]) -> list[msgspec.Raw]:
+    """The ``message`` frames of ``messages``, from their shared encodings, to go in a JSON
+    value that msgspec encodes (a history reply, the HTTP API's history): nothing is encoded
+    again, and no JSON text is cut or spliced by hand."""
+    return [msgspec.Raw(message.encoded(message_json)) for message in messages]
+
+
 def history_reply(id: int | str | None, result: dict[str, Any], messages: list[Message]) -> str:
-    """A ``history`` reply: ``result`` plus ``messages``, spliced from their shared encodings."""
-    head = _dumps({"type": "reply", "id": id, "result": result})
-    body = ",".join(message.encoded(message_json) for message in messages)
-    return f'{head[:-2]},"messages":[{body}]}}}}'
+    """A ``history`` reply: ``result`` plus ``messages`` (see :func:`encoded_messages`)."""
+    result = {**result, "messages": encoded_messages(messages)}
+    return encode_json({"type": "reply", "id": id, "result": result})
 
 
 def presence_event(kind: str, topic: str, entry: dict[str, Any]) -> str:

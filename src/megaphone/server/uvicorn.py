@@ -61,7 +61,6 @@ token, however it is encoded (``?%74oken=`` is redacted too; see :mod:`megaphone
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -74,7 +73,7 @@ from megaphone.conf import get_config
 from megaphone.core import metrics
 from megaphone.core.closecodes import CloseCode
 from megaphone.core.frames import WRITE_FRAME_EXTENSION
-from megaphone.core.logs import get_logger, install_server_log_filters
+from megaphone.core.logs import get_logger
 
 logger = get_logger(__name__)
 
@@ -84,35 +83,6 @@ CLOSE_TIMEOUT = 10.0
 #: if the application has events waiting. Events waiting for it are therefore at most what one
 #: slice holds (a frame is at least 6 bytes: about 700 events of a few hundred bytes each).
 PARSE_SLICE = 4096
-
-
-class _LogNoise(logging.Filter):
-    """Lines of uvicorn's error log that say nothing an operator can use, once per client:
-
-    * uvicorn logs a whole traceback for every text message that is not UTF-8, so any client
-      could flood the log with them; :meth:`WebSocketProtocol.handle_parser_exception` logs one
-      line for that close (1007) instead;
-    * ``websockets`` logs "connection open" and "connection closed", with no client, path or
-      code, for every connection (uvicorn's ``[accepted]`` line and Megaphone's ``closed ...:
-      code N`` line say who and why). At 1,000 connections per second they were half the log.
-      Likewise its "connection rejected (403 Forbidden)" for every refused handshake (Megaphone's
-      refusal line, or uvicorn's ``"WebSocket /path" 403``, says which and why).
-    """
-
-    NOISE = frozenset(
-        {
-            "Invalid UTF-8 sequence received from client.",
-            "connection open",
-            "connection closed",
-            "connection rejected (%d %s)",
-        }
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.NOISE
-
-
-logging.getLogger("uvicorn.error").addFilter(_LogNoise())
 
 
 class _Inbox:
@@ -449,8 +419,3 @@ class HttpProtocol(HttpToolsProtocol):
             logger.info("dropped %s: no complete request head in time", self.client)
             metrics.REFUSALS.labels("handshake_timeout").inc()
             self.transport.close()
-
-
-# uvicorn logs each handshake (uvicorn.error) and request (uvicorn.access) with its path and
-# query string: escaped, secrets redacted, and a refusal Megaphone logged already dropped.
-install_server_log_filters()

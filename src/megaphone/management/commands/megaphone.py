@@ -30,7 +30,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from megaphone import client
-from megaphone.backends import Backend, BackendUnavailable
+from megaphone.backends import BackendUnavailable
 from megaphone.conf import get_config, topic_options
 from megaphone.core.decoding import InvalidText, decode_json
 from megaphone.core.message import Message
@@ -243,8 +243,8 @@ class Command(BaseCommand):
     async def presence(self, options: dict[str, Any]) -> None:
         node = await self._node()
         try:
-            if type(node.backend).presence is Backend.presence:
-                raise CommandError(f"the {type(node.backend).__name__} keeps no presence")
+            if node.backend.presence_store is None:
+                raise CommandError(f"the {node.backend.name} keeps no presence")
             if not topic_options(options["topic"]).presence:
                 raise CommandError(
                     f"topic {options['topic']} keeps no presence: turn it on with "
@@ -261,14 +261,14 @@ class Command(BaseCommand):
     async def topics(self, options: dict[str, Any]) -> None:
         node = await self._node()
         try:
-            listened_topics = getattr(node.backend, "listened_topics", None)  # Redis's
-            if listened_topics is None:
+            cluster = node.backend.cluster_topics
+            if cluster is None:
                 raise CommandError(
-                    f"the {type(node.backend).__name__} cannot list the topics of the server's "
+                    f"the {node.backend.name} cannot list the topics of the server's "
                     "processes: only the Redis backend can (GET /api/topics on a server lists "
                     "those of the worker answering)"
                 )
-            topics: dict[str, int] = await listened_topics()
+            topics = await cluster.listened_topics()
         finally:
             await node.stop()
         listed = sorted((name, n) for name, n in topics.items() if not name.startswith("$"))
