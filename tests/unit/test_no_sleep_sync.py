@@ -62,8 +62,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "time.sleep(0.5)  # the page retries against the dead network meanwhile",
     ): IDLE + " (the page keeps failing to reconnect while the network is down)",
     ("unit/test_memory_backend.py", "await asyncio.sleep(0.1)"): CLOCK,
-    ("backends/conformance.py", "await asyncio.sleep(0.01)"): TODO
-    + " (until(): the lists the backends' callbacks fill; megaphone.testing.Collected fits)",
     (
         "backends/conformance.py",
         "await asyncio.sleep(attempt % 5 * 0.0005)  # stop at different steps of starting",

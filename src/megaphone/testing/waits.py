@@ -65,9 +65,10 @@ class Collected(list[T]):
     """A list to hand a callback (``backend.start(received.append)``, an ``on_message``) that
     wakes its waiters at each append: ``await received.wait_for(3)`` returns once it holds 3."""
 
-    def __init__(self) -> None:
+    def __init__(self, changed: Signal | None = None) -> None:
+        """``changed``: a signal shared with other lists (one wait over several of them)."""
         super().__init__()
-        self.changed = Signal()
+        self.changed = Signal() if changed is None else changed
 
     def append(self, item: T) -> None:
         super().append(item)
