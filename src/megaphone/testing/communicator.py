@@ -161,12 +161,22 @@ class ProtocolCommunicator(_Communicator):
                 return frame
             self.kept.append(frame)
 
+    @property
+    def last_id(self) -> int:
+        """The id of the last request sent (0: none yet)."""
+        return self._ids
+
+    async def send(self, op: str, **fields: Any) -> int:
+        """Send request ``op`` with ``fields`` and a fresh id, without waiting for its answer
+        (to pipeline requests); return the id."""
+        self._ids += 1
+        await self.send_json({"op": op, "id": self._ids, **fields})
+        return self._ids
+
     async def request(self, op: str, timeout: float = 5, **fields: Any) -> Frame:
         """Send request ``op`` with ``fields`` and a fresh id; return its answer (a reply, an
         error or a pong), whatever arrives first."""
-        self._ids += 1
-        request_id = self._ids
-        await self.send_json({"op": op, "id": request_id, **fields})
+        request_id = await self.send(op, **fields)
         return await self.receive(
             lambda f: f.get("id") == request_id and f.get("type") in ("reply", "error", "pong"),
             timeout,
