@@ -10,6 +10,7 @@ Every timeout is multiplied by ``MEGAPHONE_TEST_TIMEOUT_FACTOR`` (CI sets it hig
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import signal
@@ -35,6 +36,14 @@ TIMEOUT_FACTOR = float(os.environ.get("MEGAPHONE_TEST_TIMEOUT_FACTOR", "1"))
 def timeout(seconds: float) -> float:
     """``seconds`` scaled by the suite's timeout factor."""
     return seconds * TIMEOUT_FACTOR
+
+
+async def loop_turns(count: int = 5) -> None:
+    """Let the event loop run ``count`` turns: whatever is already runnable runs. For checks that
+    nothing more happens while everything left waits on an event the test holds (a timer would
+    make such a check slow, or flaky on a loaded machine)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 def free_port() -> int:
@@ -92,6 +101,16 @@ class ServerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
+
+
+def wait_for_log(server: ServerProcess, text: str, seconds: float = 5) -> str:
+    """The server's log once ``text`` is in it (polled: another process's file)."""
+    deadline = time.monotonic() + timeout(seconds)
+    while text not in (log := server.log()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the log:\n{log}")
+        time.sleep(0.05)
+    return log
 
 
 def example_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:

@@ -13,7 +13,7 @@ from django.test import Client as DjangoClient
 
 from example.asgi import application
 from megaphone.server.tokens import issue_token
-from tests.asgi.test_protocol import Client
+from megaphone.testing import ProtocolCommunicator
 from tests.conftest import timeout
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,11 +32,9 @@ async def attempt(
     return connected, communicator
 
 
-async def protocol(path: str) -> Client:
-    connected, communicator = await attempt(path)
-    assert connected
-    client = Client(communicator)
-    client.hello = await client.recv()
+async def protocol(path: str) -> ProtocolCommunicator:
+    client = ProtocolCommunicator(application, path)
+    await client.connect()
     return client
 
 
@@ -102,10 +100,10 @@ async def test_protocol_refuses_private_topics_with_forbidden_and_sends_nothing(
         assert answer["type"] == "error" and answer["code"] == "forbidden", answer
     assert (await owner.result(op="subscribe", topic=topic))["topic"] == topic
     await owner.send(op="publish", topic=topic, data="secret")
-    frames = [await owner.recv(), await owner.recv()]  # the message and the publish reply
+    frames = [await owner.receive(), await owner.receive()]  # the message and the publish reply
     assert sorted(f["type"] for f in frames) == ["message", "reply"]
     assert next(f for f in frames if f["type"] == "message")["data"] == "secret"
-    assert await stranger.nothing()
+    assert await stranger.receive_nothing(0.2)
     await owner.close()
     await stranger.close()
 

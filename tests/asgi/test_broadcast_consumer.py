@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -11,6 +10,8 @@ from django.test import override_settings
 
 from example.asgi import application
 from megaphone.engine.node import get_node
+from megaphone.testing import Signal, unique
+from tests.conftest import loop_turns
 from tests.settings import OPEN_PERMISSIONS
 
 
@@ -26,7 +27,7 @@ async def connect(url: str, headers: list[tuple[bytes, bytes]] | None = None):
 
 
 async def test_text_reaches_every_client_of_the_topic_sender_included() -> None:
-    topic = f"room-{uuid.uuid4().hex[:8]}"
+    topic = unique("room")
     clients = [await connect(path(topic)) for _ in range(3)]
     outsider = await connect(path(f"{topic}-other"))
     await clients[0].send_to(text_data="hello")
@@ -48,7 +49,7 @@ async def test_default_topic_is_broadcast() -> None:
 
 
 async def test_binary_and_empty_messages_arrive_unchanged() -> None:
-    topic = f"bin-{uuid.uuid4().hex[:8]}"
+    topic = unique("bin")
     a, b = await connect(path(topic)), await connect(path(topic))
     await a.send_to(bytes_data=b"\x00\xffbinary")
     # send_to() refuses empty frames, so send the ASGI events directly.
@@ -67,7 +68,7 @@ async def test_binary_and_empty_messages_arrive_unchanged() -> None:
 
 @override_settings(MEGAPHONE={"MAX_MESSAGE_SIZE": 100})
 async def test_oversize_message_closes_the_sender_with_1009_only() -> None:
-    topic = f"big-{uuid.uuid4().hex[:8]}"
+    topic = unique("big")
     sender, other = await connect(path(topic)), await connect(path(topic))
     await sender.send_to(text_data="é" * 51)  # 102 bytes in UTF-8, 51 characters
     assert await sender.receive_output(timeout=2) == {"type": "websocket.close", "code": 1009}
@@ -101,10 +102,10 @@ async def test_foreign_origin_is_refused_no_origin_and_own_origin_accepted() -> 
 
 @override_settings(MEGAPHONE={"OUTBOX_MAX_MESSAGES": 5})
 async def test_a_client_that_falls_behind_is_closed_with_4408_and_others_are_served() -> None:
-    topic = f"slow-{uuid.uuid4().hex[:8]}"
+    topic = unique("slow")
     slow = await connect(path(topic))
     node = await get_node()
-    (slow_connection,) = node.hub._topics[topic]
+    (slow_connection,) = node.hub.members(topic)
     # The communicator always reads, so make the slow connection's socket stop taking frames.
     slow_connection._send = lambda frame: asyncio.Event().wait()
     healthy = await connect(path(topic))
@@ -122,7 +123,7 @@ async def test_a_client_that_falls_behind_is_closed_with_4408_and_others_are_ser
     MEGAPHONE={"PUBLISH_RATE": 20, "PUBLISH_BURST": 20, "PERMISSIONS": OPEN_PERMISSIONS}
 )
 async def test_a_client_publishing_too_fast_is_closed_with_4429_and_others_are_unaffected() -> None:
-    topic = f"flood-{uuid.uuid4().hex[:8]}"
+    topic = unique("flood")
     flooder, calm = await connect(path(topic)), await connect(path(topic))
     for i in range(100):
         await flooder.send_to(text_data=f"f{i}")
@@ -159,16 +160,18 @@ async def test_a_client_cannot_queue_more_than_max_publishing_behind_a_slow_pipe
     but at most MAX_PUBLISHING of a client's frames wait at once, even with no rate limit."""
     from megaphone.server.consumers import MAX_PUBLISHING
 
-    topic = f"pipe-{uuid.uuid4().hex[:8]}"
+    topic = unique("pipe")
     client = await connect(path(topic))
     node = await get_node()
     backend, publish = node.backend, node.backend.publish
     gate, waiting, most = asyncio.Event(), 0, 0
+    changed = Signal()
 
     async def slow_publish(*args, **kwargs):
         nonlocal waiting, most
         waiting += 1
         most = max(most, waiting)
+        changed.notify()
         await gate.wait()
         waiting -= 1
         return await publish(*args, **kwargs)
@@ -178,7 +181,8 @@ async def test_a_client_cannot_queue_more_than_max_publishing_behind_a_slow_pipe
     frames = [f"p{i}" for i in range(MAX_PUBLISHING + 100)]
     for text in frames:
         await client.send_to(text_data=text)
-    await asyncio.sleep(0.2)
+    await changed.wait_until(lambda: most >= MAX_PUBLISHING)
+    await loop_turns(50)  # a client past the bound would have more publishes waiting by now
     assert most == MAX_PUBLISHING  # the client's frames wait in the socket, not in the server
     gate.set()
     assert [await client.receive_from(timeout=2) for _ in frames] == frames

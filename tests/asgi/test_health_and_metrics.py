@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -12,6 +11,7 @@ from django.test import AsyncClient
 from example.asgi import application
 from megaphone.backends import BackendUnavailable
 from megaphone.engine.node import get_node
+from megaphone.testing import unique
 
 pytestmark = pytest.mark.django_db
 
@@ -51,7 +51,7 @@ async def test_readyz_is_503_when_the_backend_does_not_answer(monkeypatch) -> No
 
 
 async def test_metrics_count_connections_messages_and_deliveries() -> None:
-    topic = f"metrics-{uuid.uuid4().hex[:8]}"
+    topic = unique("metrics")
     before = await scrape()
     clients = []
     for _ in range(3):

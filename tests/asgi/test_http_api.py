@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,15 +18,12 @@ from megaphone.api.views import STATUS
 from megaphone.backends import BackendUnavailable, PresenceStore
 from megaphone.backends.memory import MemoryBackend
 from megaphone.core.message import Message
+from megaphone.testing import unique
 from tests.conftest import timeout
 
 KEY = "test-key-0123456789"
 ORDERS_KEY = "orders-only-key"
 SETTINGS = {"API_KEYS": {KEY: ["*"], ORDERS_KEY: ["orders.*"]}, "API_RATE_LIMIT": None}
-
-
-def unique(prefix: str = "api") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class ApiClient:
@@ -84,7 +80,7 @@ async def subscribe(topic: str) -> WebsocketCommunicator:
 
 
 async def test_publish_reaches_subscribers_and_answers_the_position() -> None:
-    topic = unique()
+    topic = unique("api")
     subscriber = await subscribe(topic)
     response = await post("/api/publish", {"topic": topic, "data": "hello"})
     assert response.status_code == 200
@@ -101,7 +97,7 @@ async def test_publish_reaches_subscribers_and_answers_the_position() -> None:
 
 
 async def test_msg_id_makes_a_retry_safe() -> None:
-    topic = unique()
+    topic = unique("api")
     body = {"topic": topic, "data": "once", "msg_id": "req-1"}
     first, again = (
         (await post("/api/publish", body)).json(),
@@ -111,7 +107,7 @@ async def test_msg_id_makes_a_retry_safe() -> None:
 
 
 async def test_batch_publishes_in_order() -> None:
-    a, b = unique(), unique()
+    a, b = unique("api"), unique("api")
     subscriber = await subscribe(a)
     messages = [{"topic": a, "data": f"m{i}"} for i in range(5)] + [{"topic": b, "data": [1]}]
     response = await post("/api/publish/batch", {"messages": messages})
@@ -125,7 +121,7 @@ async def test_batch_publishes_in_order() -> None:
 
 
 async def test_history_has_the_protocol_message_shape() -> None:
-    topic = unique()
+    topic = unique("api")
     for data in ("one", {"two": 2}, [3]):
         await post("/api/publish", {"topic": topic, "data": data})
     await post("/api/publish", {"topic": topic, "data": "AAE=", "binary": True})
@@ -161,7 +157,7 @@ async def test_topics_lists_subscribed_topics_with_counts() -> None:
 
 @override_settings(MEGAPHONE={**SETTINGS, "PRESENCE": True})
 async def test_presence_lists_protocol_subscribers() -> None:
-    topic = unique()
+    topic = unique("api")
     ws = WebsocketCommunicator(application, "/ws/connect/")
     assert (await ws.connect(timeout=timeout(5)))[0]
     await ws.receive_from(timeout=timeout(2))  # connected
@@ -203,7 +199,7 @@ def test_openapi_document_lists_every_route_and_error_code() -> None:
 
 @pytest.mark.parametrize(("key", "code"), [(None, "missing_api_key"), ("wrong", "invalid_api_key")])
 async def test_a_missing_or_bad_key_is_refused_with_401(key: str | None, code: str) -> None:
-    topic = unique()
+    topic = unique("api")
     response = await post("/api/publish", {"topic": topic, "data": "x"}, key=key)
     assert error(response, 401) == code
     assert response["WWW-Authenticate"].startswith("Bearer")
@@ -312,7 +308,7 @@ async def test_wrong_methods_get_405_with_allow(method: str, path: str, allow: s
     MEGAPHONE={**SETTINGS, "MAX_MESSAGE_SIZE": 100, "API_BATCH_MAX": 3, "API_MAX_BODY_SIZE": 1000}
 )
 async def test_too_large_gets_413() -> None:
-    topic = unique()
+    topic = unique("api")
     assert (await post("/api/publish", {"topic": topic, "data": "x" * 100})).status_code == 200
     big = await post("/api/publish", {"topic": topic, "data": "é" * 51})
     assert error(big, 413) == "message_too_large"
@@ -325,7 +321,7 @@ async def test_too_large_gets_413() -> None:
 
 @override_settings(MEGAPHONE={**SETTINGS, "API_RATE_LIMIT": 0.5, "API_RATE_BURST": 3})
 async def test_over_the_rate_limit_gets_429_with_retry_after() -> None:
-    topic = unique()
+    topic = unique("api")
     batch = {"messages": [{"topic": topic, "data": i} for i in range(2)]}
     assert (await post("/api/publish/batch", batch)).status_code == 200  # 2 tokens of 3
     assert (await post("/api/publish", {"topic": topic, "data": "x"})).status_code == 200
@@ -367,7 +363,7 @@ async def test_backend_unavailable_gets_503(failing_backend: None) -> None:
     response = await post("/api/publish", {"topic": "fail-1", "data": "x"})
     assert error(response, 503) == "backend_unavailable"
     assert error(await client().get("/api/topics/fail-1/history"), 503) == "backend_unavailable"
-    ok = unique()
+    ok = unique("api")
     batch = {
         "messages": [
             {"topic": ok, "data": 1},

@@ -7,12 +7,11 @@ Both endpoints then close that client with 1007 themselves, and nothing of it re
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from channels.testing import WebsocketCommunicator
 
 from example.asgi import application
+from megaphone.testing import unique
 from tests.conftest import timeout
 
 
@@ -27,7 +26,7 @@ async def connect(path: str) -> WebsocketCommunicator:
 async def test_raw_text_holding_a_lone_surrogate_closes_1007_and_reaches_no_one(
     text: str,
 ) -> None:
-    topic = f"uni-{uuid.uuid4().hex[:8]}"
+    topic = unique("uni")
     sender, other = (
         await connect(f"/ws/broadcast/{topic}/"),
         await connect(f"/ws/broadcast/{topic}/"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +14,7 @@ from django.db import transaction
 import megaphone
 from example.asgi import application
 from megaphone.contrib.model_broadcast import unregister
+from megaphone.testing import unique
 from tests.conftest import timeout
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def topic() -> Iterator[str]:
-    name = f"groups-{uuid.uuid4().hex[:8]}"
+    name = unique("groups")
     megaphone.broadcast_model(Group, topic=name, serialize=lambda group: {"name": group.name})
     yield name
     unregister(Group)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -11,55 +10,14 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from example.asgi import application
+from megaphone.testing import ProtocolCommunicator, unique
 from tests.conftest import timeout
 from tests.settings import OPEN_PERMISSIONS
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-class Client:
-    """A protocol client: JSON frames in and out, requests numbered and answered."""
-
-    def __init__(self, communicator: WebsocketCommunicator) -> None:
-        self.ws = communicator
-        self.next_id = 0
-        self.hello: dict[str, Any] = {}
-
-    async def send(self, **request: Any) -> int:
-        self.next_id += 1
-        await self.ws.send_to(text_data=json.dumps({"id": self.next_id, **request}))
-        return self.next_id
-
-    async def recv(self) -> dict[str, Any]:
-        return json.loads(await self.ws.receive_from(timeout=timeout(3)))
-
-    async def request(self, **request: Any) -> dict[str, Any]:
-        """Send a request and return its reply (or error); other frames must not come first."""
-        request_id = await self.send(**request)
-        answer = await self.recv()
-        assert answer.get("id") == request_id, answer
-        return answer
-
-    async def result(self, **request: Any) -> dict[str, Any]:
-        answer = await self.request(**request)
-        assert answer["type"] == "reply", answer
-        return answer["result"]  # type: ignore[no-any-return]
-
-    async def nothing(self) -> bool:
-        return await self.ws.receive_nothing(timeout=0.2)
-
-    async def close(self) -> None:
-        await self.ws.disconnect()
-
-
-async def connect(path: str = "/ws/connect/") -> Client:
-    communicator = WebsocketCommunicator(application, path)
-    connected, code = await communicator.connect(timeout=timeout(5))
-    assert connected, code
-    client = Client(communicator)
-    client.hello = await client.recv()
+async def connect(path: str = "/ws/connect/") -> ProtocolCommunicator:
+    client = ProtocolCommunicator(application, path)
+    await client.connect()
     return client
 
 
@@ -87,17 +45,17 @@ async def test_one_connection_subscribes_to_many_topics_and_publishes() -> None:
     published = await other.result(op="publish", topic=a, data={"n": 1})
     assert published == {"topic": a, "offset": 1, "epoch": first["epoch"]}
     await other.result(op="publish", topic=b, data="to b")
-    assert await client.recv() == {
+    assert await client.receive() == {
         "type": "message",
         "topic": a,
         "offset": 1,
         "epoch": first["epoch"],
         "data": {"n": 1},
     }
-    assert (await client.recv())["data"] == "to b"
+    assert (await client.receive())["data"] == "to b"
     assert await client.result(op="unsubscribe", topic=a) == {"topic": a}
     await other.result(op="publish", topic=a, data="not for client")
-    assert await client.nothing()
+    assert await client.receive_nothing(0.2)
     await client.close()
     await other.close()
 
@@ -108,10 +66,10 @@ async def test_raw_and_protocol_clients_share_topics() -> None:
     await client.result(op="subscribe", topic=topic)
 
     await wscat.send_to(text_data='{"looks":"like json"}')
-    assert (await client.recv())["data"] == '{"looks":"like json"}'  # raw text stays a string
+    assert (await client.receive())["data"] == '{"looks":"like json"}'  # raw text stays a string
     assert await wscat.receive_from(timeout=timeout(3)) == '{"looks":"like json"}'
     await wscat.send_to(bytes_data=b"\x00\xff")
-    message = await client.recv()
+    message = await client.receive()
     assert message["data"] == "AP8=" and message["binary"] is True
     assert await wscat.receive_from(timeout=timeout(3)) == b"\x00\xff"
 
@@ -123,7 +81,7 @@ async def test_raw_and_protocol_clients_share_topics() -> None:
     assert await wscat.receive_from(timeout=timeout(3)) == "bare string"
     assert await wscat.receive_from(timeout=timeout(3)) == "42"
     assert await wscat.receive_from(timeout=timeout(3)) == b"\x01\x02"
-    frames = [await client.recv() for _ in range(8)]
+    frames = [await client.receive() for _ in range(8)]
     data = [f["data"] for f in frames if f["type"] == "message"]
     assert data == [{"a": [1, 2]}, "bare string", 42, "AQI="]
     assert [f["offset"] for f in frames if f["type"] == "message"] == [3, 4, 5, 6]
@@ -136,13 +94,15 @@ async def test_a_retried_publish_with_the_same_msg_id_is_delivered_once() -> Non
     client = await connect()
     await client.result(op="subscribe", topic=topic)
     first = await client.send(op="publish", topic=topic, data="once", msg_id="m-1")
-    frames = [await client.recv(), await client.recv()]
+    frames = [await client.receive(), await client.receive()]
     retry = await client.send(op="publish", topic=topic, data="once", msg_id="m-1")
-    again = await client.recv()
+    again = await client.receive()
     assert again["id"] == retry and again["result"]["offset"] == 1
     assert {f.get("id") for f in frames} == {first, None}
     await client.send(op="publish", topic=topic, data="other", msg_id="m-2")
-    assert {(f["type"], f.get("offset")) for f in [await client.recv(), await client.recv()]} == {
+    assert {
+        (f["type"], f.get("offset")) for f in [await client.receive(), await client.receive()]
+    } == {
         ("message", 2),
         ("reply", None),
     }
@@ -154,7 +114,7 @@ async def test_recovery_returns_exactly_the_missed_messages_then_live_ones() -> 
     client, wscat = await connect(), await raw(topic)
     start = await client.result(op="subscribe", topic=topic)
     await wscat.send_to(text_data="seen")
-    assert (await client.recv())["offset"] == 1
+    assert (await client.receive())["offset"] == 1
     await client.result(op="unsubscribe", topic=topic)
     for i in range(5):
         await wscat.send_to(text_data=f"missed {i}")
@@ -170,12 +130,12 @@ async def test_recovery_returns_exactly_the_missed_messages_then_live_ones() -> 
         "recovered": True,
         "missed": 5,
     }
-    recovered = [await client.recv() for _ in range(5)]
+    recovered = [await client.receive() for _ in range(5)]
     expected = [(i + 2, f"missed {i}") for i in range(5)]
     assert [(m["offset"], m["data"]) for m in recovered] == expected
     await wscat.send_to(text_data="live")
-    assert (await client.recv())["offset"] == 7
-    assert await client.nothing()
+    assert (await client.receive())["offset"] == 7
+    assert await client.receive_nothing(0.2)
     await client.close()
     await wscat.disconnect()
 
@@ -191,11 +151,11 @@ async def test_recovery_fails_plainly_on_another_epoch_or_a_future_offset() -> N
     await client.result(op="unsubscribe", topic=topic)
     future = {"offset": 9, "epoch": result["epoch"]}
     assert (await client.result(op="subscribe", topic=topic, since=future))["recovered"] is False
-    assert await client.nothing()
+    assert await client.receive_nothing(0.2)
     await client.close()
 
 
-async def miss_four_messages(client: Client, topic: str) -> dict[str, object]:
+async def miss_four_messages(client: ProtocolCommunicator, topic: str) -> dict[str, object]:
     """Subscribe and leave ``topic``, then publish 4 messages there; the position from before
     them (offset 0 of the topic's epoch)."""
     start = await client.result(op="subscribe", topic=topic)
@@ -216,13 +176,13 @@ async def test_recovery_fails_when_the_gap_is_beyond_history() -> None:
     assert result["recovered"] is False and result["offset"] == 4
     await client.send(op="publish", topic=topic, data="live")
     # Only live messages follow: nothing of the partial history.
-    frames = [await client.recv(), await client.recv()]
+    frames = [await client.receive(), await client.receive()]
     assert [f["offset"] for f in frames if f["type"] == "message"] == [5]
     # Within history, it recovers.
     await client.result(op="unsubscribe", topic=topic)
     ok = await client.result(op="subscribe", topic=topic, since={**since, "offset": 3})
     assert ok["recovered"] is True and ok["missed"] == 2
-    assert [(await client.recv())["offset"] for _ in range(2)] == [4, 5]
+    assert [(await client.receive())["offset"] for _ in range(2)] == [4, 5]
     await client.close()
 
 
@@ -232,7 +192,7 @@ async def test_recovery_fails_beyond_the_maximum_count() -> None:
     client = await connect()
     since = await miss_four_messages(client, topic)
     assert (await client.result(op="subscribe", topic=topic, since=since))["recovered"] is False
-    assert await client.nothing()
+    assert await client.receive_nothing(0.2)
     await client.close()
 
 
@@ -258,7 +218,7 @@ async def test_presence_join_and_leave() -> None:
     topic = unique("room.p")
     alice, bob = await connect(), await connect()
     await alice.result(op="subscribe", topic=topic, info={"name": "Alice"})
-    assert (await alice.recv()) == {
+    assert (await alice.receive()) == {
         "type": "join",
         "topic": topic,
         "client": alice.hello["client"],
@@ -267,20 +227,20 @@ async def test_presence_join_and_leave() -> None:
     }
     await bob.result(op="subscribe", topic=topic)
     for client in (alice, bob):
-        joined = await client.recv()
+        joined = await client.receive()
         assert joined["type"] == "join" and joined["client"] == bob.hello["client"]
     present = await alice.result(op="presence", topic=topic)
     assert present["count"] == 2
     assert {c["client"] for c in present["clients"]} == {alice.hello["client"], bob.hello["client"]}
     await bob.close()  # the connection dies: its entry goes, and a leave is sent
-    left = await alice.recv()
+    left = await alice.receive()
     assert left["type"] == "leave" and left["client"] == bob.hello["client"]
     assert (await alice.result(op="presence", topic=topic))["count"] == 1
 
     quiet = unique("quiet.q")
     await alice.result(op="subscribe", topic=quiet)
     assert (await alice.result(op="presence", topic=quiet))["count"] == 1
-    assert await alice.nothing()  # presence without join/leave events
+    assert await alice.receive_nothing(0.2)  # presence without join/leave events
     await alice.close()
 
 
@@ -307,7 +267,7 @@ async def test_refusals_have_codes_and_keep_the_connection() -> None:
     assert await error(op="subscribe", topic=topic) == "already_subscribed"
     await client.result(op="subscribe", topic=unique("two"))
     assert await error(op="subscribe", topic=unique("three")) == "too_many_subscriptions"
-    assert await client.request(op="ping") == {"type": "pong", "id": client.next_id}
+    assert await client.request(op="ping") == {"type": "pong", "id": client.last_id}
     await client.close()
 
 
@@ -340,24 +300,24 @@ async def test_malformed_frames_get_an_error_frame_and_others_are_unaffected(
     topic = unique("mal")
     bad, control = await connect(), await connect()
     await control.result(op="subscribe", topic=topic)
-    await bad.ws.send_to(text_data=frame)
-    answer = await bad.recv()
+    await bad.websocket.send_to(text_data=frame)
+    answer = await bad.receive()
     assert answer["type"] == "error" and answer["code"] == code and answer["message"]
     assert await bad.request(op="ping") == {"type": "pong", "id": 1}  # still usable
     await bad.result(op="publish", topic=topic, data="after")
-    assert (await control.recv())["data"] == "after"
+    assert (await control.receive())["data"] == "after"
     await bad.close()
     await control.close()
 
 
 async def test_binary_frames_get_an_error_and_oversize_frames_close_1009() -> None:
     client = await connect()
-    await client.ws.send_to(bytes_data=b"\x00")
-    assert (await client.recv())["code"] == "bad_request"
+    await client.websocket.send_to(bytes_data=b"\x00")
+    assert (await client.receive())["code"] == "bad_request"
     with override_settings(MEGAPHONE={"MAX_MESSAGE_SIZE": 100}):
         small = await connect()
-        await small.ws.send_to(text_data=json.dumps({"op": "ping", "id": "x" * 100}))
-        assert await small.ws.receive_output(timeout=timeout(3)) == {
+        await small.websocket.send_to(text_data=json.dumps({"op": "ping", "id": "x" * 100}))
+        assert await small.websocket.receive_output(timeout=timeout(3)) == {
             "type": "websocket.close",
             "code": 1009,
         }

@@ -35,7 +35,7 @@ async def test_durable_topic_numbers_stores_and_recovers_from_the_database() -> 
     assert start["offset"] == 0 and start["epoch"] == database.initial_epoch(topic)
     assert not await DurableTopic.objects.filter(name=topic).aexists()  # a read writes nothing
     await client.send(op="publish", topic=topic, data={"k": 1}, msg_id="x1")
-    frames = [await client.recv(), await client.recv()]
+    frames = [await client.receive(), await client.receive()]
     assert {f["type"] for f in frames} == {"reply", "message"}
     # The first publish creates the row in the epoch the subscriber was told: no gap.
     topic_row = await DurableTopic.objects.aget(name=topic)
@@ -43,7 +43,7 @@ async def test_durable_topic_numbers_stores_and_recovers_from_the_database() -> 
     assert [f["epoch"] for f in frames if f["type"] == "message"] == [start["epoch"]]
     await wscat.send_to(text_data="raw text")
     await wscat.send_to(bytes_data=b"\x00\x01")
-    frames = [await client.recv(), await client.recv()]
+    frames = [await client.receive(), await client.receive()]
     assert [(f["offset"], f["data"]) for f in frames] == [(2, "raw text"), (3, "AAE=")]
     assert [await wscat.receive_from(timeout=timeout(3)) for _ in range(3)] == [
         '{"k":1}',
@@ -55,7 +55,7 @@ async def test_durable_topic_numbers_stores_and_recovers_from_the_database() -> 
     # A retried publish is found in the database and not delivered again.
     again = await client.result(op="publish", topic=topic, data={"k": 1}, msg_id="x1")
     assert again["offset"] == 1
-    assert await client.nothing()
+    assert await client.receive_nothing(0.2)
 
     await client.result(op="unsubscribe", topic=topic)
     for i in range(2):
@@ -65,7 +65,7 @@ async def test_durable_topic_numbers_stores_and_recovers_from_the_database() -> 
     since = {"offset": 3, "epoch": start["epoch"]}
     result = await client.result(op="subscribe", topic=topic, since=since)
     assert result["recovered"] is True and result["missed"] == 2
-    assert [(await client.recv())["data"] for _ in range(2)] == ["missed 0", "missed 1"]
+    assert [(await client.receive())["data"] for _ in range(2)] == ["missed 0", "missed 1"]
     await client.close()
     await wscat.disconnect()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import uuid
 import warnings
 
 from channels.testing import WebsocketCommunicator
@@ -13,6 +12,7 @@ from channels.testing import WebsocketCommunicator
 import megaphone
 from example.asgi import application
 from megaphone.engine.background import background
+from megaphone.testing import unique
 from tests.conftest import timeout
 
 
@@ -24,7 +24,7 @@ async def subscribe(topic: str) -> WebsocketCommunicator:
 
 
 async def test_a_thousand_sync_publishes_from_a_plain_thread_all_arrive_in_order() -> None:
-    topic = f"sync-{uuid.uuid4().hex[:8]}"
+    topic = unique("sync")
     subscriber = await subscribe(topic)
     loops_before = background.loops_started
     nodes_before = background.nodes_started
@@ -61,7 +61,7 @@ async def test_a_thousand_sync_publishes_from_a_plain_thread_all_arrive_in_order
 
 
 async def test_many_threads_publish_through_one_loop_and_every_message_arrives() -> None:
-    topic = f"threads-{uuid.uuid4().hex[:8]}"
+    topic = unique("threads")
     subscriber = await subscribe(topic)
     await asyncio.to_thread(megaphone.publish, topic, "first")
     assert await subscriber.receive_from(timeout=timeout(5)) == "first"
@@ -87,7 +87,7 @@ async def test_many_threads_publish_through_one_loop_and_every_message_arrives()
 
 
 async def test_apublish_reaches_subscribers_as_text_binary_and_json() -> None:
-    topic = f"async-{uuid.uuid4().hex[:8]}"
+    topic = unique("async")
     subscriber = await subscribe(topic)
     first = await megaphone.apublish(topic, "text")
     await megaphone.apublish(topic, b"\x00bytes")
@@ -106,7 +106,7 @@ async def test_apublish_reaches_subscribers_as_text_binary_and_json() -> None:
 
 
 async def test_protocol_clients_receive_a_published_json_value_as_the_value() -> None:
-    topic = f"json-{uuid.uuid4().hex[:8]}"
+    topic = unique("json")
     communicator = WebsocketCommunicator(application, "/ws/connect/")
     connected, code = await communicator.connect(timeout=timeout(5))
     assert connected, code

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,19 +26,8 @@ import pytest
 
 from megaphone.backends import Backend, BackendUnavailable, base
 from megaphone.core.message import Message
+from megaphone.testing import Collected, Signal, unique
 from tests.conftest import timeout
-
-
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5) -> None:
-    """Wait (polling the loop) until ``condition()`` holds; fail after ``seconds`` (scaled)."""
-    deadline = time.monotonic() + timeout(seconds)
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 class Harness:
@@ -79,10 +67,12 @@ class Started:
         self.harness = harness
         self.backends: list[Backend] = []
         self.received: dict[int, list[Message]] = {}
+        #: Notified at each message any of them is handed.
+        self.changed = Signal()
 
     async def __call__(self, **options: Any) -> Backend:
         backend = await self.harness.build(**{"history_size": 100, "history_ttl": 60, **options})
-        received: list[Message] = []
+        received: Collected[Message] = Collected(self.changed)
         await backend.start(received.append)
         self.backends.append(backend)
         self.received[id(backend)] = received
@@ -178,7 +168,7 @@ class BackendConformance:
             def got_all(backend: Backend = backend) -> bool:
                 return len(start.of(backend, name)) >= 10
 
-            await until(got_all)
+            await start.changed.wait_until(got_all)
             assert [m.offset for m in start.of(backend, name)] == list(range(1, 11))
         await one.unsubscribe(name)
         await one.unsubscribe(name)  # idempotent
@@ -197,7 +187,7 @@ class BackendConformance:
             await backend.publish(name, payload, json=json)
         expected = [(i + 1, p, j) for i, (p, j) in enumerate(sent)]
         assert [position(m) for m in (await backend.history(name)).messages] == expected
-        await until(lambda: len(start.of(backend, name)) == 4)
+        await start.changed.wait_until(lambda: len(start.of(backend, name)) == 4)
         assert [position(m) for m in start.of(backend, name)] == expected
 
     async def test_forward_fans_out_a_message_numbered_elsewhere_without_storing_it(
@@ -208,7 +198,7 @@ class BackendConformance:
         await two.subscribe(name)
         message = Message(name, "from elsewhere", 42, "e1", time.time(), json=False)
         await one.forward(message)
-        await until(lambda: bool(start.of(two, name)))
+        await start.changed.wait_until(lambda: bool(start.of(two, name)))
         (got,) = start.of(two, name)
         assert (got.offset, got.epoch, got.payload) == (42, "e1", "from elsewhere")
         assert (await one.history(name)).offset == 0
@@ -319,7 +309,9 @@ class BackendConformance:
         assert page.offset == 0 and page.epoch != first.epoch
         after = await backend.publish(name, "after")
         assert after.offset == 1 and after.epoch == page.epoch != first.epoch
-        await until(lambda: any(m.payload == "after" for m in start.of(backend, name)), 10)
+        await start.changed.wait_until(
+            lambda: any(m.payload == "after" for m in start.of(backend, name)), 10
+        )
         # The subscriber sees the new epoch, after whatever it got of the old one.
         epochs = [m.epoch for m in start.of(backend, name)]
         assert epochs == sorted(epochs, key=lambda epoch: epoch == after.epoch)
@@ -352,7 +344,7 @@ class BackendConformance:
         assert (await one.publish(other, "c", msg_id="id-1")).offset == 1  # per topic
         page = await one.history(name)
         assert [m.payload for m in page.messages] == ["a", "b"]
-        await until(lambda: len(start.of(one, name)) == 2)
+        await start.changed.wait_until(lambda: len(start.of(one, name)) == 2)
         assert [m.payload for m in start.of(one, name)] == ["a", "b"]
 
     async def test_a_msg_id_trimmed_from_history_is_new_again(self, start: Started) -> None:

@@ -16,7 +16,7 @@ from megaphone.backends.durable import DatabaseHistory, DurableTopics
 from megaphone.backends.memory import MemoryBackend
 from megaphone.core.message import Message
 from megaphone.models import DurableMessage, DurableTopic
-from tests.backends.conformance import unique, until
+from megaphone.testing import Collected, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,7 +32,7 @@ class Wrapped:
             durable=lambda topic: topic.startswith("d."),
             any_durable=lambda: self.sweeps_store,
         )
-        self.received: list[Message] = []
+        self.received: Collected[Message] = Collected()
 
 
 @pytest.fixture
@@ -55,9 +55,9 @@ async def test_a_durable_topic_is_numbered_by_the_store_and_fanned_out_by_the_ba
     assert (await wrapped.inner.history(name)).offset == 0  # the backend numbered nothing
     page = await wrapped.backend.history(name)
     assert [m.payload for m in page.messages] == ["a"] and page.epoch == first.epoch
-    await until(lambda: bool(wrapped.received))
+    await wrapped.received.wait_for(1)
     await wrapped.backend.publish(name, "b")
-    await until(lambda: len(wrapped.received) == 2)
+    await wrapped.received.wait_for(2)
     assert [(m.offset, m.payload) for m in wrapped.received] == [(1, "a"), (2, "b")]
 
 

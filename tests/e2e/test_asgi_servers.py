@@ -17,6 +17,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from megaphone.conf import Config
+from megaphone.testing import unique
 from tests.conftest import (
     ASGI_SERVERS,
     ROOT,
@@ -57,10 +58,6 @@ def server(
     started.stop()
 
 
-def topic(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 async def closed_with(client: websockets.ClientConnection) -> int | None:
     """Read until the server closes ``client``; the code of the server's close frame."""
     try:
@@ -71,7 +68,7 @@ async def closed_with(client: websockets.ClientConnection) -> int | None:
 
 
 async def test_raw_broadcast_reaches_every_client_of_the_topic(server: ServerProcess) -> None:
-    url = f"{server.ws_url}/ws/broadcast/{topic('raw')}/"
+    url = f"{server.ws_url}/ws/broadcast/{unique('raw')}/"
     async with websockets.connect(url) as a, websockets.connect(url) as b:
         for sender, message in ((a, "hello from a"), (b, b"\x00\x01binary from b")):
             await sender.send(message)
@@ -80,7 +77,7 @@ async def test_raw_broadcast_reaches_every_client_of_the_topic(server: ServerPro
 
 
 async def test_protocol_subscribe_and_publish(server: ServerProcess) -> None:
-    name = topic("proto")
+    name = unique("proto")
     async with (
         websockets.connect(f"{server.ws_url}/ws/connect/") as subscriber,
         websockets.connect(f"{server.ws_url}/ws/connect/") as publisher,
@@ -99,7 +96,7 @@ async def test_protocol_subscribe_and_publish(server: ServerProcess) -> None:
 
 
 async def test_oversize_message_closes_1009(server: ServerProcess) -> None:
-    async with websockets.connect(f"{server.ws_url}/ws/broadcast/{topic('big')}/") as client:
+    async with websockets.connect(f"{server.ws_url}/ws/broadcast/{unique('big')}/") as client:
         await client.send("x" * (MAX_MESSAGE_SIZE + 1))
         code = await closed_with(client)
     # daphne (autobahn) lets an application send no RFC 6455 code but 1000.
@@ -108,13 +105,13 @@ async def test_oversize_message_closes_1009(server: ServerProcess) -> None:
 
 
 async def test_raw_publish_on_a_read_only_topic_closes_4403(server: ServerProcess) -> None:
-    async with websockets.connect(f"{server.ws_url}/ws/broadcast/{topic('feed.x')}/") as client:
+    async with websockets.connect(f"{server.ws_url}/ws/broadcast/{unique('feed.x')}/") as client:
         await client.send("HACKED")
         assert await closed_with(client) == 4403
 
 
 async def test_publishing_over_the_rate_closes_4429(server: ServerProcess) -> None:
-    async with websockets.connect(f"{server.ws_url}/ws/broadcast/{topic('rate')}/") as client:
+    async with websockets.connect(f"{server.ws_url}/ws/broadcast/{unique('rate')}/") as client:
         # The burst, and two more: at most one token is refilled in 10 s (PUBLISH_RATE).
         for i in range(PUBLISH_BURST + 2):
             await client.send(f"m{i}")
@@ -127,7 +124,7 @@ async def test_a_client_that_never_reads_is_closed_4408(
     if server.name == "daphne":
         reason = "daphne's websocket.send never waits: Twisted buffers every frame without bound"
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-    name = topic("slow")
+    name = unique("slow")
     with RawClient(server.port, rcvbuf=4096) as slow:  # closed however the test ends
         assert slow.handshake(f"/ws/broadcast/{name}/") == 101
         # Protocol publishers (not subscribed: nothing comes back to them), each within its

@@ -6,12 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 
 import pytest
 import websockets
 
+from megaphone.testing import unique
 from tests.conftest import ROOT, ServerProcess, free_port, timeout
 from tests.redis_server import RedisServer
 
@@ -39,7 +39,7 @@ def test_with_the_memory_backend_the_command_refuses_and_says_why(args: tuple[st
 async def test_with_redis_publish_reaches_the_server_and_tail_sees_the_server(
     server_factory: Callable[..., ServerProcess], redis_server: RedisServer
 ) -> None:
-    topic = f"cmd-{uuid.uuid4().hex[:8]}"
+    topic = unique("cmd")
     env = {"REDIS_URL": redis_server.url}
     server = server_factory(env=env)
     async with websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/") as client:
@@ -60,7 +60,8 @@ async def test_with_redis_publish_reaches_the_server_and_tail_sees_the_server(
             env={**os.environ, "DJANGO_SETTINGS_MODULE": "example.settings", **env},
             stdout=asyncio.subprocess.PIPE,
         )
-        await asyncio.sleep(timeout(1.5))  # the tail process starts and subscribes
+        # No wait for the tail process to subscribe: with --since it reads what it missed from
+        # history, so the message reaches it once, whether it is sent before or after that.
         await client.send("from a client")
         out, _ = await asyncio.wait_for(tail.communicate(), timeout(30))
         assert tail.returncode == 0
@@ -73,7 +74,7 @@ async def test_tail_url_follows_a_server_over_its_protocol_endpoint_whatever_the
     server: ServerProcess,
 ) -> None:
     """``tail --url``: a client of the server (memory backend here), not of the backend."""
-    topic = f"cmd-{uuid.uuid4().hex[:8]}"
+    topic = unique("cmd")
     async with websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/") as client:
         await client.send("before")
         await client.send(b"\x00\x01")

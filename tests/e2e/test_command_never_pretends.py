@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from megaphone.testing import unique
 from tests.conftest import ROOT, ServerProcess, timeout
 from tests.e2e.test_command import megaphone
 from tests.redis_server import RedisServer
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @contextmanager

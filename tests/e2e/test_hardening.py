@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import statistics
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +23,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from megaphone.conf import Config
+from megaphone.testing import Signal, unique
 from tests.conftest import ROOT, ServerProcess, timeout
 
 from .rawws import CLOSE, CONTINUATION, PING, TEXT, RawClient, frame, rss_kib
@@ -86,7 +85,7 @@ async def metric_becomes(
 
 async def assert_served(server: ServerProcess) -> None:
     """Two fresh clients of one topic: a message from one reaches both."""
-    url = f"{server.ws_url}/ws/broadcast/alive-{uuid.uuid4().hex[:8]}/"
+    url = f"{server.ws_url}/ws/broadcast/{unique('alive')}/"
     async with websockets.connect(url) as a, websockets.connect(url) as b:
         await a.send("still served")
         for client in (a, b):
@@ -112,10 +111,6 @@ def peak_rss(pid: int) -> Iterator[list[int]]:
         sampler.join()
 
 
-def p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100)[98]
-
-
 # 1. Slow consumer ------------------------------------------------------------------------------
 
 COUNT, SIZE = 5000, 4096
@@ -125,38 +120,39 @@ async def test_a_client_that_never_reads_is_closed_4408_and_costs_nothing_after(
     hardened: Start,
 ) -> None:
     # One publisher sends 10,000 messages. History holds the last 5,000: full before the
-    # measurement starts, and enough for the slow client to resume.
+    # slow client subscribes, and enough for it to resume. What the slow client costs the
+    # others (latency, server memory) is measured by bench/slow_consumer.py, not asserted here.
     server = hardened(PUBLISH_RATE=0, HISTORY_SIZE=COUNT, RECOVERY_MAX_MESSAGES=COUNT)
-    pid = server.process.pid
     topic = "flood"
     publisher = await websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/", max_queue=None)
     healthy = await websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/", max_queue=None)
 
-    async def burst(tag: str) -> list[float]:
+    async def burst(tag: str) -> None:
         """Publish COUNT messages of SIZE bytes, as fast as the healthy client reads them (at
         most 256 ahead of it: it shares this process's CPU with the publisher, and must not
-        become a slow consumer itself); return its publish-to-receive latencies, checking it got
-        every one in order."""
-        latencies: list[float] = []
+        become a slow consumer itself), checking it gets every one in order."""
+        received = 0
+        changed = Signal()
 
         async def receive() -> None:
+            nonlocal received
             for i in range(COUNT):
                 text = await asyncio.wait_for(healthy.recv(), timeout(30))
-                now = time.perf_counter()
-                got_tag, number, sent_at, _ = str(text).split(" ", 3)
-                assert (got_tag, int(number)) == (tag, i)
-                latencies.append(now - float(sent_at))
+                assert str(text).split(" ", 2)[:2] == [tag, str(i)]
+                received += 1
+                changed.notify()
 
         receiving = asyncio.ensure_future(receive())
         for i in range(COUNT):
-            while i - len(latencies) > 256 and not receiving.done():
-                await asyncio.sleep(0.001)
-            await publisher.send(f"{tag} {i} {time.perf_counter()} ".ljust(SIZE, "x"))
+            ahead = i - 256
+            if received < ahead:
+                await changed.wait_until(
+                    lambda ahead=ahead: received >= ahead or receiving.done(), 30
+                )
+            await publisher.send(f"{tag} {i} ".ljust(SIZE, "x"))
         await receiving
-        return latencies
 
-    baseline = await burst("calm")  # also fills the topic's history: it stays in memory
-    rss_before = rss_kib(pid)
+    await burst("calm")  # also fills the topic's history
 
     slow = RawClient(server.port, rcvbuf=4096)
     assert slow.handshake("/ws/connect/") == 101
@@ -164,11 +160,10 @@ async def test_a_client_that_never_reads_is_closed_4408_and_costs_nothing_after(
     slow.send(frame(TEXT, json.dumps({"op": "subscribe", "id": 1, "topic": topic}).encode()))
     subscribed = json.loads(slow.recv_frame().payload)["result"]
     # From here on the slow client reads nothing.
-    with peak_rss(pid) as peak:
-        flooded = await burst("flood")
-        await metric_becomes(server, 1, "megaphone_slow_consumer_disconnects_total")
-        # Closed for good at once, though it never read its close frame: it left the topic.
-        await metric_becomes(server, 2, "megaphone_subscriptions", seconds=2)
+    await burst("flood")
+    await metric_becomes(server, 1, "megaphone_slow_consumer_disconnects_total")
+    # Closed for good at once, though it never read its close frame: it left the topic.
+    await metric_becomes(server, 2, "megaphone_subscriptions", seconds=2)
 
     frames, code = await asyncio.to_thread(slow.read_until_close, timeout(10))
     slow.close()
@@ -185,16 +180,6 @@ async def test_a_client_that_never_reads_is_closed_4408_and_costs_nothing_after(
     assert value(metrics, "megaphone_connections") == 2  # the publisher and the healthy client
     assert "closing a slow consumer on /ws/connect/: outbox full" in server.log()
 
-    await asyncio.sleep(0.5)
-    rss_after = rss_kib(pid)
-    print(
-        f"slow consumer: RSS before {rss_before // MiB} MiB, peak {peak[0] // MiB} MiB, after "
-        f"{rss_after // MiB} MiB; p99 {p99(baseline) * 1000:.0f} ms calm, "
-        f"{p99(flooded) * 1000:.0f} ms beside the slow client; it read {len(offsets)} of {COUNT}"
-    )
-    assert peak[0] < rss_before + 32 * MiB
-    assert rss_after < rss_before + 16 * MiB
-    assert p99(flooded) < max(5 * p99(baseline), p99(baseline) + 1.0)
     # Its offset tells the client what it missed; history still holds all of it, so it resumes
     # from there: every missed message once, in order (paced through its outbox), then live.
     resumed = await websockets.connect(f"{server.ws_url}/ws/connect/", max_queue=None)

@@ -4,63 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from megaphone.testing import unique
 from tests.conftest import ServerProcess, timeout
+from tests.protocol_clients import AsyncClient
 
 from .conftest import PROTOCOL_SETTINGS_ENV
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-class Client:
-    """A protocol client over a real socket."""
-
-    def __init__(self, ws: websockets.ClientConnection) -> None:
-        self.ws = ws
-        self.next_id = 0
-        self.hello: dict[str, Any] = {}
-
-    @classmethod
-    async def open(cls, server: ServerProcess) -> Client:
-        ws = await websockets.connect(f"{server.ws_url}/ws/connect/", max_queue=None)
-        client = cls(ws)
-        client.hello = await client.recv()
-        assert client.hello["type"] == "connected"
-        return client
-
-    async def send(self, **request: Any) -> int:
-        self.next_id += 1
-        await self.ws.send(json.dumps({"id": self.next_id, **request}))
-        return self.next_id
-
-    async def recv(self, seconds: float = 5) -> dict[str, Any]:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout(seconds)))
-
-    async def result(self, **request: Any) -> dict[str, Any]:
-        request_id = await self.send(**request)
-        answer = await self.recv()
-        assert answer.get("id") == request_id and answer["type"] == "reply", answer
-        return answer["result"]  # type: ignore[no-any-return]
-
-    async def close(self) -> None:
-        await self.ws.close()
 
 
 async def test_reconnect_with_last_offset_recovers_exactly_the_50_missed_then_live(
     server: ServerProcess,
 ) -> None:
     topic = unique("news")
-    publisher = await Client.open(server)
-    reader = await Client.open(server)
+    publisher = await AsyncClient.open(server)
+    reader = await AsyncClient.open(server)
     await reader.result(op="subscribe", topic=topic)
     for i in range(3):
         await publisher.result(op="publish", topic=topic, data=f"before {i}")
@@ -71,7 +33,7 @@ async def test_reconnect_with_last_offset_recovers_exactly_the_50_missed_then_li
     for i in range(50):
         await publisher.result(op="publish", topic=topic, data={"n": i})
 
-    reader = await Client.open(server)
+    reader = await AsyncClient.open(server)
     result = await reader.result(op="subscribe", topic=topic, since=last)
     assert result["recovered"] is True and result["missed"] == 50
     assert result["offset"] == 53 and result["epoch"] == last["epoch"]
@@ -91,7 +53,7 @@ async def test_a_gap_larger_than_history_says_recovered_false(
     protocol_server: ServerProcess,
 ) -> None:
     topic = unique("small.t")  # history_size 20 in protocol_settings.py
-    client = await Client.open(protocol_server)
+    client = await AsyncClient.open(protocol_server)
     start = await client.result(op="subscribe", topic=topic)
     await client.result(op="unsubscribe", topic=topic)
     for i in range(30):
@@ -111,7 +73,7 @@ async def test_a_gap_larger_than_history_says_recovered_false(
 
 
 async def test_wscat_and_protocol_clients_see_each_others_messages(server: ServerProcess) -> None:
-    client = await Client.open(server)
+    client = await AsyncClient.open(server)
     await client.result(op="subscribe", topic="news")
     async with websockets.connect(f"{server.ws_url}/ws/broadcast/news/") as wscat:
         await wscat.send("from wscat")
@@ -125,11 +87,11 @@ async def test_wscat_and_protocol_clients_see_each_others_messages(server: Serve
 
 async def test_ordering_under_load_100_subscribers_1000_messages(server: ServerProcess) -> None:
     topic = unique("load")
-    subscribers = [await Client.open(server) for _ in range(100)]
+    subscribers = [await AsyncClient.open(server) for _ in range(100)]
     for subscriber in subscribers:
         await subscriber.result(op="subscribe", topic=topic)
 
-    async def collect(subscriber: Client) -> list[int]:
+    async def collect(subscriber: AsyncClient) -> list[int]:
         offsets: list[int] = []
         while len(offsets) < 1000:
             frame = await subscriber.recv(seconds=30)
@@ -167,7 +129,7 @@ async def test_malformed_frames_get_error_codes_and_a_control_client_is_unaffect
     server: ServerProcess, frame: str, code: str
 ) -> None:
     topic = unique("ctl")
-    control, bad = await Client.open(server), await Client.open(server)
+    control, bad = await AsyncClient.open(server), await AsyncClient.open(server)
     await control.result(op="subscribe", topic=topic)
     await bad.ws.send(frame)
     error = await bad.recv()
@@ -182,9 +144,9 @@ async def test_invalid_utf8_and_oversize_frames_close_with_documented_codes(
     server: ServerProcess,
 ) -> None:
     topic = unique("ctl")
-    control = await Client.open(server)
+    control = await AsyncClient.open(server)
     await control.result(op="subscribe", topic=topic)
-    bad = await Client.open(server)
+    bad = await AsyncClient.open(server)
     bad.ws.protocol.send_text(b"\xff\xfe")  # not UTF-8: the server closes with 1007
     bad.ws.transport.write(b"".join(bad.ws.protocol.data_to_send()))
     with pytest.raises(ConnectionClosed) as closed:
@@ -198,7 +160,7 @@ async def test_invalid_utf8_and_oversize_frames_close_with_documented_codes(
         await asyncio.wait_for(big.recv(), timeout(5))
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
-    other = await Client.open(server)
+    other = await AsyncClient.open(server)
     await other.result(op="publish", topic=topic, data="after")
     assert (await control.recv())["data"] == "after"
     await other.close()
@@ -209,10 +171,10 @@ async def test_presence_entries_vanish_when_a_connection_dies(
     protocol_server: ServerProcess,
 ) -> None:
     topic = unique("room.e2e")
-    watcher = await Client.open(protocol_server)
+    watcher = await AsyncClient.open(protocol_server)
     await watcher.result(op="subscribe", topic=topic, info={"name": "watcher"})
     assert (await watcher.recv())["type"] == "join"
-    leaver = await Client.open(protocol_server)
+    leaver = await AsyncClient.open(protocol_server)
     await leaver.result(op="subscribe", topic=topic, info={"name": "leaver"})
     joined = await watcher.recv()
     assert joined["type"] == "join" and joined["info"] == {"name": "leaver"}
@@ -230,7 +192,7 @@ async def test_durable_topics_keep_offsets_epoch_and_history_across_a_full_resta
 ) -> None:
     topic = unique("durable.orders")
     first = server_factory(env=PROTOCOL_SETTINGS_ENV)
-    client = await Client.open(first)
+    client = await AsyncClient.open(first)
     replies = [await client.result(op="publish", topic=topic, data={"n": i}) for i in range(5)]
     assert [r["offset"] for r in replies] == [1, 2, 3, 4, 5]
     epoch = replies[0]["epoch"]
@@ -238,7 +200,7 @@ async def test_durable_topics_keep_offsets_epoch_and_history_across_a_full_resta
     first.stop()  # every process of the deployment is gone; the database stays
 
     second = server_factory(env=PROTOCOL_SETTINGS_ENV)
-    client = await Client.open(second)
+    client = await AsyncClient.open(second)
     result = await client.result(op="subscribe", topic=topic, since={"offset": 3, "epoch": epoch})
     assert result == {
         "topic": topic,

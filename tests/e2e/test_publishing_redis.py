@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 
 import websockets
 from django.test import override_settings
@@ -13,6 +12,7 @@ from django.test import override_settings
 import megaphone
 from megaphone.backends.redis import MAX_CONNECTIONS
 from megaphone.engine import publishing
+from megaphone.testing import unique
 from tests.conftest import ServerProcess, timeout
 from tests.redis_server import RedisServer
 
@@ -27,10 +27,10 @@ async def test_a_thousand_sync_publishes_reach_the_server_over_bounded_connectio
     server_factory, redis_server: RedisServer
 ) -> None:
     server: ServerProcess = server_factory(env={"REDIS_URL": redis_server.url})
-    topic = f"sync-redis-{uuid.uuid4().hex[:8]}"
+    topic = unique("sync-redis")
     publishing.shutdown()  # start from no background publisher
     async with websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/") as client:
-        await asyncio.sleep(timeout(0.3))  # the server has subscribed in Redis
+        # Connected: the server has subscribed in Redis (it accepts only once subscribed).
         before = await asyncio.to_thread(connections, redis_server)
         errors: list[BaseException] = []
 

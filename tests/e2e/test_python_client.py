@@ -9,7 +9,6 @@ a reply lost to a network cut (the publish is sent again with its ``msg_id``: pu
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from megaphone.client import (
     SubscribeResult,
     Subscription,
 )
+from megaphone.testing import unique
 from tests.conftest import ServerProcess, create_superuser, timeout
 from tests.redis_server import RedisServer
 
@@ -34,10 +34,6 @@ from .test_logout import Browser
 def reconnecting(url: str, **options: Any) -> Client:
     """A client that reconnects quickly (the tests restart servers under it)."""
     return Client(url, min_delay=0.05, max_delay=0.5, **options)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def connect_url(server: ServerProcess | CuttableProxy) -> str:

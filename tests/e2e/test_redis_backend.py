@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,12 +19,9 @@ from megaphone.backends import redis as redis_backend
 from megaphone.backends.memory import MemoryBackend
 from megaphone.backends.redis import RedisBackend
 from megaphone.core.message import Message
+from megaphone.testing import Collected, unique
 from tests.conftest import timeout
 from tests.redis_server import RedisServer
-
-
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class Started:
@@ -34,8 +30,8 @@ class Started:
     def __init__(self) -> None:
         self.backends: list[Backend] = []
 
-    async def __call__(self, url: str, **options: Any) -> tuple[Backend, list[Message]]:
-        received: list[Message] = []
+    async def __call__(self, url: str, **options: Any) -> tuple[Backend, Collected[Message]]:
+        received: Collected[Message] = Collected()
         backend = backend_from_url(url, **{"history_size": 100, "history_ttl": 60, **options})
         await backend.start(received.append)
         self.backends.append(backend)
@@ -153,7 +149,8 @@ async def test_fan_out_reaches_subscribed_processes_only_with_one_publish_per_me
     for payload in payloads:
         await publisher.publish(one, payload)
     await publisher.publish(two, "only b")
-    await until(lambda: len(got_a) == 50 and len(got_b) == 51)
+    await got_a.wait_for(50)
+    await got_b.wait_for(51)
     assert redis_server.command_calls("publish") - before == 51
     assert [m.payload for m in got_a] == payloads
     assert [m.offset for m in got_a] == list(range(1, 51))
@@ -163,8 +160,8 @@ async def test_fan_out_reaches_subscribed_processes_only_with_one_publish_per_me
     await a.unsubscribe(one)
     await a.unsubscribe(one)  # idempotent
     await publisher.publish(one, "after")
-    await until(lambda: len(got_b) == 52)
-    await asyncio.sleep(0.1)
+    await got_b.wait_for(52)
+    await asyncio.sleep(0.1)  # and nothing more arrives meanwhile
     assert len(got_a) == 50
 
 
@@ -216,7 +213,7 @@ async def test_forward_fans_out_a_message_numbered_elsewhere_without_storing_it(
     name = unique()
     await a.subscribe(name)
     await b.forward(Message(name, b"\x00db", 41, "dbepoch", 1.5, json=False))
-    await until(lambda: len(got) == 1)
+    await got.wait_for(1)
     assert summary(got[0]) == (name, 41, b"\x00db", False) and got[0].epoch == "dbepoch"
     assert (await b.history(name)).offset == 0
 
@@ -271,16 +268,16 @@ async def test_a_broken_pubsub_connection_reconnects_and_delivers_what_it_missed
     await reader.subscribe(name)
     for i in range(3):
         await publisher.publish(name, f"before {i}")
-    await until(lambda: len(got) == 3)
+    await got.wait_for(3)
     with redis_server.client() as admin:
         # Cut the pub/sub connection only: history stays, like a network blip.
         assert admin.client_kill_filter(_type="pubsub") == 1
         for i in range(20):
             admin_message = await publisher.publish(name, f"missed {i}")
-    await until(lambda: len(got) == 23)
+    await got.wait_for(23)
     await publisher.publish(name, "live")
-    await until(lambda: len(got) == 24)
-    await asyncio.sleep(0.1)
+    await got.wait_for(24)
+    await asyncio.sleep(0.1)  # and nothing more arrives meanwhile
     assert [m.offset for m in got] == list(range(1, 25))  # no gap, no duplicate
     assert got[-1].payload == "live" and admin_message.offset == 23
 
@@ -292,13 +289,13 @@ async def test_after_redis_restarts_empty_subscribers_get_the_new_epoch(
     name = unique()
     await reader.subscribe(name)
     old = [await publisher.publish(name, f"old {i}") for i in range(3)]
-    await until(lambda: len(got) == 3)
+    await got.wait_for(3)
     redis_server.restart()
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # the loop sees the old connections closed
     new = [await publisher.publish(name, f"new {i}") for i in range(2)]
     assert [m.offset for m in new] == [1, 2] and new[0].epoch != old[0].epoch
-    await until(lambda: len(got) == 5)
-    await asyncio.sleep(0.1)
+    await got.wait_for(5)
+    await asyncio.sleep(0.1)  # and nothing more arrives meanwhile
     assert [(m.offset, m.epoch) for m in got[3:]] == [(1, new[0].epoch), (2, new[0].epoch)]
 
 
@@ -321,7 +318,7 @@ async def test_offsets_rolled_back_in_redis_start_a_new_epoch_instead_of_being_r
     name = unique()
     await reader.subscribe(name)
     old = [await publisher.publish(name, f"old {i}") for i in range(5)]
-    await until(lambda: len(got) == 5)
+    await got.wait_for(5)
     with redis_server.client() as admin:
         # What a failover to a lagging replica looks like: same epoch, offset back to 2.
         admin.hset(f"megaphone:{{{name}}}:meta", "offset", 2)
@@ -329,7 +326,7 @@ async def test_offsets_rolled_back_in_redis_start_a_new_epoch_instead_of_being_r
     await asyncio.sleep(0.3)  # the reader reconnects and checks its topics
     new = await publisher.publish(name, "new")
     assert new.epoch != old[0].epoch and new.offset == 1
-    await until(lambda: len(got) == 6)
+    await got.wait_for(6)
     assert (got[-1].epoch, got[-1].offset) == (new.epoch, 1)
 
 

@@ -9,7 +9,6 @@ serving later calls, so nothing is stranded.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,6 +17,7 @@ from megaphone.backends import BackendUnavailable
 from megaphone.backends.redis import RedisBackend
 from megaphone.core.decoding import InvalidText
 from megaphone.core.message import Message
+from megaphone.testing import unique
 from tests.conftest import timeout
 from tests.redis_server import RedisServer
 
@@ -33,7 +33,7 @@ async def backend(redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
 async def test_a_failed_call_fails_alone_and_the_pipeline_goes_on(
     backend: RedisBackend, redis_server: RedisServer
 ) -> None:
-    topic, refused = (f"iso-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    topic, refused = (unique("iso") for _ in range(2))
     with redis_server.client() as client:  # a key of the wrong type: Redis fails its script
         client.set(f"megaphone:{{{refused}}}:meta", "not a hash")
     # Called in the same loop turn: one pipeline, the bad calls between the good ones.
@@ -67,7 +67,7 @@ async def test_a_history_entry_that_is_not_valid_utf8_is_skipped_not_fatal(
 ) -> None:
     """Only Megaphone writes valid text; an entry written by anything else (invalid UTF-8) must
     not fail every read of the topic's history: it is skipped, leaving a gap readers report."""
-    topic = f"iso-{uuid.uuid4().hex[:8]}"
+    topic = unique("iso")
     first = await backend.publish(topic, "one")
     with redis_server.client() as client:
         history, meta = f"megaphone:{{{topic}}}:history", f"megaphone:{{{topic}}}:meta"

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,12 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from megaphone.backends.redis import RedisBackend
+from megaphone.testing import unique
 from tests.conftest import ROOT, ServerProcess, timeout
+from tests.protocol_clients import AsyncClient
 from tests.redis_server import RedisServer
 
-from .test_protocol import Client
-
 REDIS_SETTINGS_ENV = {"DJANGO_SETTINGS_MODULE": "tests.e2e.redis_settings", "PYTHONPATH": str(ROOT)}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def start(
@@ -79,7 +74,7 @@ class Follower:
     def __init__(self, server: ServerProcess, topic: str) -> None:
         self.server = server
         self.topic = topic
-        self.client: Client | None = None
+        self.client: AsyncClient | None = None
         self.received: list[tuple[str, int, Any]] = []  # (epoch, offset, data)
         self.position: dict[str, Any] | None = None
         self.results: list[dict[str, Any]] = []  # subscribe replies
@@ -88,7 +83,7 @@ class Follower:
 
     async def subscribe(self) -> None:
         if self.client is None:
-            self.client = await Client.open(self.server)
+            self.client = await AsyncClient.open(self.server)
         request: dict[str, Any] = {"op": "subscribe", "topic": self.topic}
         if self.position is not None:
             request["since"] = self.position
@@ -150,7 +145,9 @@ async def close_all(clients: list[Follower]) -> None:
     await asyncio.gather(*(c.close() for c in clients))
 
 
-async def publish_pipelined(publisher: Client, topic: str, n: int, start: int = 0) -> list[int]:
+async def publish_pipelined(
+    publisher: AsyncClient, topic: str, n: int, start: int = 0
+) -> list[int]:
     """Send ``n`` publishes back to back, then read the ``n`` replies; return the offsets."""
     for i in range(start, start + n):
         await publisher.send(op="publish", topic=topic, data={"n": i})
@@ -169,7 +166,7 @@ async def test_every_client_of_every_worker_gets_every_message_once_in_order(
     server = start(server_factory, redis_server, workers)
     topic = unique("scale")
     clients = await followers(server, topic, 200)
-    publisher = await Client.open(server)
+    publisher = await AsyncClient.open(server)
     try:
         spread = workers_subscribed(redis_server, topic)
         assert 2 <= spread <= workers  # more than one worker serves the 200 clients
@@ -210,7 +207,7 @@ async def test_a_redis_outage_fails_publishes_loudly_then_clients_recover_or_are
     server = start(server_factory, redis_server, 2)
     topic = unique("outage")
     clients = await followers(server, topic, 40)
-    publisher = await Client.open(server)
+    publisher = await AsyncClient.open(server)
     try:
         acknowledged = await publish_pipelined(publisher, topic, 30)
         old_epoch = clients[0].results[0]["epoch"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
+from megaphone.testing import unique
 from tests.conftest import ROOT, ServerProcess, create_superuser, start_server, timeout
 from tests.e2e.rawws import RawClient
 from tests.e2e.test_logout import Browser
@@ -75,7 +75,7 @@ class World:
 
     def room(self, messages: int = 0) -> tuple[str, str]:
         """A new room topic with ``messages`` messages in its history: (topic, epoch)."""
-        topic, epoch = f"room-{uuid.uuid4().hex[:8]}", ""
+        topic, epoch = unique("room"), ""
         publisher = self.anonymous()
         for n in range(messages):
             epoch = publisher.request("publish", topic=topic, data=f"m{n}")["result"]["epoch"]

@@ -18,14 +18,15 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import websockets
 
+from megaphone.testing import unique
 from tests.conftest import ServerProcess, timeout
+from tests.protocol_clients import AsyncClient
 
 Start = Callable[..., ServerProcess]
 
@@ -36,10 +37,6 @@ SETTINGS: dict[str, Any] = {"API_KEYS": [KEY], "API_RATE_LIMIT": None, "PUBLISH_
 #: pair in the wrong order (each half alone).
 SURROGATES = {"high": "\\ud800", "low": "\\udc00", "reversed": "\\udc00\\ud800"}
 BAD = "@BAD@"  # where the escape goes in a frame's JSON text
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(params=["1-worker", "2-workers-redis"])
@@ -78,46 +75,6 @@ def attacks(topic: str) -> list[tuple[str, dict[str, Any], bool]]:
     ]
 
 
-class Client:
-    """A protocol client; ``websockets`` decodes every text frame as strict UTF-8 and closes the
-    connection with 1007 on anything else, as a browser does."""
-
-    def __init__(self, ws: websockets.ClientConnection) -> None:
-        self.ws = ws
-        self.next_id = 0
-
-    @classmethod
-    async def open(cls, server: ServerProcess) -> Client:
-        client = cls(await websockets.connect(f"{server.ws_url}/ws/connect/", max_queue=None))
-        assert (await client.recv())["type"] == "connected"
-        return client
-
-    async def send_text(self, text: str) -> None:
-        await self.ws.send(text)
-
-    def new_id(self) -> int:
-        self.next_id += 1
-        return self.next_id
-
-    async def recv(self, seconds: float = 5) -> dict[str, Any]:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout(seconds)))  # type: ignore[no-any-return]
-
-    async def answer(self, request_id: int) -> dict[str, Any]:
-        """The reply or error to ``request_id`` (message frames before it are skipped)."""
-        while True:
-            frame = await self.recv()
-            if frame["type"] in ("reply", "error") and frame["id"] == request_id:
-                return frame
-            assert frame["type"] == "message", frame
-
-    async def result(self, **request: Any) -> dict[str, Any]:
-        request_id = self.new_id()
-        await self.ws.send(json.dumps({"id": request_id, **request}))
-        answer = await self.answer(request_id)
-        assert answer["type"] == "reply", answer
-        return answer["result"]  # type: ignore[no-any-return]
-
-
 def http(server: ServerProcess, method: str, path: str, body: bytes | None = None) -> Any:
     """``(status, JSON body)`` of an HTTP API call; the body is decoded as strict UTF-8."""
     request = urllib.request.Request(
@@ -143,13 +100,13 @@ async def test_lone_surrogates_in_protocol_frames_are_refused_and_reach_no_one(
     server: ServerProcess,
 ) -> None:
     topic = unique("uni")
-    watchers = [await Client.open(server) for _ in range(4)]
+    watchers = [await AsyncClient.open(server) for _ in range(4)]
     for watcher in watchers:
         await watcher.result(op="subscribe", topic=topic)
     raw_watchers = [
         await websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/") for _ in range(2)
     ]
-    attacker = await Client.open(server)
+    attacker = await AsyncClient.open(server)
 
     for name, escape in SURROGATES.items():
         for what, frame, id_readable in attacks(topic):
@@ -170,7 +127,7 @@ async def test_lone_surrogates_in_protocol_frames_are_refused_and_reach_no_one(
 
     # History holds the valid message only: over HTTP (200) and by recovery.
     assert await history_of(server, topic) == ["after"]
-    late = await Client.open(server)
+    late = await AsyncClient.open(server)
     result = await late.result(
         op="subscribe", topic=topic, since={"offset": 0, "epoch": message["epoch"]}
     )
@@ -226,13 +183,13 @@ async def test_a_refused_publish_fails_alone_beside_concurrent_good_ones(
     """Over Redis, publishes of many clients arriving in the same instant share one pipeline:
     the bad ones (a lone surrogate in ``msg_id``) must not fail or strand the good ones."""
     topic = unique("pipe")
-    watcher = await Client.open(server)
+    watcher = await AsyncClient.open(server)
     await watcher.result(op="subscribe", topic=topic)
-    good = [await Client.open(server) for _ in range(6)]
-    bad = [await Client.open(server) for _ in range(6)]
+    good = [await AsyncClient.open(server) for _ in range(6)]
+    bad = [await AsyncClient.open(server) for _ in range(6)]
     rounds = 5
     for round_ in range(rounds):
-        frames: list[tuple[Client, int, str]] = []
+        frames: list[tuple[AsyncClient, int, str]] = []
         for i, client in enumerate(good):
             request_id = client.new_id()
             text = json.dumps({"id": request_id, "op": "publish", "topic": topic, "data": i})

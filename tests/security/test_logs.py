@@ -6,14 +6,13 @@ it is percent-encoded; an unhandled error (HTTP 500) is logged with its tracebac
 from __future__ import annotations
 
 import json
-import time
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import ServerProcess, create_superuser, timeout
+from tests.conftest import ServerProcess, create_superuser, timeout, wait_for_log
 from tests.e2e.rawws import RawClient
 from tests.e2e.test_logout import Browser
 
@@ -21,16 +20,6 @@ from .conftest import Start
 
 #: What an attacker wants to see at the start of a line of the log.
 FORGED = "FORGED CRITICAL root: the attacker wrote this line"
-
-
-def wait_for_log(server: ServerProcess, text: str, seconds: float = 5) -> str:
-    """The server's log once ``text`` is in it."""
-    deadline = time.monotonic() + timeout(seconds)
-    while text not in (log := server.log()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in the log:\n{log}")
-        time.sleep(0.05)
-    return log
 
 
 def handshake_status(server: ServerProcess, path: str, **headers: str) -> int:

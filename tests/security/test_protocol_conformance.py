@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import uuid
 
 import websockets
 
+from megaphone.testing import unique
 from tests.conftest import ServerProcess, timeout
 from tests.e2e.rawws import BINARY, CLOSE, CONTINUATION, TEXT, Frame, RawClient, frame
 
@@ -43,7 +43,7 @@ async def test_a_close_after_a_fragment_is_echoed_and_the_fragment_is_never_deli
     attacked: Start,
 ) -> None:
     server = attacked()
-    path = f"/ws/broadcast/fragments-{uuid.uuid4().hex[:8]}/"
+    path = f"/ws/broadcast/{unique('fragments')}/"
     async with websockets.connect(server.ws_url + path) as watcher:
         answer = await asyncio.to_thread(
             close_after_fragment, server, path, TEXT, close_payload(1000)
@@ -61,7 +61,7 @@ async def test_every_close_between_fragments_gets_the_answer_it_gets_elsewhere(
     attacked: Start,
 ) -> None:
     server = attacked()
-    path = f"/ws/broadcast/fragments-{uuid.uuid4().hex[:8]}/"
+    path = f"/ws/broadcast/{unique('fragments')}/"
     cases = [
         # (first fragment's opcode, close payload, expected close code; None: an empty close)
         (BINARY, close_payload(1000), 1000),  # binary messages too

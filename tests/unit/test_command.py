@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import uuid
 from io import StringIO
 
 import pytest
@@ -15,11 +14,8 @@ from django.test import override_settings
 
 import megaphone
 from megaphone.engine.node import get_node
+from megaphone.testing import unique
 from tests.conftest import timeout
-
-
-def unique() -> str:
-    return f"cmd-{uuid.uuid4().hex[:8]}"
 
 
 def run(*args: str) -> str:
@@ -29,7 +25,7 @@ def run(*args: str) -> str:
 
 
 def test_publish_prints_the_offset_and_publishes_text_or_json() -> None:
-    topic = unique()
+    topic = unique("cmd")
     assert run("publish", topic, "hello") == "1\n"
     assert run("publish", topic, '{"a": [1, 2]}', "--json") == "2\n"
     assert run("publish", topic, "again", "--msg-id", "m1") == "3\n"
@@ -66,11 +62,11 @@ def test_errors_are_command_errors(args: tuple[str, ...], message: str) -> None:
 @override_settings(MEGAPHONE={"MAX_MESSAGE_SIZE": 5})
 def test_publish_too_large_is_a_command_error() -> None:
     with pytest.raises(CommandError, match="limit is 5 bytes"):
-        run("publish", unique(), "123456")
+        run("publish", unique("cmd"), "123456")
 
 
 def test_history_since_limit_and_json_format() -> None:
-    topic = unique()
+    topic = unique("cmd")
     for i in range(5):
         megaphone.publish(topic, {"n": i})
     megaphone.publish(topic, b"\x00\x01")
@@ -93,7 +89,7 @@ def test_history_since_limit_and_json_format() -> None:
 
 
 def test_tail_prints_live_messages_until_count() -> None:
-    topic = unique()
+    topic = unique("cmd")
     megaphone.publish(topic, "old")
     out = StringIO()
     errors: list[BaseException] = []
@@ -132,7 +128,7 @@ def test_tail_prints_live_messages_until_count() -> None:
 
 
 def test_tail_since_prints_history_first_then_live_without_duplicates() -> None:
-    topic = unique()
+    topic = unique("cmd")
     for text in ("a", "b", "c"):
         megaphone.publish(topic, text)
     out = StringIO()
@@ -151,13 +147,13 @@ def test_tail_since_prints_history_first_then_live_without_duplicates() -> None:
 
 def test_tail_timeout_with_count_not_reached_is_an_error() -> None:
     with pytest.raises(CommandError, match="0 of 2 messages"):
-        run("tail", unique(), "--count", "2", "--timeout", "0.2")
-    assert run("tail", unique(), "--timeout", "0.1") == ""
+        run("tail", unique("cmd"), "--count", "2", "--timeout", "0.2")
+    assert run("tail", unique("cmd"), "--timeout", "0.1") == ""
 
 
 @override_settings(MEGAPHONE={"PRESENCE": True})
 async def test_presence_prints_one_json_line_per_client() -> None:
-    topic = unique()
+    topic = unique("cmd")
     node = await get_node()
     await node.presence_add(topic, "c2", {"client": "c2", "user": "bob", "info": None})
     await node.presence_add(topic, "c1", {"client": "c1", "user": "alice", "info": {"x": 1}})
@@ -169,11 +165,11 @@ async def test_presence_prints_one_json_line_per_client() -> None:
 
 def test_commands_that_find_nothing_say_so_and_fail_where_they_cannot_answer() -> None:
     err = StringIO()
-    call_command("megaphone", "history", unique(), stdout=StringIO(), stderr=err)
+    call_command("megaphone", "history", unique("cmd"), stdout=StringIO(), stderr=err)
     assert "no message in the history of" in err.getvalue()
     with pytest.raises(CommandError, match="keeps no presence: turn it on"):
-        run("presence", unique())  # PRESENCE is off by default
+        run("presence", unique("cmd"))  # PRESENCE is off by default
     with override_settings(MEGAPHONE={"PRESENCE": True}):
         err = StringIO()
-        call_command("megaphone", "presence", unique(), stdout=StringIO(), stderr=err)
+        call_command("megaphone", "presence", unique("cmd"), stdout=StringIO(), stderr=err)
         assert "nobody is present on" in err.getvalue()

@@ -7,8 +7,6 @@ publishes (``InvalidMessage``), the node (``InvalidText``), settings (``megaphon
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
@@ -21,6 +19,7 @@ from megaphone.engine import publishing
 from megaphone.engine.node import Node
 from megaphone.engine.publishing import InvalidMessage
 from megaphone.protocol.schema import Code, ProtocolError, parse
+from megaphone.testing import unique
 
 #: Lone high, lone low, and a pair in the wrong order, as JSON escapes.
 ESCAPES = ["\\ud800", "\\udfff", "\\udc00\\ud800"]
@@ -100,7 +99,7 @@ def test_python_publishes_of_invalid_text_raise_invalid_message(
 async def test_the_node_refuses_invalid_text_before_the_backend_sees_it() -> None:
     node = Node(MemoryBackend("memory://"))
     await node.start()
-    topic = f"dec-{uuid.uuid4().hex[:8]}"
+    topic = unique("dec")
     try:
         for payload, msg_id in (("x\ud800", None), ("ok", "\udc00")):
             with pytest.raises(InvalidText):

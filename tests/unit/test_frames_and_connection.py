@@ -11,6 +11,7 @@ from websockets.streams import StreamReader
 from megaphone.core.frames import FrameWriter, event_frame, frame_writer, framed
 from megaphone.core.message import Message, raw_frame
 from megaphone.server.connection import Connection
+from tests.conftest import loop_turns
 
 
 def parse_all(data: bytes) -> list[Frame]:
@@ -144,7 +145,7 @@ async def test_a_reply_queued_behind_held_frames_does_not_overtake_them() -> Non
     conn.deliver(message(2))
     conn.send_text("reply")
     conn.deliver(message(3))
-    await asyncio.sleep(0.01)
+    await conn.flush()
     assert frames(socket.wire) == ["m1", "m2", "reply", "m3"]
     await conn.close()
 
@@ -160,11 +161,11 @@ async def test_a_paused_socket_queues_and_order_is_kept_when_it_resumes() -> Non
     conn.deliver(message(3))
     await asyncio.sleep(0)  # the socket could not take them: queued
     conn.deliver(message(4))  # behind them in the queue
-    await asyncio.sleep(0.01)
+    await loop_turns()
     assert socket.wire == [b"\x81\x02m1"]  # the writer waits for the socket to drain
     socket.writable = True
     conn.deliver(message(5))  # resumed, but 2 to 4 are still queued: 5 must not overtake them
-    await asyncio.sleep(0.01)
+    await conn.flush()
     assert frames(socket.wire) == ["m1", "m2", "m3", "m4", "m5"]
     assert len(socket.wire) == 2 and socket.sent_via_asgi == []  # the queue went in one write
     conn.deliver(message(6))  # the queue is empty again: direct once more
@@ -180,7 +181,7 @@ async def test_a_closing_socket_gets_asgi_events_through_asgi_and_no_direct_fram
     socket.closing = True  # the server is closing the socket: direct writes are refused
     conn.deliver(message(1))
     conn.send_text("reply")
-    await asyncio.sleep(0.01)
+    await conn.flush()
     assert socket.wire == [b"\x81\x05reply"]  # ASGI decides what a closing socket takes
     assert [e["text"] for e in socket.sent_via_asgi] == ["reply"]
     await conn.close()
@@ -197,7 +198,7 @@ async def test_frames_delivered_before_start_wait_for_the_writer() -> None:
     await asyncio.sleep(0)
     assert socket.wire == []
     conn.start()
-    await asyncio.sleep(0.01)
+    await conn.flush()
     assert frames(socket.wire) == ["m1", "m2"]
     await conn.close()
 
@@ -215,7 +216,7 @@ async def test_the_writer_task_exists_only_while_frames_wait() -> None:
     await asyncio.sleep(0)
     assert len(asyncio.all_tasks()) == tasks + 1
     socket.writable = True
-    await asyncio.sleep(0.01)
+    await conn.flush()
     assert len(asyncio.all_tasks()) == tasks  # the queue is empty: the writer ended
     assert frames(socket.wire) == ["m1", "m2"]
     await conn.close()

@@ -11,6 +11,7 @@ import pytest
 from megaphone.backends import backend_from_url, base
 from megaphone.backends.memory import MemoryBackend
 from megaphone.core.message import Message
+from megaphone.testing import Collected
 
 
 def topic() -> str:
@@ -18,8 +19,8 @@ def topic() -> str:
 
 
 @pytest.fixture
-async def started() -> tuple[MemoryBackend, list[Message]]:
-    received: list[Message] = []
+async def started() -> tuple[MemoryBackend, Collected[Message]]:
+    received: Collected[Message] = Collected()
     backend = MemoryBackend("memory://", history_size=5, history_ttl=60)
     await backend.start(received.append)
     yield backend, received
@@ -88,7 +89,7 @@ async def test_publish_from_another_thread_arrives_on_the_loop_in_order(started)
     thread.start()
     await loop.run_in_executor(None, thread.join)
     await backend.publish(name, "last")
-    await asyncio.sleep(0.05)
+    await received.changed.wait_until(lambda: sum(m.topic == name for m in received) >= 22)
     offsets = [m.offset for m in received if m.topic == name]
     assert offsets == list(range(1, 23))
     assert threading.current_thread() is threading.main_thread()

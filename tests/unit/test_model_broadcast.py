@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ import megaphone
 from megaphone import backends
 from megaphone.backends.memory import MemoryBackend
 from megaphone.contrib.model_broadcast import unregister
+from megaphone.testing import unique
 from tests.unit.test_publishing import BrokenBackend
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,7 +31,7 @@ def history(topic: str) -> list[Any]:
 
 @pytest.fixture
 def topic() -> Iterator[str]:
-    name = f"groups-{uuid.uuid4().hex[:8]}"
+    name = unique("groups")
     yield name
     unregister(Group)
 

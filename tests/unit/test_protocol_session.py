@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -15,21 +14,24 @@ from megaphone.engine.node import Node
 from megaphone.protocol.schema import message_event
 from megaphone.server.connection import Connection
 from megaphone.server.session import RateLimitIgnored, Session
-from tests.conftest import timeout
+from megaphone.testing import Signal, unique
+from tests.conftest import loop_turns, timeout
 
 
 class Harness:
     def __init__(self, history_size: int = 1000) -> None:
         self.node = Node(MemoryBackend("memory://", limits=lambda topic: (history_size, 600.0)))
         self.sent: list[dict[str, Any]] = []
+        self.changed = Signal()
         self.connection = Connection(
             self.send, message_event, lambda: None, max_messages=10_000, max_bytes=10**8
         )
         self.session = Session(self.node, self.connection, client="c1")
-        self.topic = f"s-{uuid.uuid4().hex[:8]}"
+        self.topic = unique("s")
 
     async def send(self, event: dict[str, Any]) -> None:
         self.sent.append(json.loads(event["text"]))
+        self.changed.notify()
 
     async def start(self) -> None:
         await self.node.start()
@@ -39,10 +41,9 @@ class Harness:
         await self.session.handle_text(json.dumps(request))
 
     async def frames(self, count: int) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout(3)):
-            while len(self.sent) < count:
-                await asyncio.sleep(0.005)
-        await asyncio.sleep(0.02)
+        await self.changed.wait_until(lambda: len(self.sent) >= count, timeout=3)
+        await loop_turns()  # and nothing more was on its way
+        await self.connection.flush()
         assert len(self.sent) == count, self.sent
         return self.sent
 
@@ -127,13 +128,15 @@ async def test_a_gap_beyond_history_asks_the_client_to_resubscribe() -> None:
 async def test_every_protocol_subscriber_is_handed_the_same_event_object() -> None:
     node = Node(MemoryBackend("memory://"))
     await node.start()
-    topic = f"once-{uuid.uuid4().hex[:8]}"
+    topic = unique("once")
     events: list[list[Any]] = [[], [], []]
     sessions = []
+    changed = Signal()
     for sink in events:
 
         async def send(event: Any, sink: list[Any] = sink) -> None:
             sink.append(event)
+            changed.notify()
 
         connection = Connection(send, message_event, lambda: None, max_messages=10, max_bytes=10**6)
         session = Session(node, connection, client=f"c{len(sessions)}")
@@ -141,9 +144,7 @@ async def test_every_protocol_subscriber_is_handed_the_same_event_object() -> No
         connection.start()
         sessions.append(session)
     await node.publish(topic, "to all three")
-    async with asyncio.timeout(timeout(3)):
-        while not all(len(sink) == 2 for sink in events):
-            await asyncio.sleep(0.005)
+    await changed.wait_until(lambda: all(len(sink) == 2 for sink in events), timeout=3)
     first = events[0][1]
     assert json.loads(first["text"])["type"] == "message"
     assert all(sink[1] is first for sink in events)  # one dict, encoded once, shared
@@ -185,3 +186,56 @@ async def test_subscribes_over_the_rate_are_refused_and_a_client_going_on_is_clo
     assert [(f["id"], f["code"]) for f in frames[6:]] == [(i, "rate_limited") for i in (7, 8, 9)]
     assert h.session.subscriptions == {}
     await h.stop()
+
+
+async def test_recovery_pacing_wakes_when_the_writer_takes_the_queue_not_on_a_timer() -> None:
+    """A catch-up paused on a full outbox resumes in the loop turn the writer empties it: the
+    wait is an event from the connection (a timer-driven poll would still be asleep)."""
+    release = asyncio.Event()
+    sent: list[Any] = []
+
+    async def send(event: Any) -> None:
+        await release.wait()  # a client not reading yet
+        sent.append(event)
+
+    node = Node(MemoryBackend("memory://", limits=lambda topic: (100, 600.0)))
+    connection = Connection(send, message_event, lambda: None, max_messages=100, max_bytes=10**6)
+    session = Session(node, connection, client="c1")
+    connection.start()
+    connection.send_text("first")  # the writer takes it and blocks in send
+    await asyncio.sleep(0)
+    for i in range(30):  # more than a quarter of the bound waits behind it
+        connection.send_text(f"queued {i}")
+    assert len(connection.outbox) == 30
+    waiting = asyncio.ensure_future(session._drained())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # still over a quarter full
+    release.set()
+    for _ in range(4):  # the writer sends "first", takes the 30, wakes the waiter
+        await asyncio.sleep(0)
+    assert waiting.done(), "the wait did not wake when the outbox drained"
+    await waiting
+    await connection.close()
+    assert len(sent) >= 1
+
+
+async def test_recovery_pacing_wait_ends_when_the_connection_closes() -> None:
+    never = asyncio.Event()
+
+    async def send(event: Any) -> None:
+        await never.wait()
+
+    node = Node(MemoryBackend("memory://", limits=lambda topic: (100, 600.0)))
+    connection = Connection(send, message_event, lambda: None, max_messages=100, max_bytes=10**6)
+    session = Session(node, connection, client="c1")
+    connection.start()
+    for i in range(31):
+        connection.send_text(f"frame {i}")
+        await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(session._drained())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await connection.close()
+    async with asyncio.timeout(timeout(1)):
+        await waiting

@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import decimal
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -27,10 +26,11 @@ from megaphone.engine.publishing import (
     PublishError,
     PublishUnavailable,
 )
+from megaphone.testing import unique
 
 
 def topic() -> str:
-    return f"pub-{uuid.uuid4().hex[:8]}"
+    return unique("pub")
 
 
 def test_public_names_are_lazy_and_exported() -> None:
@@ -147,7 +147,7 @@ class BrokenBackend(MemoryBackend):
 
     async def publish(self, topic: str, payload: str | bytes, **kwargs: object) -> Message:
         if topic.startswith("hang"):
-            await asyncio.sleep(3600)
+            await asyncio.Event().wait()  # never set: the answer never comes
         raise BackendUnavailable("connection refused (test)")
 
 

@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from megaphone.client import Client, ClientError, Message, backoff_delay
+from megaphone.testing import Signal
 from tests.conftest import free_port, timeout
 
 Script = Callable[[ServerConnection, int], Awaitable[None]]
@@ -134,14 +135,13 @@ async def test_4401_with_a_url_function_reconnects_with_the_url_it_gives() -> No
         async def url() -> str:
             return f"{base}?token={next(tokens)}"
 
-        async with Client(url, min_delay=0.01) as client:
-            await asyncio.wait_for(_opened_again(client), timeout(10))
+        changed = Signal()
+        on_state = lambda state, code: changed.notify()  # noqa: E731
+        async with Client(url, min_delay=0.01, on_state=on_state) as client:
+            await changed.wait_until(
+                lambda: client.close_code is not None and client.state == "open", timeout=10
+            )
             await client.ping()
-
-
-async def _opened_again(client: Client) -> None:
-    while client.close_code is None or client.state != "open":
-        await asyncio.sleep(0.01)
 
 
 async def retry_delays(stable_period: float, count: int = 5) -> list[float]:

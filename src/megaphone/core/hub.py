@@ -68,6 +68,10 @@ class Hub:
         """How many local subscribers ``topic`` has."""
         return len(self._topics.get(topic, ()))
 
+    def members(self, topic: str) -> tuple[Subscriber, ...]:
+        """The local subscribers of ``topic``, in subscription order (a snapshot)."""
+        return tuple(self._topics.get(topic, ()))
+
     def topics(self) -> dict[str, int]:
         """Every topic with local subscribers, with their count."""
         return {topic: len(subs) for topic, subs in self._topics.items()}

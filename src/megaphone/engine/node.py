@@ -254,3 +254,16 @@ async def get_node() -> Node:
     if starting is None or (starting.done() and (starting.cancelled() or starting.exception())):
         starting = _nodes[loop] = loop.create_task(start_node())
     return await asyncio.shield(starting)
+
+
+async def forget_node() -> None:
+    """Stop the running loop's node, if any, and forget it: the next :func:`get_node` starts a
+    new one from the settings of the moment (``megaphone.testing`` isolates tests with it)."""
+    starting = _nodes.pop(asyncio.get_running_loop(), None)
+    if starting is None:
+        return
+    if not starting.done():
+        starting.cancel()
+        await asyncio.wait({starting})
+    if not starting.cancelled() and starting.exception() is None:
+        await starting.result().stop()

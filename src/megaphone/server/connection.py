@@ -56,6 +56,7 @@ def _frame_bytes(queued: Any) -> bytes:
 class Connection:
     __slots__ = (
         "_direct",
+        "_drain_waiters",
         "_encoder",
         "_frame_encoder",
         "_held",
@@ -92,6 +93,8 @@ class Connection:
         self._held_more: list[bytes] | None = None
         self._writer: asyncio.Task[None] | None = None  # running while frames wait or go out
         self._started = False
+        # Futures of drained() callers, woken each time the queue empties or closes.
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
         self.outbox = Outbox(max_messages, max_bytes, self._overflowed)
         self._on_slow = on_slow
 
@@ -143,7 +146,35 @@ class Connection:
         if self.outbox.put(frame, size) and self._writer is None and self._started:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
+    async def drained(self, max_messages: int, max_bytes: int) -> None:
+        """Return once at most ``max_messages`` frames and ``max_bytes`` bytes wait in the
+        outbox, or it is closed.
+
+        Event-driven, no timer: the caller is woken when the writer takes what is queued (the
+        outbox empties a batch at a time) or the outbox closes, and checks again, since frames
+        may have been queued meanwhile. A client that stops reading makes this wait until the
+        connection closes: bound it if that matters.
+        """
+        outbox = self.outbox
+        while not outbox.closed and (
+            len(outbox) > max_messages or outbox.pending_bytes > max_bytes
+        ):
+            waiter = asyncio.get_running_loop().create_future()
+            if self._drain_waiters is None:
+                self._drain_waiters = [waiter]
+            else:
+                self._drain_waiters.append(waiter)
+            await waiter
+
+    def _wake_drained(self) -> None:
+        """The outbox emptied or closed: wake every :meth:`drained` caller."""
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _overflowed(self, dropped: int) -> None:
+        self._wake_drained()
         metrics.SLOW_DISCONNECTS.inc()
         metrics.DROPS.labels("slow_consumer").inc(dropped)
         self._on_slow()
@@ -169,6 +200,7 @@ class Connection:
         """Stop sending: drop what is queued and stop the writer, even if a send is stuck."""
         self._held = self._held_more = None
         self.outbox.close()
+        self._wake_drained()
         if self._started:
             self._started = False
             metrics.CONNECTIONS.dec()
@@ -191,6 +223,8 @@ class Connection:
                 batch = self.outbox.take_batch()
                 if not batch:
                     break
+                if self._drain_waiters is not None:
+                    self._wake_drained()
                 if direct is not None and direct.write(b"".join(map(_frame_bytes, batch))):
                     continue
                 for frame in batch:  # closing, or no direct writes: plain ASGI sends
@@ -199,6 +233,7 @@ class Connection:
         except Exception as exc:  # the peer is gone; the transport sees the close itself
             logger.debug("send failed, writer stops: %r", exc)
             self.outbox.close()
+            self._wake_drained()
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None

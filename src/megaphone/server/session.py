@@ -403,12 +403,10 @@ class Session:
         return not self._closed and self.subscriptions.get(subscription.topic) is subscription
 
     async def _drained(self) -> None:
-        """Return once the outbox is at most a quarter full (or closed)."""
+        """Return once the outbox is at most a quarter full (or closed): woken by the connection
+        when its writer takes the queue, never by a timer."""
         outbox = self.connection.outbox
-        while not outbox.closed and (
-            len(outbox) > outbox.max_messages // 4 or outbox.pending_bytes > outbox.max_bytes // 4
-        ):
-            await asyncio.sleep(0.005)
+        await self.connection.drained(outbox.max_messages // 4, outbox.max_bytes // 4)
 
     async def _lost(self, subscription: Subscription) -> None:
         """Messages after ``subscription.last`` cannot be sent: unsubscribe the client with
