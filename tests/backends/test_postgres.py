@@ -12,8 +12,9 @@ from django.db.utils import ConnectionHandler  # type: ignore[import-untyped]
 from megaphone.backends import InvalidBackend, backend_from_url, base
 from megaphone.backends.postgres import NOTIFY_LIMIT, PostgresBackend
 from megaphone.core.message import Message
-from tests.backends.conformance import until
+from megaphone.testing import Collected
 from tests.postgres_server import PostgresServer
+from tests.redis_server import wait_until
 
 
 def test_an_invalid_schema_is_refused_clearly() -> None:
@@ -57,7 +58,7 @@ async def test_payloads_too_large_for_a_notify_go_through_the_spill_table(
     postgres_server: PostgresServer,
 ) -> None:
     one, two = PostgresBackend(postgres_server.url), PostgresBackend(postgres_server.url)
-    received: list[Message] = []
+    received: Collected[Message] = Collected()
     await one.start(lambda message: None)
     await two.start(received.append)
     try:
@@ -65,7 +66,7 @@ async def test_payloads_too_large_for_a_notify_go_through_the_spill_table(
         sent: list[str | bytes] = ["é" * NOTIFY_LIMIT, bytes(range(256)) * 40, "small \x00 nul"]
         for payload in sent:
             await one.publish("big", payload)
-        await until(lambda: len(received) == 3)
+        await received.wait_for(3)
         assert [m.payload for m in received] == sent
         spilled = postgres_server.psql("megaphone", "SELECT count(*) FROM megaphone.spill")
         assert int(spilled) == 2
@@ -102,13 +103,13 @@ async def test_offsets_gone_back_start_a_new_epoch_instead_of_being_reused(
 ) -> None:
     """The database restored from an older backup: a listener that delivered offset 5 finds
     the topic at offset 2 of the same epoch when it reconnects, and renews the topic."""
-    received: list[Message] = []
+    received: Collected[Message] = Collected()
     backend = PostgresBackend(postgres_server.url)
     await backend.start(received.append)
     try:
         await backend.subscribe("restored")
         first = [await backend.publish("restored", str(i)) for i in range(5)]
-        await until(lambda: len(received) == 5)
+        await received.wait_for(5)
         postgres_server.psql(
             "megaphone",
             "UPDATE megaphone.topics SET \"offset\" = 2 WHERE topic = 'restored';"
@@ -117,10 +118,16 @@ async def test_offsets_gone_back_start_a_new_epoch_instead_of_being_reused(
         assert postgres_server.terminate("megaphone listener") == 1
         epoch = "SELECT epoch FROM megaphone.topics WHERE topic = 'restored'"
         old = first[0].epoch
-        await until(lambda: postgres_server.psql("megaphone", epoch).strip() not in ("", old), 10)
+        # The database is another process: polled, until the listener renewed the topic.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: postgres_server.psql("megaphone", epoch).strip() not in ("", old),
+            10,
+            "the topic renewed",
+        )
         again = await backend.publish("restored", "after")
         assert again.epoch != first[0].epoch and again.offset == 1
-        await until(lambda: received[-1].payload == "after")
+        await received.changed.wait_until(lambda: received[-1].payload == "after")
         assert [m.offset for m in received] == [1, 2, 3, 4, 5, 1]
     finally:
         await backend.stop()

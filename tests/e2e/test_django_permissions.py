@@ -16,7 +16,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import ROOT, ServerProcess, example_env, timeout
-from tests.e2e.test_protocol import Client
+from tests.protocol_clients import AsyncClient
 
 pytestmark = pytest.mark.e2e
 
@@ -52,15 +52,15 @@ def world(server_factory: Callable[..., ServerProcess]) -> tuple[ServerProcess, 
     return server, json.loads(out.strip().splitlines()[-1])
 
 
-async def connect(server: ServerProcess, token: str) -> Client:
+async def connect(server: ServerProcess, token: str) -> AsyncClient:
     ws = await websockets.connect(f"{server.ws_url}/ws/connect/?token={token}")
-    client = Client(ws)
+    client = AsyncClient(ws)
     client.hello = await client.recv()
     assert client.hello["type"] == "connected", client.hello
     return client
 
 
-async def answer(client: Client, **request: Any) -> dict[str, Any]:
+async def answer(client: AsyncClient, **request: Any) -> dict[str, Any]:
     request_id = await client.send(**request)
     reply = await client.recv()
     assert reply.get("id") == request_id, reply

@@ -15,7 +15,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ROOT, ServerProcess, timeout
-from tests.e2e.test_protocol import Client
+from tests.protocol_clients import AsyncClient
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
 
 async def test_a_receiver_rejects_with_its_code_or_transforms(server: ServerProcess) -> None:
     topic = f"moderated.{uuid.uuid4().hex[:8]}"
-    client = Client(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+    client = AsyncClient(await websockets.connect(f"{server.ws_url}/ws/connect/"))
     client.hello = await client.recv()
     try:
         await client.result(op="subscribe", topic=topic)
@@ -76,7 +76,7 @@ async def test_presence_signals_once_per_event_across_two_workers(
     topic = f"room.{uuid.uuid4().hex[:8]}"
     clients = []
     for _ in range(6):  # spread over both workers by the kernel
-        client = Client(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+        client = AsyncClient(await websockets.connect(f"{server.ws_url}/ws/connect/"))
         client.hello = await client.recv()
         await client.result(op="subscribe", topic=topic)
         clients.append(client)

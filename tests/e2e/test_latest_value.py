@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from tests.conftest import ROOT, ServerProcess, timeout
-from tests.e2e.test_protocol import Client
+from tests.protocol_clients import AsyncClient
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -31,8 +31,8 @@ def server(
     return server_factory(workers=2, env=env)
 
 
-async def connect(server: ServerProcess) -> Client:
-    client = Client(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+async def connect(server: ServerProcess) -> AsyncClient:
+    client = AsyncClient(await websockets.connect(f"{server.ws_url}/ws/connect/"))
     client.hello = await client.recv()
     return client
 
@@ -40,7 +40,7 @@ async def connect(server: ServerProcess) -> Client:
 class Prices:
     """A publisher of increasing prices on a topic."""
 
-    def __init__(self, publisher: Client, topic: str) -> None:
+    def __init__(self, publisher: AsyncClient, topic: str) -> None:
         self.publisher, self.topic, self.price = publisher, topic, 100
 
     async def next(self) -> int:
@@ -48,7 +48,9 @@ class Prices:
         await self.publisher.result(op="publish", topic=self.topic, data=self.price)
         return self.price
 
-    async def subscribe(self, client: Client, **request: Any) -> tuple[dict[str, Any], list[Any]]:
+    async def subscribe(
+        self, client: AsyncClient, **request: Any
+    ) -> tuple[dict[str, Any], list[Any]]:
         """Subscribe ``client``; the reply's result, and the messages it got before the next
         live price (published right after the reply)."""
         result = await client.result(op="subscribe", topic=self.topic, **request)

@@ -22,10 +22,11 @@ import websockets
 
 from megaphone.backends import BackendUnavailable
 from megaphone.backends.postgres import PostgresBackend
+from megaphone.testing import Signal
 from tests.conftest import ROOT, ServerProcess, free_port, launch, start_server, timeout
 from tests.postgres_server import PostgresServer
+from tests.protocol_clients import AsyncClient
 
-from .test_protocol import Client
 from .test_redis_scaleout import (
     REDIS_SETTINGS_ENV,
     Follower,
@@ -59,6 +60,7 @@ class NotifyCounter:
         self.count = 0
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._counted = Signal()
 
     async def __aenter__(self) -> NotifyCounter:
         self._task = asyncio.create_task(self._run())
@@ -71,11 +73,10 @@ class NotifyCounter:
             self._ready.set()
             async for _ in conn.notifies():
                 self.count += 1
+                self._counted.notify()
 
     async def until(self, n: int) -> None:
-        async with asyncio.timeout(timeout(20)):
-            while self.count < n:
-                await asyncio.sleep(0.02)
+        await self._counted.wait_until(lambda: self.count >= n, timeout=20)
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
@@ -93,7 +94,7 @@ async def test_every_client_of_both_workers_gets_every_message_once_with_one_not
         await websockets.connect(f"{server.ws_url}/ws/broadcast/{topic}/", max_queue=None)
         for _ in range(10)
     ]
-    publisher = await Client.open(server)
+    publisher = await AsyncClient.open(server)
     try:
         # Each worker LISTENs once, whatever its number of clients and topics.
         assert listening_workers(postgres_server) == 2
@@ -267,7 +268,7 @@ async def test_clients_recover_after_every_process_and_the_database_restarted(
     server = start(server_factory, postgres_server)
     topic = unique("pgrestart")
     clients = await followers(server, topic, 10)
-    publisher = await Client.open(server)
+    publisher = await AsyncClient.open(server)
     try:
         assert await publish_pipelined(publisher, topic, 20) == list(range(1, 21))
         await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 20, 30) for c in clients))
@@ -331,7 +332,7 @@ async def test_a_lost_database_starts_new_epochs_and_every_client_is_told(
     server = start(server_factory, postgres_server)
     topic = unique("pglost")
     clients = await followers(server, topic, 20)
-    publisher = await Client.open(server)
+    publisher = await AsyncClient.open(server)
     try:
         assert await publish_pipelined(publisher, topic, 10) == list(range(1, 11))
         await asyncio.gather(*(c.follow(lambda c: len(c.received) >= 10, 30) for c in clients))

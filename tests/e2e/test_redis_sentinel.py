@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from megaphone.backends.redis_sentinel import RedisSentinelBackend
+from megaphone.testing import Collected
 from tests.conftest import ServerProcess, timeout
+from tests.protocol_clients import AsyncClient
 from tests.redis_server import SentinelSetup
 
-from .test_protocol import Client
 from .test_redis_scaleout import REDIS_SETTINGS_ENV, Follower, close_all, gather_limited
 
 TOPICS = 100
@@ -42,7 +43,7 @@ class Acked:
 
 
 async def publish_stream(
-    publisher: Client,
+    publisher: AsyncClient,
     topics: list[str],
     acked: Acked,
     start: int,
@@ -125,7 +126,7 @@ async def test_a_master_failover_mid_stream_loses_nothing_silently(
         return one
 
     clients: list[Follower] = await gather_limited(TOPICS * PER_TOPIC, follower, limit=50)
-    publisher = await Client.open(server)
+    publisher = await AsyncClient.open(server)
     acked = Acked()
     try:
         await publish_stream(publisher, topics, acked, 0, 300)
@@ -165,7 +166,7 @@ async def test_a_sentinel_backend_follows_a_killed_master_and_changes_every_epoc
     redis_sentinel: SentinelSetup,
 ) -> None:
     """Without a server: the backend's own publishes and pub/sub across a ``kill -9``."""
-    received: list[Any] = []
+    received: Collected[Any] = Collected()
     backend = RedisSentinelBackend(redis_sentinel.url)
     await backend.start(received.append)
     try:
@@ -182,9 +183,7 @@ async def test_a_sentinel_backend_follows_a_killed_master_and_changes_every_epoc
                 assert time.monotonic() < deadline, "no new master in time"
                 await asyncio.sleep(0.1)
         assert after.epoch != before.epoch and after.offset == 1
-        while len(received) < 2:
-            assert time.monotonic() < deadline, received
-            await asyncio.sleep(0.02)
+        await received.wait_for(2, timeout=30)
         assert [(m.epoch, m.offset, m.payload) for m in received] == [
             (before.epoch, 1, "before"),
             (after.epoch, 1, "after"),

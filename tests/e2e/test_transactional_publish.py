@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from tests.conftest import ROOT, ServerProcess, example_env, timeout
-from tests.e2e.test_protocol import Client
+from tests.protocol_clients import AsyncClient
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -63,16 +63,16 @@ def shell(server: ServerProcess, code: str, topic: str) -> subprocess.CompletedP
     )
 
 
-async def subscriber(server: ServerProcess) -> tuple[str, Client]:
+async def subscriber(server: ServerProcess) -> tuple[str, AsyncClient]:
     """A protocol client subscribed to a new topic, and that topic."""
     topic = f"tx-{uuid.uuid4().hex[:8]}"
-    client = Client(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+    client = AsyncClient(await websockets.connect(f"{server.ws_url}/ws/connect/"))
     client.hello = await client.recv()
     await client.result(op="subscribe", topic=topic)
     return topic, client
 
 
-async def messages(client: Client, count: int) -> list[dict[str, Any]]:
+async def messages(client: AsyncClient, count: int) -> list[dict[str, Any]]:
     received = []
     while len(received) < count:
         frame = await client.recv(10)

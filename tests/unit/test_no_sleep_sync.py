@@ -27,6 +27,23 @@ TODO = "NOT YET CONVERTED: a synchronisation sleep still to replace by an event-
 
 #: (file under tests/, the line's text without its indentation) -> why it may sleep.
 EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("backends/test_postgres.py", "await asyncio.sleep(0.5)  # the TTLs themselves"): CLOCK,
+    ("e2e/test_hooks.py", "await asyncio.sleep(0.05)"): POLLS
+    + " (the log file the workers' signal receivers write)",
+    ("e2e/test_postgres_scaleout.py", "await asyncio.sleep(0.05)"): POLLS
+    + " (publish until the restarted database answers)",
+    ("e2e/test_postgres_scaleout.py", "await asyncio.sleep(0.003)"): PACES,
+    ("e2e/test_postgres_scaleout.py", "await asyncio.sleep(0.1)"): POLLS
+    + " (publish until the workers have reconnected to the database)",
+    ("e2e/test_redis_sentinel.py", "await asyncio.sleep(0.1)"): POLLS
+    + " (publish until Sentinel has promoted the replica)",
+    ("e2e/test_redis_sentinel.py", "await asyncio.sleep(0.05)"): PACES
+    + " (the stream goes on while the failover refuses publishes)",
+    ("e2e/test_transactional_publish.py", "await asyncio.sleep(0.2)"): POLLS
+    + " (the outbox table, emptied by a worker)",
+    ("e2e/test_two_machines.py", "await asyncio.sleep(max(0.0, next_at - loop.time()))"): PACES,
+    ("redis_server.py", "time.sleep(0.05)"): POLLS
+    + " (wait_until: a Redis, Sentinel or Cluster process reaching a state)",
     ("conftest.py", "time.sleep(0.05)"): POLLS + " (a port listening; a log line)",
     ("e2e/test_hardening.py", "await asyncio.sleep(0.05)"): POLLS + " (eventually(): metrics)",
     ("e2e/test_runserver.py", "await asyncio.sleep(0.2)"): POLLS
