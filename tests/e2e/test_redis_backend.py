@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from megaphone.backends.redis import RedisBackend
 from megaphone.core.message import Message
 from megaphone.testing import Collected, unique
 from tests.conftest import timeout
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, wait_until
 
 
 class Started:
@@ -256,8 +256,20 @@ async def test_everything_fails_loudly_while_redis_is_down(
     with pytest.raises(BackendUnavailable, match="Redis"):
         await late.publish(name, "down")
     redis_server.start()
-    await asyncio.sleep(0.1)  # the loop sees the old connections closed
-    assert (await backend.publish(name, "back")).offset == 1  # Redis restarted empty
+    # A publish refused meanwhile stored nothing: the first that lands is offset 1.
+    assert (await once_it_answers(lambda: backend.publish(name, "back"))).offset == 1
+
+
+async def once_it_answers(publish: Callable[[], Awaitable[Message]]) -> Message:
+    """``publish()`` once Redis (another process, just restarted) answers again: each refusal
+    is a :class:`BackendUnavailable`, never a silent success."""
+    deadline = time.monotonic() + timeout(10)
+    while True:
+        try:
+            return await publish()
+        except BackendUnavailable:
+            assert time.monotonic() < deadline, "Redis did not answer again in time"
+            await asyncio.sleep(0.02)  # Redis is another process: poll it
 
 
 async def test_a_broken_pubsub_connection_reconnects_and_delivers_what_it_missed(
@@ -291,8 +303,8 @@ async def test_after_redis_restarts_empty_subscribers_get_the_new_epoch(
     old = [await publisher.publish(name, f"old {i}") for i in range(3)]
     await got.wait_for(3)
     redis_server.restart()
-    await asyncio.sleep(0.1)  # the loop sees the old connections closed
-    new = [await publisher.publish(name, f"new {i}") for i in range(2)]
+    new = [await once_it_answers(lambda: publisher.publish(name, "new 0"))]
+    new.append(await publisher.publish(name, "new 1"))
     assert [m.offset for m in new] == [1, 2] and new[0].epoch != old[0].epoch
     await got.wait_for(5)
     await asyncio.sleep(0.1)  # and nothing more arrives meanwhile
@@ -319,11 +331,18 @@ async def test_offsets_rolled_back_in_redis_start_a_new_epoch_instead_of_being_r
     await reader.subscribe(name)
     old = [await publisher.publish(name, f"old {i}") for i in range(5)]
     await got.wait_for(5)
+    meta = f"megaphone:{{{name}}}:meta"
     with redis_server.client() as admin:
         # What a failover to a lagging replica looks like: same epoch, offset back to 2.
-        admin.hset(f"megaphone:{{{name}}}:meta", "offset", 2)
+        admin.hset(meta, "offset", 2)
         admin.client_kill_filter(_type="pubsub")
-    await asyncio.sleep(0.3)  # the reader reconnects and checks its topics
+        # The reader reconnects, checks its topics and renews this one, in Redis.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: admin.hget(meta, "epoch") not in (old[0].epoch, old[0].epoch.encode()),
+            10,
+            "the reader renewed the topic",
+        )
     new = await publisher.publish(name, "new")
     assert new.epoch != old[0].epoch and new.offset == 1
     await got.wait_for(6)

@@ -23,7 +23,6 @@ PACES = "paces load on purpose (a rate, or traffic kept going while something el
 IDLE = "stays idle on purpose: proves that something does not happen in that time"
 CLOCK = "waits for a TTL on the real clock (the backend takes no clock to advance)"
 POLLS = "polls another process or thread: no event of this process announces it"
-TODO = "NOT YET CONVERTED: a synchronisation sleep still to replace by an event-based wait"
 
 #: (file under tests/, the line's text without its indentation) -> why it may sleep.
 EXCEPTIONS: dict[tuple[str, str], str] = {
@@ -115,12 +114,8 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ): IDLE,
     (
         "e2e/test_redis_backend.py",
-        "await asyncio.sleep(0.1)  # the loop sees the old connections closed",
-    ): TODO + " (after a Redis restart)",
-    (
-        "e2e/test_redis_backend.py",
-        "await asyncio.sleep(0.3)  # the reader reconnects and checks its topics",
-    ): TODO + " (the pub/sub reader's reconnection)",
+        "await asyncio.sleep(0.02)  # Redis is another process: poll it",
+    ): POLLS + " (publish until a restarted Redis answers)",
     ("unit/test_bounded_state.py", "await asyncio.sleep(0.1)"): CLOCK,
     ("unit/test_bounded_state.py", "await asyncio.sleep(0.05)"): CLOCK
     + " (sweeps until the topic's TTL has passed)",
