@@ -64,7 +64,12 @@ async def gather_limited(n: int, factory: Callable[[int], Any], limit: int = 100
         async with semaphore:
             return await factory(i)
 
-    return await asyncio.gather(*(one(i) for i in range(n)))
+    # Every call ends before an error goes up: none is left running behind the caller's cleanup.
+    results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 class Follower:
@@ -132,13 +137,18 @@ class Follower:
             await self.client.close()
 
 
-async def followers(server: ServerProcess, topic: str, n: int) -> list[Follower]:
-    async def one(i: int) -> Follower:
-        follower = Follower(server, topic)
-        await follower.subscribe()
-        return follower
-
-    return await gather_limited(n, one, limit=50)
+async def followers(server: ServerProcess, topic: str | list[str], n: int) -> list[Follower]:
+    """``n`` subscribed followers (of ``topic``, or of each of the ``topic`` list in turn); if
+    one fails, every one opened is closed before the error goes up (no socket left for a later
+    test's garbage collection to warn about)."""
+    topics = [topic] if isinstance(topic, str) else topic
+    clients = [Follower(server, topics[i % len(topics)]) for i in range(n)]
+    try:
+        await gather_limited(n, lambda i: clients[i].subscribe(), limit=50)
+    except BaseException:
+        await close_all(clients)
+        raise
+    return clients
 
 
 async def close_all(clients: list[Follower]) -> None:

@@ -24,7 +24,7 @@ from tests.conftest import ServerProcess, timeout
 from tests.protocol_clients import AsyncClient
 from tests.redis_server import SentinelSetup
 
-from .test_redis_scaleout import REDIS_SETTINGS_ENV, Follower, close_all, gather_limited
+from .test_redis_scaleout import REDIS_SETTINGS_ENV, Follower, close_all, followers
 
 TOPICS = 100
 PER_TOPIC = 2
@@ -119,13 +119,7 @@ async def test_a_master_failover_mid_stream_loses_nothing_silently(
         workers=2, env={**REDIS_SETTINGS_ENV, "MEGAPHONE_BACKEND": redis_sentinel.url}
     )
     topics = [unique(f"ha{i}") for i in range(TOPICS)]
-
-    async def follower(i: int) -> Follower:
-        one = Follower(server, topics[i % TOPICS])
-        await one.subscribe()
-        return one
-
-    clients: list[Follower] = await gather_limited(TOPICS * PER_TOPIC, follower, limit=50)
+    clients = await followers(server, topics, TOPICS * PER_TOPIC)
     publisher = await AsyncClient.open(server)
     acked = Acked()
     try:

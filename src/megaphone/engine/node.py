@@ -12,6 +12,9 @@ A started node runs a *sweeper* task: about every :data:`SWEEP_INTERVAL` seconds
 topics kept alive, durable topics' expired messages deleted), in bounded rounds that yield to the
 loop between them.
 
+A connection's handshake asks :meth:`Node.reachable`, not the backend: a reconnect storm of
+thousands of clients costs one ping a :data:`REACHABLE_FRESH` window, never one each.
+
 The node built from the settings (:func:`start_node`) holds the settings' backend wrapped in
 :class:`~megaphone.backends.durable.DurableTopics`, which keeps durable topics in the Django
 database: the node itself treats every topic alike.
@@ -55,6 +58,9 @@ logger = get_logger(__name__)
 #: Seconds between two sweeps of the backend (see the module docstring).
 SWEEP_INTERVAL = 1.0
 
+#: Seconds a backend's answer to a ping stands for :meth:`Node.reachable`.
+REACHABLE_FRESH = 1.0
+
 
 class Node:
     def __init__(self, backend: Backend) -> None:
@@ -69,6 +75,8 @@ class Node:
         self._stats_publisher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._relay: asyncio.Task[None] | None = None
+        self._answered_at = -REACHABLE_FRESH  # monotonic time of the last ping answered
+        self._ping: asyncio.Future[None] | None = None  # the ping in flight
         #: This process's clients' join/leave events, coalesced per topic.
         self.join_leave = JoinLeave(self._publish_json)
         metrics.track_hub(self.hub)
@@ -117,6 +125,23 @@ class Node:
                 task.cancel()
         self.join_leave.stop()
         await self.backend.stop()
+
+    async def reachable(self) -> None:
+        """Raise :class:`~megaphone.backends.BackendUnavailable` unless the backend answered a
+        ping within the last :data:`REACHABLE_FRESH` seconds. Concurrent callers share one ping
+        (its failure is everyone's, and never remembered: the next call pings again)."""
+        if time.monotonic() - self._answered_at < REACHABLE_FRESH:
+            return
+        if self._ping is None:
+            self._ping = asyncio.ensure_future(self._ping_once())
+        await asyncio.shield(self._ping)
+
+    async def _ping_once(self) -> None:
+        try:
+            await self.backend.ping()
+            self._answered_at = time.monotonic()
+        finally:
+            self._ping = None
 
     async def subscribe(self, topic: str, subscriber: Subscriber) -> None:
         """Add ``subscriber`` to ``topic``; return once the backend delivers that topic here.

@@ -433,8 +433,8 @@ class ProtocolConsumer(_Endpoint):
     ``SUBSCRIBE_RATE``/``SUBSCRIBE_BURST``, gets ``rate_limited``). Close codes: 1009 for a frame
     over ``MAX_MESSAGE_SIZE``, 4408 for a slow consumer, 4429 for a client that went on
     subscribing or unsubscribing through its ``rate_limited`` errors (more of them than
-    ``SUBSCRIBE_RATE``/``SUBSCRIBE_BURST`` allow), 1013 when the backend is unavailable at
-    connect.
+    ``SUBSCRIBE_RATE``/``SUBSCRIBE_BURST`` allow). A handshake while the backend is unreachable
+    is refused (HTTP 403, counted as ``backend``).
     """
 
     session: Session | None = None
@@ -444,7 +444,7 @@ class ProtocolConsumer(_Endpoint):
         if connection is None:
             return
         try:
-            await self.node.backend.ping()
+            await self.node.reachable()
         except BackendUnavailable as exc:
             await self._refuse(f"backend: {exc}", "backend")
             return
