@@ -19,13 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,16 +29,11 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.rawws import TEXT, RawClient, frame, rss_kib  # noqa: E402
+from benchlib.servers import ServerProcess, ServerSpec, unavailable_reason  # noqa: E402
+from tests.e2e.rawws import TEXT, RawClient, frame, peak_rss, rss_kib  # noqa: E402
 
 MiB = 1024
 TOPIC = "flood"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -96,20 +86,8 @@ async def measure(args: argparse.Namespace, port: int, pid: int) -> dict[str, ob
     slow.recv_frame()  # connected
     slow.send(frame(TEXT, json.dumps({"op": "subscribe", "id": 1, "topic": TOPIC}).encode()))
     slow.recv_frame()  # the reply; from here on it reads nothing
-    peak = [rss_before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], rss_kib(pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with peak_rss(pid) as peak:
         flooded = await burst(publisher, healthy, "flood", args.count, args.size)
-    finally:
-        done.set()
-        sampler.join()
     _, code = await asyncio.to_thread(slow.read_until_close, 30)
     slow.close()
     assert code == 4408, f"the slow client was closed with {code}, not 4408"
@@ -130,7 +108,6 @@ async def measure(args: argparse.Namespace, port: int, pid: int) -> dict[str, ob
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    port = free_port()
     overrides = {
         "DASHBOARD_INTERVAL": 0,
         "PUBLISH_RATE": 0,
@@ -138,33 +115,22 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "RECOVERY_MAX_MESSAGES": args.count,
     }
     env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),
         "DJANGO_SETTINGS_MODULE": "tests.e2e.hardening_settings",
         "MEGAPHONE_OVERRIDES": json.dumps(overrides),
     }
-    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True)
-    server = subprocess.Popen(
-        [*manage, "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        start_new_session=True,
-    )
+    spec = ServerSpec("megaphone", "Megaphone, 1 worker", is_megaphone=True, env=env)
+    problem = unavailable_reason(spec)  # migrates the example project's database
+    if problem:
+        raise RuntimeError(problem)
+    server = ServerProcess(spec, ROOT / "bench" / "results" / "tmp")
     try:
-        deadline = time.monotonic() + 30
-        while True:  # another process: nothing here can announce that it listens
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                await asyncio.sleep(0.1)
-        return await measure(args, port, server.pid)
+        problem = server.wait_listening(30)
+        if problem:
+            raise RuntimeError(problem)
+        return await measure(args, server.port, server.proc.pid)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
+        server.stop(10)
 
 
 def main() -> None:

@@ -18,18 +18,17 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import random
 import resource
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import websockets
+
+from benchlib import procstat
+from benchlib.servers import ServerProcess, ServerSpec, unavailable_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "broadcast.soak"  # of the family clients may publish on by default
@@ -40,19 +39,6 @@ class Subscriber:
     joined_after: int  # last seq published before the connection was open
     left_after: int | None = None  # last seq published before it started closing
     seqs: list[int] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def check(subscriber: Subscriber, last_seq: int) -> tuple[int, int, list[str]]:
@@ -74,27 +60,18 @@ def check(subscriber: Subscriber, last_seq: int) -> tuple[int, int, list[str]]:
 async def run(args: argparse.Namespace) -> int:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    manage = [sys.executable, str(ROOT / "example" / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True)
-    server = subprocess.Popen(
-        [*manage, "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        start_new_session=True,
-    )
-    url = f"ws://127.0.0.1:{port}/ws/broadcast/{TOPIC}/"
+    spec = ServerSpec("megaphone", "Megaphone, 1 worker", is_megaphone=True)
+    problem = unavailable_reason(spec)  # migrates the example project's database
+    if problem:
+        raise RuntimeError(problem)
+    server = ServerProcess(spec, ROOT / "bench" / "results" / "tmp")
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        return await soak(args, url, server.pid)
+        problem = server.wait_listening(30)
+        if problem:
+            raise RuntimeError(problem)
+        return await soak(args, f"{server.url_base}{TOPIC}/", server.proc.pid)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
+        server.stop(10)
 
 
 async def soak(args: argparse.Namespace, url: str, server_pid: int) -> int:
@@ -142,7 +119,7 @@ async def soak(args: argparse.Namespace, url: str, server_pid: int) -> int:
             await close_one()
             await open_one()
         if seq % 10 == 0:
-            samples.append((elapsed, rss_kib(server_pid)))
+            samples.append((elapsed, procstat.rss_bytes([server_pid]) // 1024))
             print(
                 f"[{elapsed:5.0f} s] seq {seq}, {len(live)} open, {len(finished)} churned, "
                 f"server RSS {samples[-1][1] / 1024:.1f} MiB",

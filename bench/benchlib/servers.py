@@ -175,9 +175,9 @@ class ServerProcess:
         self.port = free_port()
         argv, cwd = spec.argv(self.port)
         env = dict(os.environ)
+        env.pop("DJANGO_SETTINGS_MODULE", None)  # the spec's own, or the project's default
         env.update(spec.env)
         env["PYTHONUNBUFFERED"] = "1"
-        env.pop("DJANGO_SETTINGS_MODULE", None)
         if spec.name.startswith("channels"):
             env["DJANGO_SETTINGS_MODULE"] = "tutorial.settings"
             env["PYTHONPATH"] = str(cwd)

@@ -13,7 +13,10 @@ import os
 import re
 import socket
 import struct
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +155,22 @@ def rss_kib(pid: int) -> int:
     match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
     assert match, status
     return int(match.group(1))
+
+
+@contextmanager
+def peak_rss(pid: int) -> Iterator[list[int]]:
+    """Samples ``pid``'s RSS every 20 ms while the block runs; yields a list holding the peak."""
+    peak = [rss_kib(pid)]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], rss_kib(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()

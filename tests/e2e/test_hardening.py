@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from megaphone.conf import Config
 from megaphone.testing import Signal, unique
 from tests.conftest import ROOT, ServerProcess, timeout
 
-from .rawws import CLOSE, CONTINUATION, PING, TEXT, RawClient, frame, rss_kib
+from .rawws import CLOSE, CONTINUATION, PING, TEXT, RawClient, frame, peak_rss, rss_kib
 
 Start = Callable[..., ServerProcess]
 MiB = 1024
@@ -90,25 +88,6 @@ async def assert_served(server: ServerProcess) -> None:
         await a.send("still served")
         for client in (a, b):
             assert await asyncio.wait_for(client.recv(), timeout(5)) == "still served"
-
-
-@contextmanager
-def peak_rss(pid: int) -> Iterator[list[int]]:
-    """Samples ``pid``'s RSS every 20 ms while the block runs; yields a list holding the peak."""
-    peak = [rss_kib(pid)]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], rss_kib(pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        sampler.join()
 
 
 # 1. Slow consumer ------------------------------------------------------------------------------
