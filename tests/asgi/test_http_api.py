@@ -241,6 +241,9 @@ async def test_a_key_limited_to_some_topics_gets_403_on_others() -> None:
         ({"topic": "t", "data": "@@@", "binary": True}, "invalid_request"),
         ({"topic": "t", "data": 1, "binary": True}, "invalid_request"),
         ({"topic": "t", "data": "x", "msg_id": 5}, "invalid_request"),
+        ({"topic": "t", "data": "x", "msg_id": ""}, "invalid_request"),
+        ({"topic": "t", "data": "x", "msg_id": "a\u0000b"}, "invalid_request"),  # SQL refuses
+        ({"topic": "t", "data": "x", "msg_id": "line\nbreak"}, "invalid_request"),
         ({"topic": "bad topic", "data": "x"}, "invalid_topic"),
         ({"data": "x"}, "invalid_topic"),
     ],

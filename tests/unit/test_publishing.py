@@ -105,7 +105,7 @@ def test_msg_id_makes_publishing_idempotent() -> None:
     again = megaphone.publish(name, "once", msg_id="order-17-paid")
     assert (again.offset, again.epoch) == (first.offset, first.epoch) == (1, first.epoch)
     assert megaphone.publish(name, "next").offset == 2
-    for bad in ("", "x" * 65, 17):
+    for bad in ("", "x" * 65, 17, "a\x00b", "line\nbreak", "\x7f", "\x9f"):
         with pytest.raises(InvalidMessage) as info:
             megaphone.publish(name, "x", msg_id=bad)  # type: ignore[arg-type]
         assert info.value.code == "invalid_msg_id"

@@ -100,6 +100,11 @@ def test_protocol_string_limits_are_exact(field: str, limit: int, code: str) -> 
     assert refusal(frame(**{**fields, field: "a" * (limit + 1)})) == code
 
 
+@pytest.mark.parametrize("msg_id", ["", "a\x00b", "tab\there", "\x85"])
+def test_a_protocol_msg_id_is_never_empty_nor_holds_a_control_character(msg_id: str) -> None:
+    assert refusal(frame(op="publish", topic="t", data=1, msg_id=msg_id)) == Code.BAD_REQUEST
+
+
 @pytest.mark.parametrize(
     ("op", "field", "limit"),
     [("ping", "id", MAX_INT_ID), ("history", "since", MAX_INT_ID), ("history", "limit", 1000)],

@@ -18,7 +18,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from megaphone.api.errors import STATUS, ApiError, Code
 from megaphone.core.decoding import explain
-from megaphone.core.message import MAX_MSG_ID_LENGTH
+from megaphone.core.message import MsgId
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.protocol.schema import DEFAULT_HISTORY_LIMIT, HistoryLimit, Offset, Topic
 
@@ -38,7 +38,7 @@ class PublishRequest(Struct, forbid_unknown_fields=True):
     ]
     binary: bool = False
     msg_id: Annotated[
-        Annotated[str, Meta(min_length=1, max_length=MAX_MSG_ID_LENGTH)] | None,
+        MsgId | None,
         Meta(
             description="Idempotency key: a retry with the same id on the same topic returns "
             "the first message's position and publishes nothing."

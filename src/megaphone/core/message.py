@@ -8,8 +8,11 @@ That is the "encode once" rule: the cost of encoding does not grow with the numb
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta
 
 Kind = Literal["text", "binary", "json"]
 
@@ -17,6 +20,24 @@ Kind = Literal["text", "binary", "json"]
 #: protocol, the HTTP API and ``publish()`` (``models.Message.msg_id`` has the same length).
 #: Request ids share the limit.
 MAX_MSG_ID_LENGTH = 64
+#: What a ``msg_id`` may hold: no control character (U+0000-U+001F, U+007F-U+009F). An id is
+#: stored in Redis, in SQL text columns (PostgreSQL refuses U+0000) and written to logs.
+MSG_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+#: The ``msg_id`` type of every boundary (protocol frames, HTTP API bodies): 1 to
+#: :data:`MAX_MSG_ID_LENGTH` characters matching :data:`MSG_ID_PATTERN`.
+MsgId = Annotated[str, Meta(min_length=1, max_length=MAX_MSG_ID_LENGTH, pattern=MSG_ID_PATTERN)]
+_MSG_ID = re.compile(MSG_ID_PATTERN)
+
+
+def msg_id_problem(msg_id: object) -> str | None:
+    """Why ``msg_id`` is not a :data:`MsgId` (for ``publish()``'s callers), or None."""
+    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= MAX_MSG_ID_LENGTH:
+        return f"msg_id must be a string of 1 to {MAX_MSG_ID_LENGTH} characters"
+    if not _MSG_ID.match(msg_id):
+        return "msg_id must not hold a control character (U+0000-U+001F, U+007F-U+009F)"
+    return None
+
+
 Encoder = Callable[["Message"], Any]
 
 

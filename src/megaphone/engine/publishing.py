@@ -51,7 +51,7 @@ from megaphone.backends import BackendUnavailable
 from megaphone.conf import get_config
 from megaphone.core.decoding import InvalidText, check_text, utf8_size
 from megaphone.core.logs import get_logger
-from megaphone.core.message import MAX_MSG_ID_LENGTH, Message
+from megaphone.core.message import Message, msg_id_problem
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.background import background
 from megaphone.engine.node import Node, get_node
@@ -166,13 +166,10 @@ def prepare(topic: str, data: Any, msg_id: str | None = None) -> tuple[str, str 
         validate_topic(topic)
     except InvalidTopic as exc:
         raise InvalidMessage(str(exc), "invalid_topic") from exc
-    if msg_id is not None and (
-        not isinstance(msg_id, str) or not 0 < len(msg_id) <= MAX_MSG_ID_LENGTH
-    ):
-        raise InvalidMessage(
-            f"msg_id must be a string of 1 to {MAX_MSG_ID_LENGTH} characters", "invalid_msg_id"
-        )
     if msg_id is not None:
+        problem = msg_id_problem(msg_id)
+        if problem is not None:
+            raise InvalidMessage(problem, "invalid_msg_id")
         try:
             check_text(msg_id, "msg_id")
         except InvalidText as exc:

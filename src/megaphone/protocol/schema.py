@@ -34,7 +34,7 @@ from megaphone.core.decoding import (
     explain,
     utf8_size,
 )
-from megaphone.core.message import MAX_MSG_ID_LENGTH, Message
+from megaphone.core.message import MAX_MSG_ID_LENGTH, Message, MsgId
 from megaphone.core.topics import (
     MAX_TOPIC_LENGTH,
     TOPIC_PATTERN,
@@ -101,7 +101,6 @@ Topic = Annotated[
 ]
 Offset = Annotated[int, Meta(ge=0, le=MAX_INT_ID)]
 Epoch = Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
-MsgId = Annotated[str, Meta(max_length=MAX_MSG_ID_LENGTH)]
 HistoryLimit = Annotated[int, Meta(ge=0, le=MAX_HISTORY_LIMIT)]
 
 #: Where a string over its length limit is ``too_large`` rather than ``bad_request``.
