@@ -295,16 +295,105 @@ class ClusterSetup:
     def wait_until(self, condition: Callable[[], bool], seconds: float = 30) -> None:
         wait_until(condition, seconds, "cluster")
 
+    @property
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL naming every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/"
+
+    def running(self) -> RedisServer:
+        return next(n for n in self.nodes if n.process is not None)
+
+    def slots(self) -> list[tuple[int, int, int, list[int]]]:
+        """``CLUSTER SLOTS`` of a running node: (start, end, master port, replica ports)."""
+        with self.running().client() as client:
+            return [
+                (int(start), int(end), int(master[1]), [int(r[1]) for r in replicas])
+                for start, end, master, *replicas in client.execute_command("CLUSTER", "SLOTS")
+            ]
+
+    def slot_of(self, key: str) -> int:
+        with self.running().client() as client:
+            return int(client.execute_command("CLUSTER", "KEYSLOT", key))
+
     def owner(self, key: str) -> RedisServer:
         """The master serving ``key``'s hash slot."""
-        with self.nodes[0].client() as client:
-            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
-            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
-                if int(start) <= slot <= int(end):
-                    port = int(master[1])
-                    return next(n for n in self.nodes if n.port == port)
-        raise AssertionError(f"no master serves the slot of {key!r}")
+        return self.owner_of_slot(self.slot_of(key))
+
+    def owner_of_slot(self, slot: int) -> RedisServer:
+        for start, end, port, _ in self.slots():
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no master serves slot {slot}")
+
+    def masters(self) -> list[RedisServer]:
+        ports = {port for _, _, port, _ in self.slots()}
+        return [n for n in self.nodes if n.port in ports]
+
+    def node_id(self, node: RedisServer) -> str:
+        with node.client() as client:
+            reply = client.execute_command("CLUSTER", "MYID")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def move_slot(self, slot: int, to: RedisServer) -> None:
+        """Migrate ``slot`` live to the master ``to``, keys and all, the way ``redis-cli
+        --cluster reshard`` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE everywhere)."""
+        source = self.owner_of_slot(slot)
+        source_id, target_id = self.node_id(source), self.node_id(to)
+        with to.client() as target, source.client() as origin:
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                origin.execute_command(
+                    "MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys
+                )
+            target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            origin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for master in self.masters():
+            if master not in (source, to):
+                with master.client() as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def reshard(self, source: RedisServer, to: RedisServer, slots: int) -> None:
+        """``redis-cli --cluster reshard``: move ``slots`` slots from ``source`` to ``to``."""
+        subprocess.run(
+            [
+                str(shutil.which("redis-cli")),
+                *("--cluster", "reshard", f"127.0.0.1:{source.port}"),
+                *("--cluster-from", self.node_id(source), "--cluster-to", self.node_id(to)),
+                *("--cluster-slots", str(slots), "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout(60),
+        )
+
+    def failed_over(self, slot: int, old_master: int) -> Callable[[], bool]:
+        """A condition: ``slot`` is served by another master than ``old_master`` and the cluster
+        is ok on every running node."""
+
+        def condition() -> bool:
+            try:
+                return self.owner_of_slot(slot).port != old_master and all(
+                    self._state(n) == "ok" for n in self.nodes if n.process is not None
+                )
+            except (OSError, redis_errors()):
+                return False
+
+        return condition
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def restart_all(self) -> None:
+        """Kill every node and start each again, empty (its cluster config kept), then wait
+        until the cluster is ok."""
+        for node in self.nodes:
+            node.stop()
+        self.start_all()
+
+    def start_all(self) -> None:
+        for node in self.nodes:
+            if node.process is None:
+                node.start()
+        self.wait_until(self._ok)

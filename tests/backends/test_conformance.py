@@ -1,6 +1,8 @@
 """The conformance suite (tests/backends/conformance.py) run on every built-in backend: memory,
 Redis on a private ``redis-server`` (killed for the failure tests), Redis behind Sentinel (a
 master, its replica, three Sentinels; its failovers are tests/e2e/test_redis_sentinel.py's),
+Redis Cluster (3 masters, a replica each; failovers and resharding in
+tests/e2e/test_redis_cluster.py),
 PostgreSQL on a private server (stopped for the failure tests, wiped to lose every topic's
 state), and durable topics (the Django database's history store wrapping the memory backend,
 Redis and PostgreSQL)."""
@@ -16,7 +18,7 @@ from megaphone.backends.durable import DatabaseHistory, DurableTopics
 from megaphone.backends.memory import MemoryBackend
 from tests.backends.conformance import BackendConformance, Harness
 from tests.postgres_server import PostgresServer
-from tests.redis_server import RedisServer, SentinelSetup
+from tests.redis_server import ClusterSetup, RedisServer, SentinelSetup
 
 
 class MemoryHarness(Harness):
@@ -108,6 +110,30 @@ class TestRedisSentinel(BackendConformance):
     @pytest.fixture
     def harness(self, redis_sentinel: SentinelSetup) -> Harness:
         return UrlHarness(redis_sentinel.url)  # failovers: tests/e2e/test_redis_sentinel.py
+
+
+class RedisClusterHarness(UrlHarness):
+    """A private cluster of 3 masters with a replica each (failovers and resharding:
+    tests/e2e/test_redis_cluster.py); the outage takes every node down."""
+
+    def __init__(self, cluster: ClusterSetup) -> None:
+        super().__init__(cluster.url)
+        self.cluster = cluster
+
+    def outage(self) -> None:
+        self.cluster.stop()
+
+    def end_outage(self) -> None:
+        self.cluster.start_all()
+
+    def lose_everything(self) -> None:
+        self.cluster.restart_all()
+
+
+class TestRedisCluster(BackendConformance):
+    @pytest.fixture
+    def harness(self, redis_cluster: ClusterSetup) -> Harness:
+        return RedisClusterHarness(redis_cluster)
 
 
 class PostgresHarness(UrlHarness):
