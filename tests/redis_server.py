@@ -280,10 +280,20 @@ class ClusterSetup:
             raise
 
     def _ok(self) -> bool:
+        """Every node says the cluster is ok, and every replica is in sync with its master (a
+        replica that never synced would not be promoted: its data counts as too old)."""
         try:
-            return all(self._state(n) == "ok" for n in self.nodes)
+            return all(self._state(n) == "ok" and self._synced(n) for n in self.nodes)
         except (OSError, redis_errors()):
             return False
+
+    @staticmethod
+    def _synced(node: RedisServer) -> bool:
+        replication = node.info("replication")
+        return replication.get("role") == "master" or (
+            replication.get("master_link_status") == "up"
+            and replication.get("master_sync_in_progress") == 0
+        )
 
     @staticmethod
     def _state(node: RedisServer) -> object:
@@ -343,9 +353,7 @@ class ClusterSetup:
             target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
             origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
             while keys := origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-                origin.execute_command(
-                    "MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys
-                )
+                origin.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
             target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
             origin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         for master in self.masters():
