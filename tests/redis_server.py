@@ -257,6 +257,8 @@ class ClusterSetup:
                     node_dir,
                     (
                         *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                        # a replica's first sync at once (7.0 waits 5 s for more replicas)
+                        *("--repl-diskless-sync-delay", "0"),
                         *("--cluster-port", str(free_port())),  # not port + 10000: may be taken
                     ),
                 )
@@ -338,6 +340,12 @@ class ClusterSetup:
     def masters(self) -> list[RedisServer]:
         ports = {port for _, _, port, _ in self.slots()}
         return [n for n in self.nodes if n.port in ports]
+
+    def shard_subscribers(self, node: RedisServer, channels: list[str]) -> dict[str, int]:
+        """``PUBSUB SHARDNUMSUB`` of ``channels`` on ``node``."""
+        with node.client() as client:
+            flat = client.execute_command("PUBSUB", "SHARDNUMSUB", *channels)
+        return {c.decode(): int(n) for c, n in zip(flat[::2], flat[1::2], strict=True)}
 
     def node_id(self, node: RedisServer) -> str:
         with node.client() as client:

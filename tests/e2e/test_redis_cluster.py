@@ -11,9 +11,10 @@ no epoch changed. Then the backend alone, without a server, across the same two 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.crc import key_slot
@@ -31,7 +32,6 @@ from .test_redis_scaleout import REDIS_SETTINGS_ENV, Follower, close_all, follow
 from .test_redis_sentinel import Acked, check_no_silent_loss, publish_stream, reached
 
 TOPICS = 100
-PER_TOPIC = 2
 
 
 def topics_on(cluster: ClusterSetup, n: int, prefix: str) -> list[str]:
@@ -57,17 +57,49 @@ def spublish_calls(cluster: ClusterSetup) -> int:
     return sum(n.command_calls("spublish") for n in cluster.nodes if n.process is not None)
 
 
-async def serve(
-    server_factory: Callable[..., ServerProcess], cluster: ClusterSetup
-) -> ServerProcess:
+class Stream:
+    """``serve --workers 2`` on ``cluster``, two followers per topic and a publisher; the
+    acknowledged publishes in :attr:`acked`."""
+
+    def __init__(self, clients: list[Follower], publisher: AsyncClient) -> None:
+        self.clients = clients
+        self.publisher = publisher
+        self.acked = Acked()
+        self.n = 0
+        self.topics = list(dict.fromkeys(c.topic for c in clients))
+
+    async def publish(self, successes: int) -> None:
+        """``successes`` more acknowledged publishes, round-robin over the topics."""
+        self.n = await publish_stream(self.publisher, self.topics, self.acked, self.n, successes)
+
+    async def everyone_has_the_last(self, seconds: float) -> None:
+        last = self.acked.by_topic
+        await asyncio.gather(*(c.follow(reached(last[c.topic][-1]), seconds) for c in self.clients))
+
+    def check_every_message_once_in_order_in_one_epoch(self) -> None:
+        for client in self.clients:
+            expected = [(e, o, {"n": n}) for e, o, n in self.acked.by_topic[client.topic]]
+            assert client.received == expected  # once each, in order, nothing else
+            assert all(r.get("recovered") is not False for r in client.results)
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    server_factory: Callable[..., ServerProcess], cluster: ClusterSetup, topics: list[str]
+) -> AsyncIterator[Stream]:
     env = {**REDIS_SETTINGS_ENV, "MEGAPHONE_BACKEND": cluster.url}
-    return await asyncio.to_thread(server_factory, workers=2, env=env)
-
-
-async def everyone_has_the_last(clients: list[Follower], acked: Acked, seconds: float) -> None:
-    await asyncio.gather(
-        *(c.follow(reached(acked.by_topic[c.topic][-1]), seconds) for c in clients)
-    )
+    server = await asyncio.to_thread(server_factory, workers=2, env=env)
+    clients = await followers(server, topics, 2 * len(topics))
+    try:
+        publisher = await AsyncClient.open(server)
+    except BaseException:
+        await close_all(clients)
+        raise
+    try:
+        yield Stream(clients, publisher)
+    finally:
+        await publisher.close()
+        await close_all(clients)
 
 
 @pytest.mark.slow
@@ -75,24 +107,14 @@ async def everyone_has_the_last(clients: list[Follower], acked: Acked, seconds: 
 async def test_two_workers_deliver_every_message_once_in_order_with_one_spublish_each(
     server_factory: Callable[..., ServerProcess], redis_cluster: ClusterSetup
 ) -> None:
-    server = await serve(server_factory, redis_cluster)
     topics = topics_on(redis_cluster, TOPICS, "c")
-    clients = await followers(server, topics, TOPICS * PER_TOPIC)
-    publisher = await AsyncClient.open(server)
-    acked = Acked()
-    try:
+    async with stream(server_factory, redis_cluster, topics) as s:
         before = spublish_calls(redis_cluster)
-        await publish_stream(publisher, topics, acked, 0, 3 * TOPICS)
-        assert not acked.failures
-        await everyone_has_the_last(clients, acked, 60)
-        for client in clients:
-            expected = [(e, o, {"n": n}) for e, o, n in acked.by_topic[client.topic]]
-            assert client.received == expected  # once each, in order, nothing else
-            assert all(r.get("recovered") is not False for r in client.results)
+        await s.publish(3 * TOPICS)
+        assert not s.acked.failures
+        await s.everyone_has_the_last(60)
+        s.check_every_message_once_in_order_in_one_epoch()
         assert spublish_calls(redis_cluster) - before == 3 * TOPICS
-    finally:
-        await publisher.close()
-        await close_all(clients)
 
 
 @pytest.mark.slow
@@ -100,13 +122,9 @@ async def test_two_workers_deliver_every_message_once_in_order_with_one_spublish
 async def test_a_master_killed_mid_stream_loses_nothing_silently(
     server_factory: Callable[..., ServerProcess], redis_cluster: ClusterSetup
 ) -> None:
-    server = await serve(server_factory, redis_cluster)
     topics = topics_on(redis_cluster, TOPICS, "k")
-    clients = await followers(server, topics, TOPICS * PER_TOPIC)
-    publisher = await AsyncClient.open(server)
-    acked = Acked()
-    try:
-        n = await publish_stream(publisher, topics, acked, 0, 2 * TOPICS)
+    async with stream(server_factory, redis_cluster, topics) as s:
+        await s.publish(2 * TOPICS)
         victim = redis_cluster.owner(_keys(topics[0])[0])
         slot = key_slot(_keys(topics[0])[0].encode())
         on_victim = [t for t in topics if redis_cluster.owner(_keys(t)[0]) is victim]
@@ -114,22 +132,18 @@ async def test_a_master_killed_mid_stream_loses_nothing_silently(
         # Publishing goes on through the failover (loudly refused on the lost shard until its
         # replica is promoted), and resumes by itself.
         while not await asyncio.to_thread(redis_cluster.failed_over(slot, victim.port)):
-            n = await publish_stream(publisher, topics, acked, n, 20)
-        n = await publish_stream(publisher, topics, acked, n, 2 * TOPICS)
+            await s.publish(20)
+        await s.publish(2 * TOPICS)
         for topic in topics:  # a new epoch on the lost shard's topics, and there only
-            epochs = {e for e, _, _ in acked.by_topic[topic]}
+            epochs = {e for e, _, _ in s.acked.by_topic[topic]}
             assert len(epochs) == (2 if topic in on_victim else 1), topic
-        await everyone_has_the_last(clients, acked, 60)
-        for client in clients:
-            check_no_silent_loss(client, acked.by_topic[client.topic])
+        await s.everyone_has_the_last(60)
+        for client in s.clients:
+            check_no_silent_loss(client, s.acked.by_topic[client.topic])
             if client.topic not in on_victim:
                 assert all(r.get("recovered") is not False for r in client.results)
-        # Every client is live: one more message each, received.
-        await publish_stream(publisher, topics, acked, n, TOPICS)
-        await everyone_has_the_last(clients, acked, 30)
-    finally:
-        await publisher.close()
-        await close_all(clients)
+        await s.publish(TOPICS)  # every client is live: one more message each, received
+        await s.everyone_has_the_last(30)
 
 
 @pytest.mark.slow
@@ -137,33 +151,26 @@ async def test_a_master_killed_mid_stream_loses_nothing_silently(
 async def test_slots_resharded_live_lose_nothing_and_keep_their_epochs(
     server_factory: Callable[..., ServerProcess], redis_cluster: ClusterSetup
 ) -> None:
-    server = await serve(server_factory, redis_cluster)
     source, target = redis_cluster.masters()[:2]
     first = min(start for start, _, port, _ in redis_cluster.slots() if port == source.port)
     moving = topics_in_slots(range(first, first + 10), 20, "m")  # reshard moves these first
-    staying = topics_on(redis_cluster, 40, "s")
-    topics = moving + staying
-    clients = await followers(server, topics, 2 * len(topics))
-    publisher = await AsyncClient.open(server)
-    acked = Acked()
-    try:
-        n = await publish_stream(publisher, topics, acked, 0, len(topics))
-        resharding = asyncio.create_task(
+    topics = moving + topics_on(redis_cluster, 40, "s")
+    async with stream(server_factory, redis_cluster, topics) as s:
+        await s.publish(len(topics))
+        resharding = asyncio.ensure_future(
             asyncio.to_thread(redis_cluster.reshard, source, target, 10)
         )
         while not resharding.done():  # publishing all along
-            n = await publish_stream(publisher, topics, acked, n, 10)
+            await s.publish(10)
         await resharding
         assert all(redis_cluster.owner(_keys(t)[0]) is target for t in moving)
-        n = await publish_stream(publisher, topics, acked, n, 2 * len(topics))
-        await everyone_has_the_last(clients, acked, 60)
-        for client in clients:
-            expected = [(e, o, {"n": n}) for e, o, n in acked.by_topic[client.topic]]
-            assert client.received == expected  # every message once, in order, one epoch
-            assert all(r.get("recovered") is not False for r in client.results)
-    finally:
-        await publisher.close()
-        await close_all(clients)
+        await s.publish(2 * len(topics))
+        await s.everyone_has_the_last(60)
+        s.check_every_message_once_in_order_in_one_epoch()
+        # The workers' subscriptions moved with the slots: on the new owner now, not the old.
+        channels = [f"megaphone:0:{{{t}}}" for t in moving]
+        assert all(redis_cluster.shard_subscribers(target, channels).values())
+        assert not any(redis_cluster.shard_subscribers(source, channels).values())
 
 
 # The backend alone -----------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The Redis backend: many processes on many machines share one Redis.
 
 ``redis://[:password@]host:port/db`` and ``rediss://`` (TLS) URLs, as redis-py reads them. One
-Redis server (or a primary with replicas failing over behind one address) is supported;
-:mod:`~.redis_sentinel` finds the primary through Sentinel; Redis Cluster is not supported
-(see docs/deploy.md).
+Redis server (or a primary with replicas failing over behind one address);
+:mod:`~.redis_sentinel` finds the primary through Sentinel; :mod:`~.redis_cluster` runs the same
+scripts on a Redis Cluster (it routes this backend's pipeline by hash slot, and fans out with
+sharded pub/sub).
 
 What it guarantees, on top of :mod:`megaphone.backends.base`:
 
@@ -71,7 +72,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
@@ -361,6 +362,28 @@ def script_loads(queued: list[_Queued]) -> list[tuple[str, ...]]:
     """``SCRIPT LOAD`` of every script ``queued`` runs, once each, to send before them."""
     scripts = dict.fromkeys(q.script for q in queued if q.script is not None)
     return [("SCRIPT", "LOAD", script) for script in scripts]
+
+
+async def pubsub_replies(connection: AbstractConnection) -> AsyncIterator[Any]:
+    """Every reply a pub/sub ``connection`` reads (an error reply as its
+    :class:`ResponseError`); when it is idle for :data:`HEALTH_INTERVAL` seconds, a PING; no
+    reply for two intervals raises :class:`BackendUnavailable`."""
+    pinged = False
+    while True:
+        try:
+            reply = await connection.read_response(timeout=HEALTH_INTERVAL)
+        except ResponseError as exc:
+            reply = exc
+        if reply is None:
+            if pinged:
+                raise BackendUnavailable(f"no answer to PING within {HEALTH_INTERVAL} s")
+            await connection.send_packed_command(
+                connection.pack_command("PING"), check_health=False
+            )
+            pinged = True
+            continue
+        pinged = False
+        yield reply
 
 
 def ceil_ms(seconds: float) -> int:
@@ -845,18 +868,9 @@ class RedisBackend(BaseBackend):
 
     async def _read(self, connection: AbstractConnection) -> None:
         """Dispatch messages until the connection breaks or stops answering PINGs."""
-        pinged = False
-        while True:
-            reply = await connection.read_response(timeout=HEALTH_INTERVAL)
-            if reply is None:
-                if pinged:
-                    raise BackendUnavailable(f"no answer to PING within {HEALTH_INTERVAL} s")
-                await connection.send_packed_command(
-                    connection.pack_command("PING"), check_health=False
-                )
-                pinged = True
-                continue
-            pinged = False
+        async for reply in pubsub_replies(connection):
+            if isinstance(reply, ResponseError):
+                raise reply
             kind = reply[0]
             if kind == b"message":
                 self._dispatch(reply[1], reply[2])

@@ -68,7 +68,6 @@ from redis.exceptions import (
 
 from megaphone.backends.base import BackendUnavailable, MessageCallback
 from megaphone.backends.redis import (
-    HEALTH_INTERVAL,
     POOL_OPTIONS,
     RECONNECT_MAX_DELAY,
     SOCKET_TIMEOUT,
@@ -77,6 +76,7 @@ from megaphone.backends.redis import (
     _cancel,
     _keys,
     _Queued,
+    pubsub_replies,
     run_pipeline,
     script_loads,
 )
@@ -571,26 +571,13 @@ class RedisClusterBackend(RedisBackend):
             self._wake.set()
 
     async def _shard_replies(self, shard: _Shard) -> None:
-        connection = shard.connection
-        pinged = False
-        while True:
-            try:
-                reply = await connection.read_response(timeout=HEALTH_INTERVAL)
-            except ResponseError as exc:  # the answer to the oldest command not answered yet
+        async for reply in pubsub_replies(shard.connection):
+            if isinstance(reply, ResponseError):  # the answer to the oldest command unanswered
                 if shard.sent:
                     _, _, ack = shard.sent.popleft()
                     if ack is not None and not ack.done():
-                        ack.set_exception(exc)
+                        ack.set_exception(reply)
                 continue
-            if reply is None:
-                if pinged:
-                    raise BackendUnavailable(f"no answer to PING within {HEALTH_INTERVAL} s")
-                await connection.send_packed_command(
-                    connection.pack_command("PING"), check_health=False
-                )
-                pinged = True
-                continue
-            pinged = False
             if not isinstance(reply, list) or len(reply) < 2:
                 continue  # PONG
             kind, channel = reply[0], reply[1]
