@@ -247,7 +247,10 @@ class ClusterSetup:
     :class:`RedisServer` on a free port (``--cluster-enabled``), created with ``redis-cli
     --cluster create``; :meth:`stop` kills them all."""
 
-    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(
+        self, directory: Path, masters: int = 3, replicas: int = 1, host: str = "127.0.0.1"
+    ) -> None:
+        self.host = host  # the address every node listens on (and the others meet it at)
         self.nodes: list[RedisServer] = []
         try:
             for _ in range(masters * (1 + replicas)):
@@ -261,6 +264,7 @@ class ClusterSetup:
                         *("--repl-diskless-sync-delay", "0"),
                         *("--cluster-port", str(free_port())),  # not port + 10000: may be taken
                     ),
+                    host,
                 )
                 node.start()
                 self.nodes.append(node)
@@ -269,7 +273,7 @@ class ClusterSetup:
                     str(shutil.which("redis-cli")),
                     "--cluster",
                     "create",
-                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    *(f"{host}:{n.port}" for n in self.nodes),
                     *("--cluster-replicas", str(replicas), "--cluster-yes"),
                 ],
                 check=True,
@@ -310,7 +314,7 @@ class ClusterSetup:
     @property
     def url(self) -> str:
         """The ``redis+cluster://`` URL naming every node as a seed."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/"
+        return "redis+cluster://" + ",".join(f"{self.host}:{n.port}" for n in self.nodes) + "/"
 
     def running(self) -> RedisServer:
         return next(n for n in self.nodes if n.process is not None)
@@ -361,7 +365,7 @@ class ClusterSetup:
             target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
             origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
             while keys := origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-                origin.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+                origin.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
             target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
             origin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         for master in self.masters():
@@ -374,7 +378,7 @@ class ClusterSetup:
         subprocess.run(
             [
                 str(shutil.which("redis-cli")),
-                *("--cluster", "reshard", f"127.0.0.1:{source.port}"),
+                *("--cluster", "reshard", f"{source.host}:{source.port}"),
                 *("--cluster-from", self.node_id(source), "--cluster-to", self.node_id(to)),
                 *("--cluster-slots", str(slots), "--cluster-yes"),
             ],

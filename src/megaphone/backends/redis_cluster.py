@@ -240,10 +240,14 @@ class RedisClusterBackend(RedisBackend):
             task.exception()  # retrieved: each waiter raised it
 
     async def _load_map(self) -> None:
-        """``CLUSTER SLOTS`` of the first node that answers (known ones first, then the seeds)."""
+        """``CLUSTER SLOTS`` of the first node that answers (known ones first, then the seeds),
+        asking for at most :data:`SOCKET_TIMEOUT` seconds."""
         candidates = list(dict.fromkeys([*self._map.nodes, *self._url.seeds]))
         error: BaseException | None = None
+        deadline = time.monotonic() + SOCKET_TIMEOUT
         for address in candidates:
+            if time.monotonic() > deadline:  # nodes that time out, not refuse: stop asking
+                break
             try:
                 (reply,) = await run_pipeline(self._pool_of(address), [("CLUSTER", "SLOTS")])
             except (TimeoutError, RedisError, OSError) as exc:
@@ -441,8 +445,10 @@ class RedisClusterBackend(RedisBackend):
         self._homeless.discard(channel)
         self._holding.pop(channel, None)
         shard = self._homes.pop(channel, None)
-        if shard is None:
-            return
+        if shard is not None:
+            await self._leave_shard(shard, channel)
+
+    async def _leave_shard(self, shard: _Shard, channel: bytes) -> None:
         shard.channels.discard(channel)
         if not shard.channels and not any(ack for _, _, ack in shard.sent):
             await self._close_shard(shard)
@@ -467,6 +473,8 @@ class RedisClusterBackend(RedisBackend):
                     raise BackendUnavailable(f"no master serves {topic!r}")
                 shard = await self._shard(address)
                 await self._ssubscribe(shard, channel, topic)
+                if channel not in self._topics:  # unsubscribed meanwhile: undo
+                    await self._leave_shard(shard, channel)
                 return shard
             except MovedError as exc:
                 self._map.moved(exc.slot_id, (exc.host, int(exc.port)))
@@ -549,6 +557,7 @@ class RedisClusterBackend(RedisBackend):
         (the rehomer subscribes them again where the cluster says, and catches them up)."""
         try:
             await self._shard_replies(shard)
+            logger.debug("%s serves no topic of ours any more: closed", shard.address)
         except (TimeoutError, BackendUnavailable, RedisError, OSError) as exc:
             logger.warning("Redis Cluster pub/sub connection to %s lost: %s", shard.address, exc)
         except Exception:  # a bug: logged, and the channels are subscribed again
@@ -571,6 +580,8 @@ class RedisClusterBackend(RedisBackend):
             self._wake.set()
 
     async def _shard_replies(self, shard: _Shard) -> None:
+        """Handle ``shard``'s replies; return once Redis ended its last subscription (its
+        slots moved away) and nothing waits for an answer."""
         async for reply in pubsub_replies(shard.connection):
             if isinstance(reply, ResponseError):  # the answer to the oldest command unanswered
                 if shard.sent:
@@ -593,6 +604,8 @@ class RedisClusterBackend(RedisBackend):
                     if self._homes.get(channel) is shard:
                         logger.info("%r moved away from %s", channel, shard.address)
                         self._lose(channel)
+                    if not shard.channels and not shard.sent:
+                        return
 
     def _subscribed(self, shard: _Shard, channel: bytes) -> None:
         if shard.sent:
