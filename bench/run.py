@@ -260,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                 why = node_problem
             with contextlib.ExitStack() as backend:
                 if spec.private_backend and why is None:
-                    url = backend.enter_context(private_backend(spec.private_backend))
+                    url, pids = backend.enter_context(private_backend(spec.private_backend))
                     spec.env = {**spec.env, "MEGAPHONE_BACKEND": url}
+                    spec.backend_pids = pids
                 run_server(spec, why, scenarios, cfg, state, new_pool, rows, log, log_dir)
     except (KeyboardInterrupt, Deadline) as exc:
         interrupted = f"{type(exc).__name__}: {exc}"

@@ -9,8 +9,10 @@ import contextlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from . import procstat
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,25 +37,35 @@ def unavailable_reason(backend: str) -> str | None:
 
 
 @contextlib.contextmanager
-def private_backend(backend: str) -> Iterator[str]:
-    """Start the private ``backend``; yield its ``MEGAPHONE_BACKEND`` URL; stop it after."""
+def private_backend(backend: str) -> Iterator[tuple[str, Callable[[], list[int]]]]:
+    """Start the private ``backend``; yield its ``MEGAPHONE_BACKEND`` URL and a function
+    listing its processes (their CPU counts as the server's); stop it after."""
     _tests_importable()
     if backend == "cluster":
         from tests.redis_server import ClusterSetup
 
         with tempfile.TemporaryDirectory(prefix="bench-cluster-") as directory:
             cluster = ClusterSetup(Path(directory))
+
+            def nodes() -> list[int]:
+                return [n.process.pid for n in cluster.nodes if n.process is not None]
+
             try:
-                yield cluster.url
+                yield cluster.url, nodes
             finally:
                 cluster.stop()
     elif backend == "postgres":
         from tests.postgres_server import PostgresServer
 
         server = PostgresServer()
+
+        def postgres() -> list[int]:  # the postmaster and its children (one per connection)
+            lines = (server.data / "postmaster.pid").read_text().split()
+            return procstat.descendants(int(lines[0]))
+
         try:
             server.start()
-            yield server.url
+            yield server.url, postgres
         finally:
             server.remove()
     else:

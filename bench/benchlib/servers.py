@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,9 @@ class ServerSpec:
     #: A private backend server the run starts for this spec ("cluster", "postgres"; see
     #: benchlib.backends), its URL given as ``MEGAPHONE_BACKEND``.
     private_backend: str = ""
+    #: The processes of that backend server, whose CPU counts with the server's (set by
+    #: benchlib.backends while it runs).
+    backend_pids: Callable[[], list[int]] | None = None
     env: dict[str, str] = field(default_factory=dict)
 
     def argv(self, port: int) -> tuple[list[str], Path]:
