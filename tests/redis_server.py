@@ -359,19 +359,25 @@ class ClusterSetup:
     def move_slot(self, slot: int, to: RedisServer) -> None:
         """Migrate ``slot`` live to the master ``to``, keys and all, the way ``redis-cli
         --cluster reshard`` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE everywhere)."""
+        self.finish_move(slot, to, self.begin_move(slot, to))
+
+    def begin_move(self, slot: int, to: RedisServer) -> RedisServer:
+        """The first half of :meth:`move_slot`: the slot's keys on ``to``, the slot still the
+        source's (MIGRATING there, IMPORTING on ``to``). Returns the source."""
         source = self.owner_of_slot(slot)
-        source_id, target_id = self.node_id(source), self.node_id(to)
         with to.client() as target, source.client() as origin:
-            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-            origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+            origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(to))
             while keys := origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
                 origin.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
-            target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-            origin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-        for master in self.masters():
-            if master not in (source, to):
-                with master.client() as client:
-                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return source
+
+    def finish_move(self, slot: int, to: RedisServer, source: RedisServer) -> None:
+        """The second half of :meth:`move_slot`: ``to`` owns the slot, on every master."""
+        target_id = self.node_id(to)
+        for master in [to, source, *(m for m in self.masters() if m not in (source, to))]:
+            with master.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     def reshard(self, source: RedisServer, to: RedisServer, slots: int) -> None:
         """``redis-cli --cluster reshard``: move ``slots`` slots from ``source`` to ``to``."""

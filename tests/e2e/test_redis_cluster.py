@@ -187,6 +187,12 @@ async def publish_until_it_works(backend: RedisClusterBackend, topic: str, data:
             await asyncio.sleep(0.1)
 
 
+def tryagains(node: RedisServer) -> int:
+    """How many TRYAGAIN errors ``node`` answered (INFO errorstats)."""
+    stats = node.info("errorstats").get("errorstat_TRYAGAIN")
+    return int(stats["count"]) if isinstance(stats, dict) else 0
+
+
 def other_master(cluster: ClusterSetup, than: RedisServer) -> RedisServer:
     return next(m for m in cluster.masters() if m is not than)
 
@@ -211,6 +217,34 @@ async def test_a_moved_slot_keeps_its_epoch_and_its_subscription(
             (before.epoch, 2, "after"),
         ]
         assert (await backend.listened_topics()).get("t") == 1
+    finally:
+        await backend.stop()
+
+
+async def test_calls_on_a_slot_half_moved_follow_ask_and_wait_out_tryagain(
+    redis_cluster: ClusterSetup,
+) -> None:
+    """Mid-migration, the keys on the importing node: a presence read (its two keys there) goes
+    through ASK; a publish (the topic's ``ids`` key exists nowhere) meets TRYAGAIN until the
+    slot is the new owner's, then runs there once, in the same epoch."""
+    backend = RedisClusterBackend(redis_cluster.url)
+    await backend.start(lambda message: None)
+    try:
+        store = backend.presence_store
+        assert store is not None
+        before = await backend.publish("t", "before")
+        await store.presence_add("t", "c1", {"user": "a"})
+        slot = key_slot(_keys("t")[0].encode())
+        target = other_master(redis_cluster, redis_cluster.owner_of_slot(slot))
+        source = await asyncio.to_thread(redis_cluster.begin_move, slot, target)
+        assert await store.presence("t") == {"c1": {"user": "a"}}  # ASK, then ASKING there
+        publishing = asyncio.ensure_future(backend.publish("t", "during"))
+        await asyncio.to_thread(wait_until, lambda: tryagains(target) > 0, 10, "TRYAGAIN")
+        assert not publishing.done()  # retrying, not failed
+        await asyncio.to_thread(redis_cluster.finish_move, slot, target, source)
+        during = await publishing
+        assert (during.epoch, during.offset) == (before.epoch, 2)
+        assert [m.payload for m in (await backend.history("t")).messages] == ["before", "during"]
     finally:
         await backend.stop()
 
