@@ -18,10 +18,12 @@ changes:
   names, pipelined per master, in call order per topic (a topic is on one master). ``MOVED``
   updates the map and sends the call again to the new owner; ``ASK`` sends it once to the node
   named, after ``ASKING``; ``TRYAGAIN`` (a slot half migrated) and ``CLUSTERDOWN`` (a master
-  lost, its replica not promoted yet) are retried for at most :data:`SOCKET_TIMEOUT` seconds. All
-  of these mean Redis did not run the call, so nothing runs twice. A lost connection fails its
-  calls loudly (:class:`~megaphone.backends.base.BackendUnavailable`: a publish may or may not
-  have been applied, never silently retried) and the map is read again before the next call.
+  lost, its replica not promoted yet) are retried for at most :data:`SOCKET_TIMEOUT` seconds
+  (the worker's later calls wait behind them: one pipeline in flight at a time is what keeps
+  call order). All of these mean Redis did not run the call, so nothing runs twice. A lost
+  connection fails its calls loudly (:class:`~megaphone.backends.base.BackendUnavailable`: a
+  publish may or may not have been applied, never silently retried) and the map is read again
+  before the next call.
 * **Resharding loses nothing.** When a slot moves (``redis-cli --cluster reshard``), its keys
   travel with it (``MIGRATE``), and the old master ends its shard subscriptions
   (``sunsubscribe``): the backend subscribes the topics again on the new owner, then reads each
