@@ -351,6 +351,15 @@ class ClusterSetup:
             flat = client.execute_command("PUBSUB", "SHARDNUMSUB", *channels)
         return {c.decode(): int(n) for c, n in zip(flat[::2], flat[1::2], strict=True)}
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A running replica of ``master`` (as the replica's INFO replication says)."""
+        for node in self.nodes:
+            if node.process is not None and node is not master:
+                replication = node.info("replication")
+                if replication.get("role") == "slave" and replication["master_port"] == master.port:
+                    return node
+        raise AssertionError(f"no replica of {master.port}")
+
     def node_id(self, node: RedisServer) -> str:
         with node.client() as client:
             reply = client.execute_command("CLUSTER", "MYID")

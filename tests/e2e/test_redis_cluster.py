@@ -5,7 +5,9 @@ the three shards: every message delivered once, in order, with one ``SPUBLISH`` 
 (``INFO commandstats`` on the masters); a master killed (``kill -9``) mid-stream and its replica
 promoted: every subscriber ends with every acknowledged message or an explicit ``recovered:
 false``; slots moved live with ``redis-cli --cluster reshard`` while publishing: nothing lost,
-no epoch changed. Then the backend alone, without a server, across the same two events.
+no epoch changed. Then the backend alone, without a server: a slot moved (same epoch, the
+subscription follows), a slot half moved (ASK followed, TRYAGAIN waited out), a master killed or
+handed over with ``CLUSTER FAILOVER`` (a new epoch on its promoted replica).
 """
 
 from __future__ import annotations
@@ -249,8 +251,9 @@ async def test_calls_on_a_slot_half_moved_follow_ask_and_wait_out_tryagain(
         await backend.stop()
 
 
-async def test_a_killed_master_is_followed_to_its_promoted_replica_in_a_new_epoch(
-    redis_cluster: ClusterSetup,
+@pytest.mark.parametrize("how", ["kill -9", "CLUSTER FAILOVER"])
+async def test_a_lost_master_is_followed_to_its_promoted_replica_in_a_new_epoch(
+    redis_cluster: ClusterSetup, how: str
 ) -> None:
     received: Collected[Message] = Collected()
     backend = RedisClusterBackend(redis_cluster.url)
@@ -260,7 +263,12 @@ async def test_a_killed_master_is_followed_to_its_promoted_replica_in_a_new_epoc
         before = await backend.publish("t", "before")
         slot = key_slot(_keys("t")[0].encode())
         victim = redis_cluster.owner_of_slot(slot)
-        victim.stop()
+        if how == "kill -9":
+            victim.stop()
+        else:  # planned: the replica catches up, then takes over
+            replica = redis_cluster.replica_of(victim)
+            with replica.client() as client:
+                client.execute_command("CLUSTER", "FAILOVER")
         after = await publish_until_it_works(backend, "t", "after")
         assert after.epoch != before.epoch and after.offset == 1
         await received.wait_for(2, timeout=30)
