@@ -9,6 +9,7 @@ Redis and PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from megaphone.backends.durable import DatabaseHistory, DurableTopics
 from megaphone.backends.memory import MemoryBackend
 from tests.backends.conformance import BackendConformance, Harness
 from tests.postgres_server import PostgresServer
-from tests.redis_server import ClusterSetup, RedisServer, SentinelSetup
+from tests.redis_server import REDIS_SERVER, ClusterSetup, RedisServer, SentinelSetup
 
 
 class MemoryHarness(Harness):
@@ -130,10 +131,22 @@ class RedisClusterHarness(UrlHarness):
         self.cluster.restart_all()
 
 
+@pytest.fixture(scope="class")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    """One private cluster for the whole class (topics are unique per test; the outage and
+    state-loss tests bring it back, ok, before they end): six servers per test would cost
+    minutes."""
+    if REDIS_SERVER is None:
+        pytest.skip("needs the redis-server binary")
+    cluster = ClusterSetup(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
 class TestRedisCluster(BackendConformance):
     @pytest.fixture
-    def harness(self, redis_cluster: ClusterSetup) -> Harness:
-        return RedisClusterHarness(redis_cluster)
+    def harness(self, shared_cluster: ClusterSetup) -> Harness:
+        return RedisClusterHarness(shared_cluster)
 
 
 class PostgresHarness(UrlHarness):
