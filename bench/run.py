@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import deps, report
+from benchlib.backends import private_backend
 from benchlib.client import ClientPool, raise_nofile
 from benchlib.scenarios import (
     SCENARIOS,
@@ -257,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             why = unavailable_reason(spec)
             if spec.name == "node-ws" and node_problem:
                 why = node_problem
-            run_server(spec, why, scenarios, cfg, state, new_pool, rows, log, log_dir)
+            with contextlib.ExitStack() as backend:
+                if spec.private_backend and why is None:
+                    url, pids = backend.enter_context(private_backend(spec.private_backend))
+                    spec.env = {**spec.env, "MEGAPHONE_BACKEND": url}
+                    spec.backend_pids = pids
+                run_server(spec, why, scenarios, cfg, state, new_pool, rows, log, log_dir)
     except (KeyboardInterrupt, Deadline) as exc:
         interrupted = f"{type(exc).__name__}: {exc}"
         log(f"interrupted ({interrupted}); cleaning up")

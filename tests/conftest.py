@@ -27,7 +27,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.postgres_server import PostgresServer
-    from tests.redis_server import RedisServer, SentinelSetup
+    from tests.redis_server import ClusterSetup, RedisServer, SentinelSetup
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_FACTOR = float(os.environ.get("MEGAPHONE_TEST_TIMEOUT_FACTOR", "1"))
@@ -300,6 +300,19 @@ def redis_sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
     if REDIS_SERVER is None:
         pytest.skip("needs the redis-server binary")
     setup = SentinelSetup(tmp_path)
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[ClusterSetup]:
+    """A private Redis Cluster: 3 masters with 1 replica each (tests/redis_server.py), all
+    killed at the end; the test may kill a master, or move slots."""
+    from tests.redis_server import REDIS_SERVER, ClusterSetup
+
+    if REDIS_SERVER is None:
+        pytest.skip("needs the redis-server binary")
+    setup = ClusterSetup(tmp_path)
     yield setup
     setup.stop()
 

@@ -247,7 +247,10 @@ class ClusterSetup:
     :class:`RedisServer` on a free port (``--cluster-enabled``), created with ``redis-cli
     --cluster create``; :meth:`stop` kills them all."""
 
-    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(
+        self, directory: Path, masters: int = 3, replicas: int = 1, host: str = "127.0.0.1"
+    ) -> None:
+        self.host = host  # the address every node listens on (and the others meet it at)
         self.nodes: list[RedisServer] = []
         try:
             for _ in range(masters * (1 + replicas)):
@@ -257,8 +260,11 @@ class ClusterSetup:
                     node_dir,
                     (
                         *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                        # a replica's first sync at once (7.0 waits 5 s for more replicas)
+                        *("--repl-diskless-sync-delay", "0"),
                         *("--cluster-port", str(free_port())),  # not port + 10000: may be taken
                     ),
+                    host,
                 )
                 node.start()
                 self.nodes.append(node)
@@ -267,7 +273,7 @@ class ClusterSetup:
                     str(shutil.which("redis-cli")),
                     "--cluster",
                     "create",
-                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    *(f"{host}:{n.port}" for n in self.nodes),
                     *("--cluster-replicas", str(replicas), "--cluster-yes"),
                 ],
                 check=True,
@@ -280,10 +286,20 @@ class ClusterSetup:
             raise
 
     def _ok(self) -> bool:
+        """Every node says the cluster is ok, and every replica is in sync with its master (a
+        replica that never synced would not be promoted: its data counts as too old)."""
         try:
-            return all(self._state(n) == "ok" for n in self.nodes)
+            return all(self._state(n) == "ok" and self._synced(n) for n in self.nodes)
         except (OSError, redis_errors()):
             return False
+
+    @staticmethod
+    def _synced(node: RedisServer) -> bool:
+        replication = node.info("replication")
+        return replication.get("role") == "master" or (
+            replication.get("master_link_status") == "up"
+            and replication.get("master_sync_in_progress") == 0
+        )
 
     @staticmethod
     def _state(node: RedisServer) -> object:
@@ -295,16 +311,124 @@ class ClusterSetup:
     def wait_until(self, condition: Callable[[], bool], seconds: float = 30) -> None:
         wait_until(condition, seconds, "cluster")
 
+    @property
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL naming every node as a seed."""
+        return "redis+cluster://" + ",".join(f"{self.host}:{n.port}" for n in self.nodes) + "/"
+
+    def running(self) -> RedisServer:
+        return next(n for n in self.nodes if n.process is not None)
+
+    def slots(self) -> list[tuple[int, int, int, list[int]]]:
+        """``CLUSTER SLOTS`` of a running node: (start, end, master port, replica ports)."""
+        with self.running().client() as client:
+            return [
+                (int(start), int(end), int(master[1]), [int(r[1]) for r in replicas])
+                for start, end, master, *replicas in client.execute_command("CLUSTER", "SLOTS")
+            ]
+
+    def slot_of(self, key: str) -> int:
+        with self.running().client() as client:
+            return int(client.execute_command("CLUSTER", "KEYSLOT", key))
+
     def owner(self, key: str) -> RedisServer:
         """The master serving ``key``'s hash slot."""
-        with self.nodes[0].client() as client:
-            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
-            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
-                if int(start) <= slot <= int(end):
-                    port = int(master[1])
-                    return next(n for n in self.nodes if n.port == port)
-        raise AssertionError(f"no master serves the slot of {key!r}")
+        return self.owner_of_slot(self.slot_of(key))
+
+    def owner_of_slot(self, slot: int) -> RedisServer:
+        for start, end, port, _ in self.slots():
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no master serves slot {slot}")
+
+    def masters(self) -> list[RedisServer]:
+        ports = {port for _, _, port, _ in self.slots()}
+        return [n for n in self.nodes if n.port in ports]
+
+    def shard_subscribers(self, node: RedisServer, channels: list[str]) -> dict[str, int]:
+        """``PUBSUB SHARDNUMSUB`` of ``channels`` on ``node``."""
+        with node.client() as client:
+            flat = client.execute_command("PUBSUB", "SHARDNUMSUB", *channels)
+        return {c.decode(): int(n) for c, n in zip(flat[::2], flat[1::2], strict=True)}
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A running replica of ``master`` (as the replica's INFO replication says)."""
+        for node in self.nodes:
+            if node.process is not None and node is not master:
+                replication = node.info("replication")
+                if replication.get("role") == "slave" and replication["master_port"] == master.port:
+                    return node
+        raise AssertionError(f"no replica of {master.port}")
+
+    def node_id(self, node: RedisServer) -> str:
+        with node.client() as client:
+            reply = client.execute_command("CLUSTER", "MYID")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def move_slot(self, slot: int, to: RedisServer) -> None:
+        """Migrate ``slot`` live to the master ``to``, keys and all, the way ``redis-cli
+        --cluster reshard`` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE everywhere)."""
+        self.finish_move(slot, to, self.begin_move(slot, to))
+
+    def begin_move(self, slot: int, to: RedisServer) -> RedisServer:
+        """The first half of :meth:`move_slot`: the slot's keys on ``to``, the slot still the
+        source's (MIGRATING there, IMPORTING on ``to``). Returns the source."""
+        source = self.owner_of_slot(slot)
+        with to.client() as target, source.client() as origin:
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+            origin.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(to))
+            while keys := origin.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                origin.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
+        return source
+
+    def finish_move(self, slot: int, to: RedisServer, source: RedisServer) -> None:
+        """The second half of :meth:`move_slot`: ``to`` owns the slot, on every master."""
+        target_id = self.node_id(to)
+        for master in [to, source, *(m for m in self.masters() if m not in (source, to))]:
+            with master.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def reshard(self, source: RedisServer, to: RedisServer, slots: int) -> None:
+        """``redis-cli --cluster reshard``: move ``slots`` slots from ``source`` to ``to``."""
+        subprocess.run(
+            [
+                str(shutil.which("redis-cli")),
+                *("--cluster", "reshard", f"{source.host}:{source.port}"),
+                *("--cluster-from", self.node_id(source), "--cluster-to", self.node_id(to)),
+                *("--cluster-slots", str(slots), "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout(60),
+        )
+
+    def failed_over(self, slot: int, old_master: int) -> Callable[[], bool]:
+        """A condition: ``slot`` is served by another master than ``old_master`` and the cluster
+        is ok on every running node."""
+
+        def condition() -> bool:
+            try:
+                return self.owner_of_slot(slot).port != old_master and all(
+                    self._state(n) == "ok" for n in self.nodes if n.process is not None
+                )
+            except (OSError, redis_errors()):
+                return False
+
+        return condition
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def restart_all(self) -> None:
+        """Kill every node and start each again, empty (its cluster config kept), then wait
+        until the cluster is ok."""
+        for node in self.nodes:
+            node.stop()
+        self.start_all()
+
+    def start_all(self) -> None:
+        for node in self.nodes:
+            if node.process is None:
+                node.start()
+        self.wait_until(self._ok)

@@ -40,5 +40,5 @@ echo "== Python $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0
     --ignore=tests/e2e/test_asgi_servers.py --ignore=tests/e2e/test_uvicorn_floods.py \
     --ignore=tests/security/test_floods.py --ignore=tests/security/test_bounded_state.py \
     --ignore=tests/backends --ignore=tests/e2e/test_redis_sentinel.py \
-    --ignore=tests/e2e/test_redis_cluster_layout.py --ignore=tests/e2e/test_postgres_scaleout.py \
+    --ignore=tests/e2e/test_redis_cluster.py --ignore=tests/e2e/test_postgres_scaleout.py \
     --ignore=tests/e2e/test_two_machines.py "$@"

@@ -148,7 +148,8 @@ class Session:
 
     # -- measurements -----------------------------------------------------------------------
     def server_cpu(self) -> tuple[float, float]:
-        return procstat.cpu_seconds(self.server.pids()), procstat.cpu_seconds(self.redis_pids)
+        backend = self.spec.backend_pids() if self.spec.backend_pids else self.redis_pids
+        return procstat.cpu_seconds(self.server.pids()), procstat.cpu_seconds(backend)
 
     def rss(self) -> int:
         return procstat.rss_bytes(self.server.pids())

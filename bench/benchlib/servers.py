@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,12 @@ class ServerSpec:
     uses_redis: bool = False
     is_megaphone: bool = False
     notes: str = ""
+    #: A private backend server the run starts for this spec ("cluster", "postgres"; see
+    #: benchlib.backends), its URL given as ``MEGAPHONE_BACKEND``.
+    private_backend: str = ""
+    #: The processes of that backend server, whose CPU counts with the server's (set by
+    #: benchlib.backends while it runs).
+    backend_pids: Callable[[], list[int]] | None = None
     env: dict[str, str] = field(default_factory=dict)
 
     def argv(self, port: int) -> tuple[list[str], Path]:
@@ -66,6 +73,22 @@ def all_servers(redis_db: int) -> list[ServerSpec]:
             uses_redis=True,
             is_megaphone=True,
             env={"REDIS_URL": mp_url},
+        ),
+        ServerSpec(
+            "megaphone-cluster",
+            "Megaphone, 2 workers, Redis Cluster",
+            workers=2,
+            is_megaphone=True,
+            private_backend="cluster",
+            notes="a private cluster: 3 masters with a replica each, sharded pub/sub",
+        ),
+        ServerSpec(
+            "megaphone-postgres",
+            "Megaphone, 2 workers, PostgreSQL",
+            workers=2,
+            is_megaphone=True,
+            private_backend="postgres",
+            notes="a private PostgreSQL server: LISTEN/NOTIFY",
         ),
         ServerSpec(
             "channels-memory",
@@ -150,6 +173,11 @@ def unavailable_reason(spec: ServerSpec) -> str | None:
                 return "channels_redis is not installed"
     if spec.uses_redis and not redis_ping():
         return f"no Redis at {REDIS_HOST}:{REDIS_PORT}"
+    if spec.private_backend:
+        from .backends import unavailable_reason as backend_unavailable
+
+        if why := backend_unavailable(spec.private_backend):
+            return why
     if spec.is_megaphone:
         return megaphone_unavailable_reason()
     return None

@@ -49,7 +49,8 @@ _SWITCH = Check("megaphone.E014")
 @dataclass(frozen=True, slots=True)
 class Config:
     #: Where messages cross processes and where history lives: ``memory://`` (one process) or
-    #: ``redis://host:port/db``, ``redis+sentinel://...``, ``postgres://user@host:port/db``
+    #: ``redis://host:port/db``, ``redis+sentinel://...``, ``redis+cluster://...``,
+    #: ``postgres://user@host:port/db``
     #: (see :mod:`megaphone.backends`). Defaults to the
     #: ``MEGAPHONE_BACKEND`` environment variable when set, else to ``REDIS_URL``.
     BACKEND: Annotated[

@@ -1,12 +1,15 @@
 """The conformance suite (tests/backends/conformance.py) run on every built-in backend: memory,
 Redis on a private ``redis-server`` (killed for the failure tests), Redis behind Sentinel (a
 master, its replica, three Sentinels; its failovers are tests/e2e/test_redis_sentinel.py's),
+Redis Cluster (3 masters, a replica each; failovers and resharding in
+tests/e2e/test_redis_cluster.py),
 PostgreSQL on a private server (stopped for the failure tests, wiped to lose every topic's
 state), and durable topics (the Django database's history store wrapping the memory backend,
 Redis and PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +19,7 @@ from megaphone.backends.durable import DatabaseHistory, DurableTopics
 from megaphone.backends.memory import MemoryBackend
 from tests.backends.conformance import BackendConformance, Harness
 from tests.postgres_server import PostgresServer
-from tests.redis_server import RedisServer, SentinelSetup
+from tests.redis_server import REDIS_SERVER, ClusterSetup, RedisServer, SentinelSetup
 
 
 class MemoryHarness(Harness):
@@ -108,6 +111,42 @@ class TestRedisSentinel(BackendConformance):
     @pytest.fixture
     def harness(self, redis_sentinel: SentinelSetup) -> Harness:
         return UrlHarness(redis_sentinel.url)  # failovers: tests/e2e/test_redis_sentinel.py
+
+
+class RedisClusterHarness(UrlHarness):
+    """A private cluster of 3 masters with a replica each (failovers and resharding:
+    tests/e2e/test_redis_cluster.py); the outage takes every node down."""
+
+    def __init__(self, cluster: ClusterSetup) -> None:
+        super().__init__(cluster.url)
+        self.cluster = cluster
+
+    def outage(self) -> None:
+        self.cluster.stop()
+
+    def end_outage(self) -> None:
+        self.cluster.start_all()
+
+    def lose_everything(self) -> None:
+        self.cluster.restart_all()
+
+
+@pytest.fixture(scope="class")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    """One private cluster for the whole class (topics are unique per test; the outage and
+    state-loss tests bring it back, ok, before they end): six servers per test would cost
+    minutes."""
+    if REDIS_SERVER is None:
+        pytest.skip("needs the redis-server binary")
+    cluster = ClusterSetup(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+class TestRedisCluster(BackendConformance):
+    @pytest.fixture
+    def harness(self, shared_cluster: ClusterSetup) -> Harness:
+        return RedisClusterHarness(shared_cluster)
 
 
 class PostgresHarness(UrlHarness):

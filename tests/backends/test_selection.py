@@ -102,9 +102,24 @@ def test_a_bad_sentinel_url_is_a_clear_error(url: str, says: str) -> None:
         assert "megaphone.E002" in [m.id for m in run_checks()]
 
 
-def test_a_cluster_url_says_it_is_not_supported_yet() -> None:
-    url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"
-    with pytest.raises(InvalidBackend, match="Redis Cluster is not supported yet"):
+def test_a_cluster_url_builds_the_cluster_backend() -> None:
+    from megaphone.backends.redis_cluster import RedisClusterBackend
+
+    backend = backend_from_url("redis+cluster://:pw@127.0.0.1:7000,127.0.0.1:7001/")
+    assert isinstance(backend, RedisClusterBackend)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://127.0.0.1/", "not host:port"),
+        ("redis+cluster://127.0.0.1:7000,:7001/", "not host:port"),
+        ("redis+cluster://127.0.0.1:7000/3", "only database 0"),
+    ],
+)
+def test_a_bad_cluster_url_is_a_clear_error(url: str, says: str) -> None:
+    with pytest.raises(InvalidBackend, match="invalid Redis Cluster URL") as error:
         backend_from_url(url)
+    assert says in str(error.value)
     with override_settings(MEGAPHONE={"BACKEND": url}):
         assert "megaphone.E002" in [m.id for m in run_checks()]

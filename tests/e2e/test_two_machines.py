@@ -1,9 +1,11 @@
-"""Tier 3: two machines sharing one Redis, and one of them cut off mid-stream.
+"""Tier 3: two machines sharing one Redis (or one Redis Cluster), and one of them cut off
+mid-stream.
 
 Each machine is a Linux network namespace with an address of its own (tests/netns.py) running
-``manage.py serve --workers 2``; the private Redis they share listens on the host's end of the
-bridge. Clients in the test (the host) connect with :mod:`megaphone.client`, each given both
-machines' URLs, its own machine's first:
+``manage.py serve --workers 2``; the private Redis they share (or the private cluster: 3
+masters with a replica each) listens on the host's end of the bridge. Clients in the test (the
+host) connect with :mod:`megaphone.client`, each given both machines' URLs, its own machine's
+first:
 
 * before the cut, every client of both machines gets every message of every topic once, in
   order, whichever machine it was published on (so through Redis);
@@ -30,7 +32,7 @@ import pytest
 from megaphone.client import Client, Message, Position, SubscribeResult
 from tests import netns
 from tests.conftest import ServerProcess, start_server, timeout
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import REDIS_SERVER, ClusterSetup, RedisServer
 
 from .test_redis_scaleout import REDIS_SETTINGS_ENV, unique
 
@@ -53,19 +55,25 @@ def network() -> Iterator[netns.Network]:
     network.close()
 
 
-@pytest.fixture
-def machines(network: netns.Network, tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    """``manage.py serve --workers 2`` on each machine, over one private Redis on the bridge;
-    all killed at the end (before the network goes)."""
+@pytest.fixture(params=["redis", "cluster"])
+def machines(
+    network: netns.Network, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[list[ServerProcess]]:
+    """``manage.py serve --workers 2`` on each machine, over one private Redis (or Redis
+    Cluster) on the bridge; all killed at the end (before the network goes)."""
     if REDIS_SERVER is None:
         pytest.skip("needs the redis-server binary")
-    redis = RedisServer(tmp_path, host=network.host_address)
     servers: list[ServerProcess] = []
+    redis: RedisServer | ClusterSetup | None = None
     try:
-        redis.start()
+        if request.param == "cluster":
+            redis = ClusterSetup(tmp_path, host=network.host_address)
+        else:
+            redis = RedisServer(tmp_path, host=network.host_address)
+            redis.start()
         env = {
             **REDIS_SETTINGS_ENV,
-            "REDIS_URL": redis.url,
+            "MEGAPHONE_BACKEND": redis.url,
             "DJANGO_ALLOWED_HOSTS": ",".join(m.address for m in network.machines),
         }
         for machine in network.machines:
@@ -78,7 +86,8 @@ def machines(network: netns.Network, tmp_path: Path) -> Iterator[list[ServerProc
     finally:
         for server in servers:
             server.stop(signal.SIGKILL)
-        redis.stop()
+        if redis is not None:
+            redis.stop()
 
 
 def connect_url(server: ServerProcess) -> str:

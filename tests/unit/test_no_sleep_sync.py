@@ -36,6 +36,8 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     + " (publish until the workers have reconnected to the database)",
     ("e2e/test_redis_sentinel.py", "await asyncio.sleep(0.1)"): POLLS
     + " (publish until Sentinel has promoted the replica)",
+    ("e2e/test_redis_cluster.py", "await asyncio.sleep(0.1)"): POLLS
+    + " (publish until the Cluster has promoted the replica)",
     ("e2e/test_redis_sentinel.py", "await asyncio.sleep(0.05)"): PACES
     + " (the stream goes on while the failover refuses publishes)",
     ("e2e/test_transactional_publish.py", "await asyncio.sleep(0.2)"): POLLS

@@ -9,7 +9,8 @@
   its failovers);
 * ``postgres://`` and ``postgresql://`` -> :mod:`megaphone.backends.postgres` (the same, on one
   PostgreSQL database: LISTEN/NOTIFY and tables);
-* ``redis+cluster://`` is refused with a clear "not supported yet";
+* ``redis+cluster://host:port,host:port/`` -> :mod:`megaphone.backends.redis_cluster` (the same,
+  on a Redis Cluster: a topic on one shard, sharded pub/sub, resharding and failovers followed);
 
 or the path of a class of the application's, ``package.module:ClassName`` (no ``://`` before
 the colon), e.g. ``"myapp.backends:MyBackend"``: anything satisfying
@@ -21,10 +22,10 @@ they are used. A value that names nothing usable raises :class:`InvalidBackend` 
 ``megaphone.E002`` and ``megaphone.E005`` report it at startup).
 
 Owns: :mod:`~.base` (the protocols and their errors), :mod:`~.memory`, :mod:`~.redis`,
-:mod:`~.redis_sentinel`, :mod:`~.postgres`, :mod:`~.recovery` (what a reconnecting process
-missed: shared by Redis and PostgreSQL), :mod:`~.durable` (durable topics: a wrapper choosing,
-per topic, another history store) and :mod:`~.database` (that store, in the application's
-database).
+:mod:`~.redis_sentinel`, :mod:`~.redis_cluster`, :mod:`~.postgres`, :mod:`~.recovery` (what a
+reconnecting process missed: shared by Redis and PostgreSQL), :mod:`~.durable` (durable
+topics: a wrapper choosing, per topic, another history store) and :mod:`~.database` (that
+store, in the application's database).
 
 May import: :mod:`megaphone.core`, :mod:`megaphone.conf` and :mod:`megaphone.models`.
 """
@@ -68,14 +69,9 @@ _SCHEMES = {
     "redis": "megaphone.backends.redis:RedisBackend",
     "rediss": "megaphone.backends.redis:RedisBackend",
     "redis+sentinel": "megaphone.backends.redis_sentinel:RedisSentinelBackend",
+    "redis+cluster": "megaphone.backends.redis_cluster:RedisClusterBackend",
     "postgres": "megaphone.backends.postgres:PostgresBackend",
     "postgresql": "megaphone.backends.postgres:PostgresBackend",
-}
-
-#: Schemes of the design's backend URLs that are not implemented yet, with what to say.
-_NOT_YET = {
-    "redis+cluster": "Redis Cluster is not supported yet (see docs/deploy.md, Redis Sentinel "
-    "and Redis Cluster); use redis://, redis+sentinel:// or postgres://",
 }
 
 #: ``package.module:ClassName``: a backend class of the application's.
@@ -114,8 +110,6 @@ def _resolve(value: str) -> tuple[str, str, bool]:
     if "://" not in value and (path := CLASS_PATH.match(value)):
         return path["module"], path["name"], True
     scheme = urlsplit(value).scheme
-    if scheme in _NOT_YET:
-        raise InvalidBackend(f"{value!r}: {_NOT_YET[scheme]}", by_path=False)
     if scheme not in _SCHEMES:
         raise InvalidBackend(
             f"unknown Megaphone backend {value!r}: use one of "

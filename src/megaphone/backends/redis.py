@@ -1,9 +1,10 @@
 """The Redis backend: many processes on many machines share one Redis.
 
 ``redis://[:password@]host:port/db`` and ``rediss://`` (TLS) URLs, as redis-py reads them. One
-Redis server (or a primary with replicas failing over behind one address) is supported;
-:mod:`~.redis_sentinel` finds the primary through Sentinel; Redis Cluster is not supported
-(see docs/deploy.md).
+Redis server (or a primary with replicas failing over behind one address);
+:mod:`~.redis_sentinel` finds the primary through Sentinel; :mod:`~.redis_cluster` runs the same
+scripts on a Redis Cluster (it routes this backend's pipeline by hash slot, and fans out with
+sharded pub/sub).
 
 What it guarantees, on top of :mod:`megaphone.backends.base`:
 
@@ -71,11 +72,11 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
 from megaphone.backends.base import (
@@ -117,10 +118,10 @@ POOL_OPTIONS: dict[str, Any] = {
 
 T = TypeVar("T")
 
-# Shared by both scripts: make sure the topic has an epoch of the current master (its
-# replication id: a replica promoted, or a server restarted, has a new one), then trim its
-# history to ``size`` entries none older than ``ttl_ms``, and forget the msg_ids of trimmed
-# messages.
+# Shared by both scripts: make sure the topic has an epoch of its master's lineage (``LOST``,
+# see :class:`Scripts`: the keys' replication id stamp shows that acknowledged writes may have
+# been lost, so a new epoch), then trim its history to ``size`` entries none older than
+# ``ttl_ms``, and forget the msg_ids of trimmed messages.
 # KEYS: meta, history, ids. Sets locals epoch, offset, now_ms, now (the "sec.usec" string).
 _PRELUDE = """
 local meta, history, ids = KEYS[1], KEYS[2], KEYS[3]
@@ -128,12 +129,16 @@ local size, ttl_ms, meta_ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now = clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))
-local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+local replication = redis.call('INFO', 'replication')
+local replid = string.match(replication, 'master_replid:(%w+)')
 local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch or redis.call('HGET', meta, 'replid') ~= replid then
+local stamped = redis.call('HGET', meta, 'replid')
+if not epoch or LOST then
   epoch = ARGV[4]
   redis.call('DEL', history, ids)
   redis.call('HSET', meta, 'epoch', epoch, 'offset', 0, 'replid', replid)
+elseif stamped ~= replid then
+  redis.call('HSET', meta, 'replid', replid)
 end
 redis.call('PEXPIRE', meta, meta_ttl_ms)
 local offset = tonumber(redis.call('HGET', meta, 'offset'))
@@ -188,7 +193,7 @@ if size > 0 and ttl_ms > 0 then
   end
 end
 local head = offset .. ' ' .. epoch .. ' ' .. now .. ' ' .. kind .. '\\n'
-redis.call('PUBLISH', channel, head .. payload)
+redis.call('FANOUT', channel, head .. payload)
 return {offset, epoch, now, kind, payload}
 """
 )
@@ -263,17 +268,47 @@ end
 return out
 """
 
+# KEYS: presence, presence info. ARGV: client.
+_PRESENCE_REMOVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+
 _KINDS = {"text": b"t", "binary": b"b", "json": b"j"}
-_SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _HISTORY)}
+
+
+def sha1(script: str) -> str:
+    """The SHA1 digest Redis names ``script`` by (``EVALSHA``)."""
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+class Scripts:
+    """The publish and history scripts of one kind of deployment. ``lost`` is the Lua condition
+    under which a topic starts a new epoch, on ``stamped`` (the replication id its keys were
+    stamped with), ``replid`` and ``replication`` (this master's id and ``INFO replication``);
+    keys not lost but stamped by another id are stamped again with this one. ``fanout`` is the
+    command that fans a message out (``PUBLISH``, ``SPUBLISH``)."""
+
+    def __init__(self, lost: str, fanout: str) -> None:
+        self.publish = _PUBLISH.replace("LOST", lost).replace("FANOUT", fanout)
+        self.history = _HISTORY.replace("LOST", lost)
+        self.fanout = fanout
+
+
+#: One Redis server (or Sentinel's master): keys stamped by any other replication id than this
+#: master's (a replica promoted, a server restarted) start a new epoch.
+ONE_SERVER = Scripts("stamped ~= replid", "PUBLISH")
 
 
 class _Queued(NamedTuple):
-    """A script call waiting for its pipeline: what it does (for errors), the script, the
-    EVALSHA command, and the future of its reply."""
+    """A call waiting for its pipeline: what it does (for errors), the script it runs (None for
+    a plain command), its topic (whose hash slot it touches), the encoded command (EVALSHA for
+    a script), and the future of its reply."""
 
     what: str
-    script: str
-    command: tuple[Any, ...]
+    script: str | None
+    topic: str
+    command: tuple[bytes, ...]
     future: asyncio.Future[Any]
 
 
@@ -323,12 +358,66 @@ def _encode_wire(message: Message) -> bytes:
     return head.encode() + _KINDS[message.kind] + b"\n" + payload
 
 
+def script_loads(queued: list[_Queued]) -> list[tuple[str, ...]]:
+    """``SCRIPT LOAD`` of every script ``queued`` runs, once each, to send before them."""
+    scripts = dict.fromkeys(q.script for q in queued if q.script is not None)
+    return [("SCRIPT", "LOAD", script) for script in scripts]
+
+
+async def pubsub_replies(connection: AbstractConnection) -> AsyncIterator[Any]:
+    """Every reply a pub/sub ``connection`` reads (an error reply as its
+    :class:`ResponseError`); when it is idle for :data:`HEALTH_INTERVAL` seconds, a PING; no
+    reply for two intervals raises :class:`BackendUnavailable`."""
+    pinged = False
+    while True:
+        try:
+            reply = await connection.read_response(timeout=HEALTH_INTERVAL)
+        except ResponseError as exc:
+            reply = exc
+        if reply is None:
+            if pinged:
+                raise BackendUnavailable(f"no answer to PING within {HEALTH_INTERVAL} s")
+            await connection.send_packed_command(
+                connection.pack_command("PING"), check_health=False
+            )
+            pinged = True
+            continue
+        pinged = False
+        yield reply
+
+
+def ceil_ms(seconds: float) -> int:
+    return math.ceil(seconds * 1000)
+
+
+async def run_pipeline(pool: ConnectionPool, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` at once on a connection of ``pool``; their replies, errors included
+    (a lost connection raises, and the connection is dropped)."""
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await connection.disconnect()  # its answers are unread: never reuse it
+        raise
+    finally:
+        await pool.release(connection)
+
+
 class RedisBackend(BaseBackend):
     """Backend on one Redis server; see the module docstring for what it guarantees. Its own
     :class:`~.base.PresenceStore` and :class:`~.base.ClusterTopics`."""
 
     crosses_processes = True
     pipelines_publishes = True
+    #: The publish and history scripts (their epoch rule and fan-out command).
+    scripts = ONE_SERVER
 
     @property
     def presence_store(self) -> PresenceStore | None:
@@ -347,10 +436,7 @@ class RedisBackend(BaseBackend):
         self._encode_arg: Callable[[Any], bytes] = encoder.encode
         # Pub/sub channels are shared by every database of a server: name the database in them.
         self._channel_prefix = f"megaphone:{self._pool.connection_kwargs.get('db', 0)}:"
-        self._presence_add_script = self._client.register_script(_PRESENCE_ADD)
-        self._presence_script = self._client.register_script(_PRESENCE)
-        self._forget_script = self._client.register_script(_FORGET_ROLLED_BACK)
-        # Scripts waiting for the next pipeline, and the task sending pipelines one at a time.
+        # Calls waiting for the next pipeline, and the task sending pipelines one at a time.
         self._queued: list[_Queued] = []
         self._pipelines: asyncio.Task[None] | None = None
         self._on_message: MessageCallback | None = None
@@ -444,10 +530,14 @@ class RedisBackend(BaseBackend):
             self._refresh_at[topic] = now + ttl / 3
             heapq.heappush(self._refreshes, (now + ttl / 3, topic))
         if due:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for topic, ttl in due:
-                    pipe.pexpire(_keys(topic)[0], math.ceil(ttl * 1000))
-                await self._call(f"refresh {len(due)} topics", pipe.execute())
+            await asyncio.gather(
+                *(
+                    self._queue(
+                        f"refresh {topic!r}", topic, ("PEXPIRE", _keys(topic)[0], ceil_ms(ttl))
+                    )
+                    for topic, ttl in due
+                )
+            )
         return bool(self._refreshes) and self._refreshes[0][0] <= now
 
     def _schedule_refresh(self, topic: str) -> None:
@@ -464,22 +554,29 @@ class RedisBackend(BaseBackend):
         kind = b"b" if isinstance(payload, bytes) else (b"j" if json else b"t")
         args = [*self._script_args(topic), self._channel(topic), kind, msg_id or "", payload]
         offset, epoch, time, stored_kind, stored = await self._topic_script(
-            f"publish on {topic!r}", _PUBLISH, topic, args
+            f"publish on {topic!r}", self.scripts.publish, topic, _keys(topic), args
         )
         return _message(topic, offset, epoch, time, stored_kind, stored)
 
     def _topic_script(
-        self, what: str, script: str, topic: str, args: list[Any]
+        self, what: str, script: str, topic: str, keys: list[str], args: list[Any]
     ) -> asyncio.Future[Any]:
-        """Queue a script on ``topic``'s keys for the next pipeline; a future of its reply
-        (:class:`BackendUnavailable` if Redis fails it).
+        """Queue ``script`` on ``keys`` (all ``topic``'s) for the next pipeline (see
+        :meth:`_queue`)."""
+        return self._queue(what, topic, ("EVALSHA", sha1(script), len(keys), *keys, *args), script)
+
+    def _queue(
+        self, what: str, topic: str, command: tuple[Any, ...], script: str | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue ``command`` (on ``topic``'s keys or channel; EVALSHA of ``script``) for the next
+        pipeline; a future of its reply (:class:`BackendUnavailable` if Redis fails it).
 
         The command is encoded here, in the caller's own call, so that an argument Redis cannot
         take fails that call alone (:class:`~megaphone.core.decoding.InvalidText` for text that is
         not valid Unicode) and never joins a pipeline: the pipeline holds only bytes."""
-        command = self._encode(what, ("EVALSHA", _SHAS[script], 3, *_keys(topic), *args))
+        encoded = self._encode(what, command)
         future = asyncio.get_running_loop().create_future()
-        self._queued.append(_Queued(what, script, command, future))
+        self._queued.append(_Queued(what, script, topic, encoded, future))
         if self._pipelines is None:
             self._pipelines = asyncio.ensure_future(self._send_pipelines())
         return future
@@ -513,9 +610,8 @@ class RedisBackend(BaseBackend):
         a Redis restart. A connection error fails every script of the pipeline (some may have
         been applied, as with any lost answer). Any other error (a bug) fails them the same way,
         and is logged with its traceback."""
-        loads = [("SCRIPT", "LOAD", script) for script in dict.fromkeys(q.script for q in queued)]
         try:
-            replies = await self._run_pipeline([*loads, *(q.command for q in queued)])
+            replies = await self._replies(queued)
         except asyncio.CancelledError:
             _settle(queued, lambda q: BackendUnavailable("the backend stopped"))
             raise
@@ -525,42 +621,32 @@ class RedisBackend(BaseBackend):
             cause = exc  # ``exc`` is unbound once the except clause ends
             _settle(queued, lambda q: self._redis_error(q.what, cause))
             return
-        for q, reply in zip(queued, replies[len(loads) :], strict=True):
+        for q, reply in zip(queued, replies, strict=True):
             if q.future.done():  # the caller went away; the script ran all the same
                 continue
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, BackendUnavailable):
+                q.future.set_exception(reply)
+            elif isinstance(reply, ResponseError):
                 q.future.set_exception(self._redis_error(q.what, reply))
             else:
                 q.future.set_result(reply)
 
-    async def _run_pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send ``commands`` at once on a pooled connection; their replies, errors included."""
-        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-        try:
-            await connection.send_packed_command(connection.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            await connection.disconnect()  # its answers are unread: never reuse it
-            raise
-        finally:
-            await self._pool.release(connection)
+    async def _replies(self, queued: list[_Queued]) -> list[Any]:
+        """Run ``queued`` in one pipeline, its scripts loaded first; each call's reply (a
+        :class:`ResponseError` if Redis failed it). A lost connection raises."""
+        loads = script_loads(queued)
+        replies = await run_pipeline(self._pool, [*loads, *(q.command for q in queued)])
+        return replies[len(loads) :]
 
     async def forward(self, message: Message) -> None:
-        await self._call(
-            f"forward on {message.topic!r}",
-            self._client.publish(self._channel(message.topic), _encode_wire(message)),
-        )
+        channel = self._channel(message.topic)
+        command = (self.scripts.fanout, channel, _encode_wire(message))
+        await self._queue(f"forward on {message.topic!r}", message.topic, command)
 
     async def history(self, topic: str, since: int = 0, limit: int | None = None) -> HistoryPage:
         args = [*self._script_args(topic), since, -1 if limit is None else limit]
         offset, epoch, complete, entries = await self._topic_script(
-            f"read the history of {topic!r}", _HISTORY, topic, args
+            f"read the history of {topic!r}", self.scripts.history, topic, _keys(topic), args
         )
         messages = []
         for entry_id, fields in entries:
@@ -600,28 +686,19 @@ class RedisBackend(BaseBackend):
 
     async def presence_add(self, topic: str, client: str, info: dict[str, object]) -> None:
         """Entries expire ``presence_ttl`` seconds after they were last added."""
-        args: list[str | int] = [
-            client,
-            json.dumps(info, separators=(",", ":")),
-            math.ceil(self.presence_ttl * 1000),
-        ]
-        await self._call(
-            f"add presence on {topic!r}",
-            self._presence_add_script(keys=self._presence_keys(topic), args=args),
-        )
+        args = [client, json.dumps(info, separators=(",", ":")), ceil_ms(self.presence_ttl)]
+        keys = self._presence_keys(topic)
+        await self._topic_script(f"add presence on {topic!r}", _PRESENCE_ADD, topic, keys, args)
 
     async def presence_remove(self, topic: str, client: str) -> None:
         keys = self._presence_keys(topic)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys[0], client)
-            pipe.hdel(keys[1], client)
-            await self._call(f"remove presence on {topic!r}", pipe.execute())
+        what = f"remove presence on {topic!r}"
+        await self._topic_script(what, _PRESENCE_REMOVE, topic, keys, [client])
 
     async def presence(self, topic: str) -> dict[str, dict[str, object]]:
-        flat = await self._call(
-            f"read presence on {topic!r}",
-            self._presence_script(keys=self._presence_keys(topic), args=[]),
-        )
+        keys = self._presence_keys(topic)
+        what = f"read presence on {topic!r}"
+        flat = await self._topic_script(what, _PRESENCE, topic, keys, [])
         return {flat[i].decode(): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     # Pub/sub --------------------------------------------------------------------------------
@@ -777,10 +854,8 @@ class RedisBackend(BaseBackend):
             self._advance(topic, page.epoch, page.offset)
 
     async def _renew(self, topic: str, epoch: str, offset: int) -> None:
-        await self._call(
-            f"renew the epoch of {topic!r}",
-            self._forget_script(keys=_keys(topic), args=[epoch, offset]),
-        )
+        what = f"renew the epoch of {topic!r}"
+        await self._topic_script(what, _FORGET_ROLLED_BACK, topic, _keys(topic), [epoch, offset])
 
     def _confirm(self, channel: bytes) -> None:
         acks = self._acks.get(channel)
@@ -793,18 +868,9 @@ class RedisBackend(BaseBackend):
 
     async def _read(self, connection: AbstractConnection) -> None:
         """Dispatch messages until the connection breaks or stops answering PINGs."""
-        pinged = False
-        while True:
-            reply = await connection.read_response(timeout=HEALTH_INTERVAL)
-            if reply is None:
-                if pinged:
-                    raise BackendUnavailable(f"no answer to PING within {HEALTH_INTERVAL} s")
-                await connection.send_packed_command(
-                    connection.pack_command("PING"), check_health=False
-                )
-                pinged = True
-                continue
-            pinged = False
+        async for reply in pubsub_replies(connection):
+            if isinstance(reply, ResponseError):
+                raise reply
             kind = reply[0]
             if kind == b"message":
                 self._dispatch(reply[1], reply[2])
