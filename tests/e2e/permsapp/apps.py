@@ -3,7 +3,8 @@ test_django_permissions.py (a group's members may view it, ``auth.view_group`` o
 a project would with django-rules), and the client_publish hook of test_hooks.py (on
 ``moderated.*``: "spam" is refused with the code ``spam``, text is upper-cased, a JSON object
 gets ``"checked": true``), and presence receivers appending each event to the file
-``MEGAPHONE_TEST_PRESENCE_LOG`` names (test_hooks.py)."""
+``MEGAPHONE_TEST_PRESENCE_LOG`` names (test_hooks.py); a server_subscriptions receiver putting
+every logged-in connection on its ``user:<pk>`` (test_control.py)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,10 @@ class PermsAppConfig(AppConfig):
 
         presence_joined.connect(record("join"), weak=False)
         presence_left.connect(record("leave"), weak=False)
+
+        from megaphone.server.hooks import server_subscriptions
+
+        def own_topic(sender: str, user: Any, scope: Any, **kwargs: Any) -> Any:
+            return [f"user:{user.pk}"] if user.is_authenticated else None
+
+        server_subscriptions.connect(own_topic, weak=False)

@@ -60,6 +60,7 @@ export const CLOSE_CODES = Object.freeze({
   4401: Object.freeze({ name: "unauthorized", action: "reauthenticate" }),
   4403: Object.freeze({ name: "forbidden", action: "refuse" }),
   4408: Object.freeze({ name: "slow_consumer", action: "reconnect" }),
+  4410: Object.freeze({ name: "disconnected", action: "reauthenticate" }),
   4429: Object.freeze({ name: "rate_limited", action: "slow_down" }),
 });
 
