@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -184,7 +185,7 @@ def test_openapi_document_lists_every_route_and_error_code() -> None:
     document = openapi_document()
     resolver = get_resolver("megaphone.api_urls")
     routes = {
-        "/" + str(p.pattern).replace("<str:topic>", "{topic}")
+        "/" + re.sub(r"<str:(\w+)>", r"{\1}", str(p.pattern))
         for p in resolver.url_patterns
         if p.name
     }

@@ -105,7 +105,7 @@ async def test_removed_from_a_group_loses_its_topic_in_every_worker_within_a_sec
             while flowing:
                 n += 1
                 await publisher.publish("editors", f"secret {n}")
-                await asyncio.sleep(0.01)  # paces the load: a steady stream all along the change
+                await asyncio.sleep(0.01)
 
         stream = asyncio.ensure_future(publish_all_along())
         removed = await asyncio.to_thread(manage, env, "shell", "-c", REMOVE)

@@ -288,11 +288,13 @@ class Session:
             return
         if held is not None:
             raise ProtocolError(Code.ALREADY_SUBSCRIBED, "already subscribed", request.id)
-        principal = None
-        while principal is not self.principal:  # a re-check changed it meanwhile: ask again
-            principal = self.principal
+        principal = self.principal
+        while True:  # until the decision is for the principal of the moment (see recheck)
             if not await amay_subscribe(principal, topic):
                 self._refuse("subscribe", request.id)
+            if principal is self.principal:
+                break
+            principal = self.principal
         if len(self.subscriptions) >= get_config().MAX_SUBSCRIPTIONS:
             raise ProtocolError(Code.TOO_MANY_SUBSCRIPTIONS, "too many subscriptions", request.id)
         await self._enter(
