@@ -34,6 +34,7 @@ ENV = {
     "DJANGO_SETTINGS_MODULE": "tests.e2e.django_settings",
     "PYTHONPATH": str(ROOT),
     "MEGAPHONE_API_KEYS": KEY,
+    "MEGAPHONE_TEST_SERVER_SUBSCRIPTIONS": "1",
 }
 #: alice, in the group "editors" (the topic "editors" is for its members).
 SETUP = """

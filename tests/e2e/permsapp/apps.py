@@ -4,7 +4,8 @@ a project would with django-rules), and the client_publish hook of test_hooks.py
 ``moderated.*``: "spam" is refused with the code ``spam``, text is upper-cased, a JSON object
 gets ``"checked": true``), and presence receivers appending each event to the file
 ``MEGAPHONE_TEST_PRESENCE_LOG`` names (test_hooks.py); a server_subscriptions receiver putting
-every logged-in connection on its ``user:<pk>`` (test_control.py)."""
+every logged-in connection on its ``user:<pk>`` when ``MEGAPHONE_TEST_SERVER_SUBSCRIPTIONS`` is
+set (test_control.py)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ class PermsAppConfig(AppConfig):
         from megaphone.server.hooks import server_subscriptions
 
         def own_topic(sender: str, user: Any, scope: Any, **kwargs: Any) -> Any:
+            if not os.environ.get("MEGAPHONE_TEST_SERVER_SUBSCRIPTIONS"):
+                return None
             return [f"user:{user.pk}"] if user.is_authenticated else None
 
         server_subscriptions.connect(own_topic, weak=False)
