@@ -16,6 +16,10 @@ class MegaphoneConfig(AppConfig):
 
         user_logged_out.connect(on_user_logged_out, dispatch_uid="megaphone.logout")
         connect_revocation()  # a change of a user's rights re-checks their live subscriptions
+        from megaphone.engine.occupancy import watch
+        from megaphone.server.hooks import occupancy_wanted, send_occupancy
+
+        watch(occupancy_wanted, send_occupancy)  # topic_occupied / topic_vacated
         # Whatever serves the project: server log lines escaped and without secrets, and HTTP
         # 500s logged (see megaphone.core.logs).
         install_server_log_filters()

@@ -97,3 +97,42 @@ async def test_presence_signals_once_per_event_across_two_workers(
 
 def read(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_occupied_and_vacated_are_sent_once_per_change_across_two_workers(
+    server_factory: Callable[..., ServerProcess], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "occupancy.log"
+    env = {**ENV, "REDIS_URL": redis_server.url, "MEGAPHONE_TEST_OCCUPANCY_LOG": str(log)}
+    server = server_factory(workers=2, env=env)
+    topic, marker = f"room.{uuid.uuid4().hex[:8]}", f"room.{uuid.uuid4().hex[:8]}"
+    clients = []
+    for _ in range(6):  # spread over both workers by the kernel
+        client = AsyncClient(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+        client.hello = await client.recv()
+        await client.result(op="subscribe", topic=topic)
+        clients.append(client)
+    for _ in range(3):  # a flap on one connection: debounced, it changes nothing
+        await clients[0].result(op="unsubscribe", topic=topic)
+        await clients[0].result(op="subscribe", topic=topic)
+    await wait_for_line(log, f"occupied {topic}")
+    for client in clients:
+        await client.close()
+    await wait_for_line(log, f"vacated {topic}")
+    # A later change, behind any late announcement of the first topic's (each worker settles
+    # its topics in the order of their changes, after the same debounce).
+    last = AsyncClient(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+    last.hello = await last.recv()
+    await last.result(op="subscribe", topic=marker)
+    await wait_for_line(log, f"occupied {marker}")
+    await last.close()
+    events = [kind for kind, logged, _ in read(log) if logged == topic]
+    assert events == ["occupied", "vacated"], read(log)
+    print(f"\nworkers that announced: {len({pid for *_, pid in read(log)})}")
+
+
+async def wait_for_line(path: Path, start: str) -> None:
+    deadline = time.monotonic() + timeout(10)
+    while not any(line.startswith(start) for line in map(" ".join, read(path))):
+        assert time.monotonic() < deadline, read(path)
+        await asyncio.sleep(0.05)

@@ -57,6 +57,13 @@ decides: a topic it refuses is left out, logged, as are invalid names and those 
 ``?since=<JSON {topic: {"offset": n, "epoch": "..."}}>`` (megaphone.js does), and each server
 subscription named there is recovered as a subscribe with ``since`` is (``recovered``,
 ``missed``, the missed messages). A receiver that raises is logged; the others still count.
+
+:data:`topic_occupied` and :data:`topic_vacated` are sent, with ``topic``, when a topic gets its
+first subscriber in the whole deployment (any endpoint, any worker) and when it loses its last:
+once per change across all workers, by one of them, about ``0.5`` s after it (debounced: a flap
+shorter than that sends nothing); see :mod:`megaphone.engine.occupancy` for how and its limits.
+Workers take part only while a receiver is connected (connect them at startup, in ``ready()``).
+Receivers run off the event loop; one that raises is logged.
 """
 
 from __future__ import annotations
@@ -79,6 +86,9 @@ client_publish = Signal()
 #: A client entered, or left, a topic's presence; see the module docstring.
 presence_joined = Signal()
 presence_left = Signal()
+#: A topic got its first subscriber, or lost its last, across all workers; see the docstring.
+topic_occupied = Signal()
+topic_vacated = Signal()
 #: Which topics a connection is subscribed to at connect; see the module docstring.
 server_subscriptions = Signal()
 
@@ -159,3 +169,16 @@ async def subscriptions_for(user: Any, scope: dict[str, Any], named: Iterable[st
         except InvalidTopic as exc:
             logger.error("a server subscription left out: %s", exc)
     return list(chosen)
+
+
+def occupancy_wanted() -> bool:
+    """Whether a receiver listens to :data:`topic_occupied` or :data:`topic_vacated`."""
+    return topic_occupied.has_listeners() or topic_vacated.has_listeners()
+
+
+async def send_occupancy(topic: str, occupied: bool) -> None:
+    """Send :data:`topic_occupied` or :data:`topic_vacated`; a receiver's error is logged."""
+    signal = topic_occupied if occupied else topic_vacated
+    for _receiver, response in await signal.asend_robust(sender="megaphone", topic=topic):
+        if isinstance(response, Exception):
+            logger.error("an occupancy receiver failed on %s", topic, exc_info=response)

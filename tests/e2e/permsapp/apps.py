@@ -5,7 +5,8 @@ a project would with django-rules), and the client_publish hook of test_hooks.py
 gets ``"checked": true``), and presence receivers appending each event to the file
 ``MEGAPHONE_TEST_PRESENCE_LOG`` names (test_hooks.py); a server_subscriptions receiver putting
 every logged-in connection on its ``user:<pk>`` when ``MEGAPHONE_TEST_SERVER_SUBSCRIPTIONS`` is
-set (test_control.py)."""
+set (test_control.py); occupancy receivers appending each event to the file
+``MEGAPHONE_TEST_OCCUPANCY_LOG`` names (test_hooks.py)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,18 @@ class PermsAppConfig(AppConfig):
             return [f"user:{user.pk}"] if user.is_authenticated else None
 
         server_subscriptions.connect(own_topic, weak=False)
+
+        from megaphone.server.hooks import topic_occupied, topic_vacated
+
+        def occupancy(event: str) -> Any:
+            def receiver(sender: str, topic: str, **kwargs: Any) -> None:
+                path = os.environ.get("MEGAPHONE_TEST_OCCUPANCY_LOG")
+                if path:
+                    with open(path, "a") as log:
+                        log.write(f"{event} {topic} {os.getpid()}\n")
+
+            return receiver
+
+        if os.environ.get("MEGAPHONE_TEST_OCCUPANCY_LOG"):
+            topic_occupied.connect(occupancy("occupied"), weak=False)
+            topic_vacated.connect(occupancy("vacated"), weak=False)
