@@ -275,6 +275,8 @@ class _Endpoint(_DirectConsumer):
                 await self.recheck(user)
         except BackendUnavailable as exc:
             logger.error("order %s on %s not done: %s", order.op, self.scope["path"], exc)
+        except Exception:  # a bug, or the database down: as loud as can be, the others go on
+            logger.exception("order %s on %s failed", order.op, self.scope["path"])
 
     async def unsubscribed_by_server(self, topic: str, reason: str) -> None:
         """End the connection's subscription to ``topic``, with ``reason``."""
