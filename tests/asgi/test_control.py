@@ -10,7 +10,9 @@ import pytest
 from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.test import override_settings
 
 from example.asgi import application
 from megaphone.server.hooks import topic_occupied, topic_vacated
@@ -102,3 +104,61 @@ async def test_occupied_and_vacated_once_per_change_in_process() -> None:
     finally:
         topic_occupied.disconnect(occupied)
         topic_vacated.disconnect(vacated)
+
+
+GROUP_RULES = {
+    **settings.MEGAPHONE,
+    "PERMISSIONS": [
+        {"topics": "editors", "default": "group:editors"},
+        {"topics": "reports", "default": "perm:auth.view_user"},
+        {"topics": "*", "default": "anyone"},
+    ],
+}
+
+
+@database_sync_to_async
+def editor_with_a_group_permission(name: str) -> tuple[Any, Any]:
+    from django.contrib.auth.models import Group, Permission
+
+    user = get_user_model().objects.create_user(name)
+    group, _ = Group.objects.get_or_create(name="editors")
+    group.permissions.add(Permission.objects.get(codename="view_user"))
+    user.groups.add(group)
+    return user, group
+
+
+async def changed(change: Any) -> None:
+    async with ThreadSensitiveContext():  # as save() above: a thread of its own
+        await database_sync_to_async(change)()
+
+
+@override_settings(MEGAPHONE=GROUP_RULES)
+async def test_every_side_of_the_memberships_and_permissions_re_checks() -> None:
+    from django.contrib.auth.models import Permission
+
+    carol, group = await editor_with_a_group_permission("carol")
+    dave, _ = await editor_with_a_group_permission("dave")
+    clients = {}
+    for user in (carol, dave):
+        client = ProtocolCommunicator(application, f"/ws/connect/?token={issue_token(user)}")
+        await client.connect()
+        await client.result("subscribe", topic="editors")
+        await client.result("subscribe", topic="reports")
+        clients[user.username] = client
+    try:
+        # The group's side: the group loses a permission, every member loses "reports".
+        view_user = await database_sync_to_async(Permission.objects.get)(codename="view_user")
+        await changed(lambda: group.permissions.remove(view_user))
+        for client in clients.values():
+            frame = await client.receive(lambda f: f["type"] == "unsubscribed")
+            assert (frame["topic"], frame["code"]) == ("reports", "revoked"), frame
+        # The reverse side of the membership, then a clear() from the user's side.
+        await changed(lambda: group.user_set.remove(carol))
+        frame = await clients["carol"].receive(lambda f: f["type"] == "unsubscribed")
+        assert (frame["topic"], frame["code"]) == ("editors", "revoked"), frame
+        await changed(lambda: dave.groups.clear())
+        frame = await clients["dave"].receive(lambda f: f["type"] == "unsubscribed")
+        assert (frame["topic"], frame["code"]) == ("editors", "revoked"), frame
+    finally:
+        for client in clients.values():
+            await client.close()
