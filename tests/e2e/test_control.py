@@ -22,6 +22,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from megaphone.backends.redis import RedisBackend
+from megaphone.client import Client, ClientError
 from tests.conftest import ROOT, ServerProcess, example_env, timeout
 from tests.e2e.test_redis_scaleout import workers_subscribed
 from tests.protocol_clients import AsyncClient
@@ -187,15 +188,21 @@ async def test_the_http_api_and_the_command_unsubscribe_and_disconnect_a_user(
 ) -> None:
     server, alice, env = world
     clients = [await connect(server, alice["token"]) for _ in range(4)]
+    python_client = Client(f"{server.ws_url}/ws/connect/?token={alice['token']}")
     try:
         for client in clients:
             await client.result(op="subscribe", topic="news")
+        await python_client.connect()
+        news = await python_client.subscribe("news")
         answer = await asyncio.to_thread(
             api, server, f"users/{alice['pk']}/unsubscribe", {"topic": "news", "reason": "muted"}
         )
         assert answer == {"user": str(alice["pk"]), "order": "unsubscribe"}
         for client in clients:
             assert (await frame_of(client, "unsubscribed", "news"))["code"] == "muted"
+        with pytest.raises(ClientError) as ended:  # the Python client's subscription is over
+            await asyncio.wait_for(anext(news), timeout(10))
+        assert ended.value.code == "muted"
         await asyncio.to_thread(manage, env, "megaphone", "disconnect", str(alice["pk"]))
         for client in clients:
             with pytest.raises(ConnectionClosed) as closed:
@@ -203,5 +210,6 @@ async def test_the_http_api_and_the_command_unsubscribe_and_disconnect_a_user(
                     await client.ws.recv(timeout(10))
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4410
     finally:
+        await python_client.close()
         for client in clients:
             await client.close()
