@@ -171,8 +171,8 @@ def openapi_document(server_url: str = "/api/") -> dict[str, Any]:
             "post": {
                 "operationId": "disconnectUser",
                 "summary": "Close every socket of a user, in every worker",
-                "description": "The body is optional (default code 4410). Needs a key with no "
-                "topic patterns.",
+                "description": "The body is optional (default code 4410). Needs a key for every "
+                "topic.",
                 "requestBody": {**_body(schemas.DisconnectRequest), "required": False},
                 "responses": {
                     "200": _json(schemas.Ordered, "Sent to every worker."),
@@ -186,8 +186,8 @@ def openapi_document(server_url: str = "/api/") -> dict[str, Any]:
                 "operationId": "unsubscribeUser",
                 "summary": "End a user's subscriptions to a topic, in every worker",
                 "description": "Protocol clients get `unsubscribed` with the reason as its "
-                "code; raw clients of the topic are closed with 4403. Needs a key with no "
-                "topic patterns.",
+                "code; raw clients of the topic are closed with 4403. Needs a key for every "
+                "topic.",
                 "requestBody": _body(schemas.UnsubscribeRequest),
                 "responses": {
                     "200": _json(schemas.Ordered, "Sent to every worker."),
@@ -202,7 +202,7 @@ def openapi_document(server_url: str = "/api/") -> dict[str, Any]:
                 "summary": "Re-check a user's live subscriptions against the topic policy",
                 "description": "Each connection reloads the user and ends, with `unsubscribed` "
                 "code `revoked`, the subscriptions the policy now refuses (4401 for a user "
-                "gone or inactive). Needs a key with no topic patterns.",
+                "gone or inactive). Needs a key for every topic.",
                 "responses": {
                     "200": _json(schemas.Ordered, "Sent to every worker."),
                     **_errors(401, 403, 405, 429, 503),

@@ -283,9 +283,10 @@ async def presence(request: HttpRequest, topic: str, key: ApiKey) -> HttpRespons
 
 
 async def _order(key: ApiKey, user: str, order: Order) -> HttpResponse:
-    """Send ``order`` to ``user``'s connections: only a key without topic patterns may."""
-    if key.patterns is not None:
-        raise ApiError(Code.FORBIDDEN_USERS, "only a key with no topic patterns may order users")
+    """Send ``order`` to ``user``'s connections: only a key for every topic (no patterns, or
+    ``*``) may."""
+    if key.patterns is not None and "*" not in key.patterns:
+        raise ApiError(Code.FORBIDDEN_USERS, "only a key for every topic may order users")
     rate_limit(key, 1)
     try:
         await asend_order(user, order)
@@ -300,7 +301,11 @@ async def disconnect_user(request: HttpRequest, user: str, key: ApiKey) -> HttpR
     """``POST users/<pk>/disconnect`` ``{"code": 4410}``: close every socket of the user."""
     empty = request.META.get("CONTENT_LENGTH") in (None, "", "0")
     body = schemas.decode({} if empty else read_json(request), schemas.DisconnectRequest)
-    return await _order(key, user, disconnect_order(body.code))
+    try:
+        order = disconnect_order(body.code)
+    except ValueError as exc:  # a code outside the enum (msgspec checks only its type)
+        raise ApiError(Code.INVALID_REQUEST, f"code: {exc}") from None
+    return await _order(key, user, order)
 
 
 @endpoint("POST")

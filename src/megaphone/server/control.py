@@ -97,7 +97,8 @@ def decode_order(payload: str | bytes) -> Order | None:
 
 def _close_code(code: object) -> int:
     if isinstance(code, bool) or not isinstance(code, int) or code not in DISCONNECT_CODES:
-        raise ValueError(f"a disconnect code is one of {sorted(DISCONNECT_CODES)}, not {code!r}")
+        codes = ", ".join(str(int(c)) for c in sorted(DISCONNECT_CODES))
+        raise ValueError(f"a disconnect code is one of {codes}, not {code!r}")
     return code
 
 
