@@ -28,6 +28,12 @@ _LAZY = {
     "BackendUnavailable": "megaphone.backends",
     "Message": "megaphone.core.message",
     "broadcast_model": "megaphone.contrib.model_broadcast",
+    "disconnect_user": "megaphone.server.control",
+    "unsubscribe_user": "megaphone.server.control",
+    "recheck_user": "megaphone.server.control",
+    "adisconnect_user": "megaphone.server.control",
+    "aunsubscribe_user": "megaphone.server.control",
+    "arecheck_user": "megaphone.server.control",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -43,6 +49,12 @@ if TYPE_CHECKING:  # the names above, for type checkers and IDEs
     from megaphone.engine.publishing import PublishUnavailable as PublishUnavailable
     from megaphone.engine.publishing import apublish as apublish
     from megaphone.engine.publishing import publish as publish
+    from megaphone.server.control import adisconnect_user as adisconnect_user
+    from megaphone.server.control import arecheck_user as arecheck_user
+    from megaphone.server.control import aunsubscribe_user as aunsubscribe_user
+    from megaphone.server.control import disconnect_user as disconnect_user
+    from megaphone.server.control import recheck_user as recheck_user
+    from megaphone.server.control import unsubscribe_user as unsubscribe_user
 
 
 def __getattr__(name: str) -> Any:

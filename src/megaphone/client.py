@@ -754,9 +754,13 @@ class Client:
         elif kind in ("join", "leave"):
             if subscription := self._subscriptions.get(frame["topic"]):
                 subscription._presence(frame)
-        elif kind == "unsubscribed":  # the server lost our place: subscribe again from it
+        elif kind == "unsubscribed":
             if subscription := self._subscriptions.get(frame["topic"]):
-                await self._send_subscribe(subscription)
+                if frame.get("code") == "insufficient_state":  # the server lost our place:
+                    await self._send_subscribe(subscription)  # subscribe again from it
+                else:  # ended by the server (revoked, or the project's reason): over
+                    error = ClientError(frame.get("code", "unsubscribed"), "ended by the server")
+                    self._forget(subscription, error)
         elif kind == "connected":
             await self._on_connected(frame)
             return True

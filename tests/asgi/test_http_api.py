@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -184,7 +185,7 @@ def test_openapi_document_lists_every_route_and_error_code() -> None:
     document = openapi_document()
     resolver = get_resolver("megaphone.api_urls")
     routes = {
-        "/" + str(p.pattern).replace("<str:topic>", "{topic}")
+        "/" + re.sub(r"<str:(\w+)>", r"{\1}", str(p.pattern))
         for p in resolver.url_patterns
         if p.name
     }
@@ -381,3 +382,27 @@ async def test_backend_unavailable_gets_503(failing_backend: None) -> None:
 
 async def test_presence_on_a_backend_without_presence_is_501(failing_backend: None) -> None:
     assert error(await client().get("/api/topics/t/presence"), 501) == "presence_unsupported"
+
+
+async def test_orders_to_a_users_connections_answer_and_refuse_as_documented() -> None:
+    for path, body, order in (
+        ("/api/users/42/disconnect", {}, "disconnect"),
+        ("/api/users/42/disconnect", {"code": 1012}, "disconnect"),
+        ("/api/users/42/unsubscribe", {"topic": "news", "reason": "muted"}, "unsubscribe"),
+        ("/api/users/42/recheck", {}, "recheck"),
+    ):
+        response = await post(path, body)
+        assert response.status_code == 200, response.content
+        assert response.json() == {"user": "42", "order": order}
+    empty = await client().post("/api/users/42/disconnect", "", content_type="application/json")
+    assert empty.status_code == 200, empty.content
+    assert error(await post("/api/users/42/recheck", {}, ORDERS_KEY), 403) == "forbidden_users"
+    for path, body, code in (
+        ("/api/users/42/disconnect", {"code": 1006}, "invalid_request"),
+        ("/api/users/42/disconnect", {"code": "4410"}, "invalid_request"),
+        ("/api/users/42/unsubscribe", {"topic": "news", "reason": "Not A Code"}, "invalid_request"),
+        ("/api/users/42/unsubscribe", {"topic": "$user:1"}, "invalid_topic"),
+        ("/api/users/42/unsubscribe", {"reason": "muted"}, "invalid_topic"),
+        ("/api/users/42/unsubscribe", "not json", "invalid_json"),
+    ):
+        assert error(await post(path, body), 400) == code, (path, body)

@@ -74,12 +74,7 @@ async def test_presence_signals_once_per_event_across_two_workers(
     env = {**ENV, "REDIS_URL": redis_server.url, "MEGAPHONE_TEST_PRESENCE_LOG": str(log)}
     server = server_factory(workers=2, env=env)
     topic = f"room.{uuid.uuid4().hex[:8]}"
-    clients = []
-    for _ in range(6):  # spread over both workers by the kernel
-        client = AsyncClient(await websockets.connect(f"{server.ws_url}/ws/connect/"))
-        client.hello = await client.recv()
-        await client.result(op="subscribe", topic=topic)
-        clients.append(client)
+    clients = await subscribed_clients(server, topic, 6)
     ids = sorted(client.hello["client"] for client in clients)
     presence = await clients[0].result(op="presence", topic=topic)
     assert presence["count"] == 6
@@ -95,5 +90,48 @@ async def test_presence_signals_once_per_event_across_two_workers(
     print(f"\nworkers that sent signals: {len({pid for *_, pid in lines})}")
 
 
+async def subscribed_clients(server: ServerProcess, topic: str, n: int) -> list[AsyncClient]:
+    """``n`` protocol clients subscribed to ``topic``, spread over the workers by the kernel."""
+    clients = []
+    for _ in range(n):
+        client = AsyncClient(await websockets.connect(f"{server.ws_url}/ws/connect/"))
+        client.hello = await client.recv()
+        await client.result(op="subscribe", topic=topic)
+        clients.append(client)
+    return clients
+
+
 def read(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_occupied_and_vacated_are_sent_once_per_change_across_two_workers(
+    server_factory: Callable[..., ServerProcess], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "occupancy.log"
+    env = {**ENV, "REDIS_URL": redis_server.url, "MEGAPHONE_TEST_OCCUPANCY_LOG": str(log)}
+    server = server_factory(workers=2, env=env)
+    topic, marker = f"room.{uuid.uuid4().hex[:8]}", f"room.{uuid.uuid4().hex[:8]}"
+    clients = await subscribed_clients(server, topic, 6)
+    for _ in range(3):  # a flap on one connection: debounced, it changes nothing
+        await clients[0].result(op="unsubscribe", topic=topic)
+        await clients[0].result(op="subscribe", topic=topic)
+    await wait_for_line(log, f"occupied {topic}")
+    for client in clients:
+        await client.close()
+    await wait_for_line(log, f"vacated {topic}")
+    # A later change, behind any late announcement of the first topic's (each worker settles
+    # its topics in the order of their changes, after the same debounce).
+    [last] = await subscribed_clients(server, marker, 1)
+    await wait_for_line(log, f"occupied {marker}")
+    await last.close()
+    events = [kind for kind, logged, _ in read(log) if logged == topic]
+    assert events == ["occupied", "vacated"], read(log)
+    print(f"\nworkers that announced: {len({pid for *_, pid in read(log)})}")
+
+
+async def wait_for_line(path: Path, start: str) -> None:
+    deadline = time.monotonic() + timeout(10)
+    while not any(line.startswith(start) for line in map(" ".join, read(path))):
+        assert time.monotonic() < deadline, read(path)
+        await asyncio.sleep(0.05)

@@ -29,6 +29,7 @@ const DOCUMENTED_ACTIONS = {
   4401: "reauthenticate",
   4403: "refuse",
   4408: "reconnect",
+  4410: "reauthenticate",
   4429: "slow_down",
 };
 const codesWith = (action) =>
@@ -332,4 +333,36 @@ test("disconnect() rejects the publishes waiting for a connection", async (t) =>
   await flush();
   assert.equal(publish.error?.code, "disconnected");
   assert.equal(client.state, "closed");
+});
+
+test("a server subscription is announced, recovered through the URL, and ended by the server", async (t) => {
+  setUp(t);
+  const client = connectedClient();
+  const announced = [];
+  client.addEventListener("subscribed", (e) => announced.push(e.detail.result.topic));
+  let socket = FakeWebSocket.last();
+  socket.serverSend({ type: "subscribed", topic: "user:7", offset: 4, epoch: "e1" });
+  const got = [];
+  const ended = [];
+  const subscription = client.subscribe("user:7", {
+    onMessage: (data) => got.push(data),
+    onUnsubscribed: (frame) => ended.push(frame.code),
+  });
+  assert.equal(subscription.server, true);
+  assert.deepEqual(announced, ["user:7"]);
+  assert.deepEqual(socket.sent, [], "no subscribe request for a server subscription");
+  socket.serverSend({ type: "message", topic: "user:7", offset: 5, epoch: "e1", data: "hi" });
+  assert.deepEqual(got, ["hi"]);
+  socket = reconnectAfter(t, client, 1006);
+  const since = JSON.parse(new globalThis.URL(socket.url).searchParams.get("since"));
+  assert.deepEqual(since, { "user:7": { offset: 5, epoch: "e1" } });
+  socket.accept();
+  assert.deepEqual(socket.sent, [], "not resubscribed by the client");
+  socket.serverSend({ type: "subscribed", topic: "user:7", offset: 6, epoch: "e1", recovered: true, missed: 1 });
+  socket.serverSend({ type: "message", topic: "user:7", offset: 6, epoch: "e1", data: "missed" });
+  assert.deepEqual(got, ["hi", "missed"]);
+  socket.serverSend({ type: "unsubscribed", topic: "user:7", code: "revoked", offset: 6, epoch: "e1" });
+  assert.deepEqual(ended, ["revoked"]);
+  assert.equal(subscription.active, false);
+  assert.deepEqual(socket.sent, [], "a revoked subscription is not resubscribed");
 });

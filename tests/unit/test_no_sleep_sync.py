@@ -27,6 +27,8 @@ POLLS = "polls another process or thread: no event of this process announces it"
 #: (file under tests/, the line's text without its indentation) -> why it may sleep.
 EXCEPTIONS: dict[tuple[str, str], str] = {
     ("backends/test_postgres.py", "await asyncio.sleep(0.5)  # the TTLs themselves"): CLOCK,
+    ("e2e/test_control.py", "await asyncio.sleep(0.01)"): PACES
+    + " (messages flow on the topic all along the revocation)",
     ("e2e/test_hooks.py", "await asyncio.sleep(0.05)"): POLLS
     + " (the log file the workers' signal receivers write)",
     ("e2e/test_postgres_scaleout.py", "await asyncio.sleep(0.05)"): POLLS

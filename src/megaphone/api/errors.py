@@ -20,6 +20,7 @@ class Code:
     MISSING_API_KEY = "missing_api_key"  # 401: no ``Authorization: Bearer`` header
     INVALID_API_KEY = "invalid_api_key"  # 401: a key that is not in API_KEYS
     FORBIDDEN_TOPIC = "forbidden_topic"  # 403: the key's topic patterns do not match
+    FORBIDDEN_USERS = "forbidden_users"  # 403: only a key for every topic may order users
     NOT_FOUND = "not_found"  # 404: no such route
     PRESENCE_OFF = "presence_off"  # 404: presence is not kept on this topic
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
@@ -39,6 +40,7 @@ STATUS = {
     Code.MISSING_API_KEY: 401,
     Code.INVALID_API_KEY: 401,
     Code.FORBIDDEN_TOPIC: 403,
+    Code.FORBIDDEN_USERS: 403,
     Code.NOT_FOUND: 404,
     Code.PRESENCE_OFF: 404,
     Code.METHOD_NOT_ALLOWED: 405,

@@ -23,7 +23,7 @@ _REF = "#/components/schemas/{name}"
 ERROR_RESPONSES = {
     400: ("BadRequest", "The body, a field or a parameter is not valid."),
     401: ("Unauthorized", "No API key, or one that is not valid."),
-    403: ("Forbidden", "This API key may not use this topic."),
+    403: ("Forbidden", "This API key may not use this topic (or order users)."),
     404: ("NotFound", "No such route, or presence is not kept on this topic."),
     405: ("MethodNotAllowed", "The route does not take this method (see `Allow`)."),
     413: ("TooLarge", "The body, a message or the batch is too large."),
@@ -101,6 +101,13 @@ def openapi_document(server_url: str = "/api/") -> dict[str, Any]:
         "description": "The topic name.",
         "schema": topic_schema,
     }
+    user_parameter = {
+        "name": "user",
+        "in": "path",
+        "required": True,
+        "description": "The user's primary key.",
+        "schema": {"type": "string", "minLength": 1},
+    }
     paths = {
         "/publish": {
             "post": {
@@ -156,6 +163,49 @@ def openapi_document(server_url: str = "/api/") -> dict[str, Any]:
                 "responses": {
                     "200": _json(schemas.Presence, "Every live presence entry."),
                     **_errors(400, 401, 403, 404, 405, 429, 501, 503),
+                },
+            },
+        },
+        "/users/{user}/disconnect": {
+            "parameters": [user_parameter],
+            "post": {
+                "operationId": "disconnectUser",
+                "summary": "Close every socket of a user, in every worker",
+                "description": "The body is optional (default code 4410). Needs a key for every "
+                "topic.",
+                "requestBody": {**_body(schemas.DisconnectRequest), "required": False},
+                "responses": {
+                    "200": _json(schemas.Ordered, "Sent to every worker."),
+                    **_errors(400, 401, 403, 405, 413, 429, 503),
+                },
+            },
+        },
+        "/users/{user}/unsubscribe": {
+            "parameters": [user_parameter],
+            "post": {
+                "operationId": "unsubscribeUser",
+                "summary": "End a user's subscriptions to a topic, in every worker",
+                "description": "Protocol clients get `unsubscribed` with the reason as its "
+                "code; raw clients of the topic are closed with 4403. Needs a key for every "
+                "topic.",
+                "requestBody": _body(schemas.UnsubscribeRequest),
+                "responses": {
+                    "200": _json(schemas.Ordered, "Sent to every worker."),
+                    **_errors(400, 401, 403, 405, 413, 429, 503),
+                },
+            },
+        },
+        "/users/{user}/recheck": {
+            "parameters": [user_parameter],
+            "post": {
+                "operationId": "recheckUser",
+                "summary": "Re-check a user's live subscriptions against the topic policy",
+                "description": "Each connection reloads the user and ends, with `unsubscribed` "
+                "code `revoked`, the subscriptions the policy now refuses (4401 for a user "
+                "gone or inactive). Needs a key for every topic.",
+                "responses": {
+                    "200": _json(schemas.Ordered, "Sent to every worker."),
+                    **_errors(401, 403, 405, 429, 503),
                 },
             },
         },

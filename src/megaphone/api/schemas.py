@@ -17,10 +17,12 @@ from django.http import HttpResponse
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from megaphone.api.errors import STATUS, ApiError, Code
+from megaphone.core.closecodes import CloseCode
 from megaphone.core.decoding import explain
 from megaphone.core.message import MsgId
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.protocol.schema import DEFAULT_HISTORY_LIMIT, HistoryLimit, Offset, Topic
+from megaphone.server.control import DISCONNECT_CODES, SERVER_UNSUBSCRIBED
 
 # Requests -----------------------------------------------------------------------------------
 
@@ -50,6 +52,39 @@ class BatchRequest(Struct, forbid_unknown_fields=True):
     """Several messages, published in order."""
 
     messages: Annotated[list[PublishRequest], Meta(min_length=1)]
+
+
+#: What ``reason`` an ``unsubscribed`` frame may carry: the shape of a rejection code.
+Reason = Annotated[str, Meta(pattern="^[a-z][a-z0-9_]*$", min_length=1, max_length=40)]
+
+
+class DisconnectRequest(Struct, forbid_unknown_fields=True):
+    """Close every socket of the user, in every worker."""
+
+    code: Annotated[
+        int,
+        Meta(
+            description="The close code (docs/protocol.md): 4410 (the client stops unless it can "
+            "get new credentials), 4401, 1012 (it reconnects at once)...",
+            extra_json_schema={"enum": sorted(int(c) for c in DISCONNECT_CODES)},
+        ),
+    ] = int(CloseCode.DISCONNECTED)
+
+
+class UnsubscribeRequest(Struct, forbid_unknown_fields=True):
+    """End the user's subscriptions to a topic, in every worker."""
+
+    topic: Topic
+    reason: Annotated[
+        Reason, Meta(description="The `code` of the clients' `unsubscribed` frame.")
+    ] = SERVER_UNSUBSCRIBED
+
+
+class Ordered(Struct):
+    """The order was sent to every worker; each connection of the user obeys it at once."""
+
+    user: Annotated[str, Meta(description="The user's primary key.")]
+    order: Literal["disconnect", "unsubscribe", "recheck"]
 
 
 class HistoryQuery(Struct):
@@ -181,6 +216,9 @@ COMPONENTS: tuple[type[Struct], ...] = (
     Presence,
     Topics,
     Token,
+    DisconnectRequest,
+    UnsubscribeRequest,
+    Ordered,
     Error,
 )
 
@@ -210,7 +248,7 @@ def decode(value: Any, into: type[T]) -> T:
         if isinstance(item, dict):
             _check_topic(item.get("topic"), prefix)
         raise ApiError(Code.INVALID_REQUEST, message if where else f"the body: {message}") from None
-    if isinstance(result, PublishRequest):
+    if isinstance(result, (PublishRequest, UnsubscribeRequest)):
         _check_topic(result.topic, "")
     elif isinstance(result, BatchRequest):
         for i, one in enumerate(result.messages):
@@ -221,7 +259,7 @@ def decode(value: Any, into: type[T]) -> T:
 def _message_at(value: Any, where: str, into: type[Any]) -> tuple[str, Any]:
     """``(prefix, message)``: the message of ``value`` that the refused field ``where`` is in
     (``messages[1].data``: the second of a batch), or ``("", None)``."""
-    if into is PublishRequest:
+    if into in (PublishRequest, UnsubscribeRequest):
         return "", value
     prefix = where.partition(".")[0]
     if not prefix.startswith("messages[") or not isinstance(value, dict):

@@ -44,9 +44,27 @@ from megaphone.engine.publishing import (
     prepare,
 )
 from megaphone.protocol.schema import encoded_messages
+from megaphone.server.control import (
+    RECHECK,
+    Order,
+    asend_order,
+    disconnect_order,
+    unsubscribe_order,
+)
 from megaphone.server.permissions import may_read_history, may_see_presence
 
-__all__ = ["STATUS", "history", "not_found", "openapi", "presence", "publish", "publish_batch"]
+__all__ = [
+    "STATUS",
+    "disconnect_user",
+    "history",
+    "not_found",
+    "openapi",
+    "presence",
+    "publish",
+    "publish_batch",
+    "recheck_user",
+    "unsubscribe_user",
+]
 
 logger = get_logger(__name__)
 
@@ -262,6 +280,46 @@ async def presence(request: HttpRequest, topic: str, key: ApiKey) -> HttpRespons
     clients = sorted(entries.values(), key=lambda entry: str(entry.get("client")))
     entries_as_they_are = cast(list[schemas.PresenceEntry], clients)
     return schemas.json_response(schemas.Presence(topic, len(clients), entries_as_they_are))
+
+
+async def _order(key: ApiKey, user: str, order: Order) -> HttpResponse:
+    """Send ``order`` to ``user``'s connections: only a key for every topic (no patterns, or
+    ``*``) may."""
+    if key.patterns is not None and "*" not in key.patterns:
+        raise ApiError(Code.FORBIDDEN_USERS, "only a key for every topic may order users")
+    rate_limit(key, 1)
+    try:
+        await asend_order(user, order)
+    except PublishError as exc:
+        logger.error("HTTP API order %s to user %s failed: %s", order.op, user, exc)
+        raise ApiError(Code.BACKEND_UNAVAILABLE, str(exc)) from None
+    return schemas.json_response(schemas.Ordered(user, order.op))
+
+
+@endpoint("POST")
+async def disconnect_user(request: HttpRequest, user: str, key: ApiKey) -> HttpResponse:
+    """``POST users/<pk>/disconnect`` ``{"code": 4410}``: close every socket of the user."""
+    empty = request.META.get("CONTENT_LENGTH") in (None, "", "0")
+    body = schemas.decode({} if empty else read_json(request), schemas.DisconnectRequest)
+    try:
+        order = disconnect_order(body.code)
+    except ValueError as exc:  # a code outside the enum (msgspec checks only its type)
+        raise ApiError(Code.INVALID_REQUEST, f"code: {exc}") from None
+    return await _order(key, user, order)
+
+
+@endpoint("POST")
+async def unsubscribe_user(request: HttpRequest, user: str, key: ApiKey) -> HttpResponse:
+    """``POST users/<pk>/unsubscribe`` ``{"topic", "reason"}``: end the user's subscriptions to
+    the topic."""
+    body = schemas.decode(read_json(request), schemas.UnsubscribeRequest)
+    return await _order(key, user, unsubscribe_order(body.topic, body.reason))
+
+
+@endpoint("POST")
+async def recheck_user(request: HttpRequest, user: str, key: ApiKey) -> HttpResponse:
+    """``POST users/<pk>/recheck``: re-check the user's subscriptions against the policy."""
+    return await _order(key, user, RECHECK)
 
 
 @endpoint("GET", "HEAD", auth=False)

@@ -29,6 +29,7 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4401  # missing, bad or expired credentials
     FORBIDDEN = 4403  # not allowed on this topic
     SLOW_CONSUMER = 4408  # the client fell more than the outbox bound behind
+    DISCONNECTED = 4410  # the server ended this user's connections (megaphone.disconnect_user)
     RATE_LIMITED = 4429  # published (raw endpoint), or subscribed past rate_limited, too fast
 
 
@@ -63,6 +64,7 @@ CLOSE_ACTIONS: Mapping[CloseCode, CloseAction] = MappingProxyType(
         CloseCode.UNAUTHORIZED: CloseAction.REAUTHENTICATE,
         CloseCode.FORBIDDEN: CloseAction.REFUSE,
         CloseCode.SLOW_CONSUMER: CloseAction.RECONNECT,
+        CloseCode.DISCONNECTED: CloseAction.REAUTHENTICATE,
         CloseCode.RATE_LIMITED: CloseAction.SLOW_DOWN,
     }
 )

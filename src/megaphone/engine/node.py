@@ -38,6 +38,7 @@ from megaphone.core.logs import get_logger
 from megaphone.core.message import Message
 from megaphone.core.topics import is_internal
 from megaphone.engine.joinleave import JoinLeave
+from megaphone.engine.occupancy import LEDGER_HISTORY, LEDGER_PREFIX, Occupancy
 from megaphone.engine.stats import STATS_HISTORY, STATS_TOPIC, publish_stats
 
 
@@ -79,6 +80,8 @@ class Node:
         self._ping: asyncio.Future[None] | None = None  # the ping in flight
         #: This process's clients' join/leave events, coalesced per topic.
         self.join_leave = JoinLeave(self._publish_json)
+        #: This process's part in topic occupancy (occupied/vacated, once across workers).
+        self.occupancy = Occupancy(self)
         metrics.track_hub(self.hub)
 
     async def start(self) -> None:
@@ -124,6 +127,7 @@ class Node:
             if task is not None:
                 task.cancel()
         self.join_leave.stop()
+        self.occupancy.stop()
         await self.backend.stop()
 
     async def reachable(self) -> None:
@@ -151,6 +155,7 @@ class Node:
         """
         if self.hub.add(topic, subscriber):
             self._subscribed[topic] = asyncio.ensure_future(self.backend.subscribe(topic))
+            self.occupancy.changed(topic, True)
         try:
             await asyncio.shield(self._subscribed[topic])
         except BaseException:
@@ -161,6 +166,7 @@ class Node:
         """Remove ``subscriber`` from ``topic``; the backend stops when the last one leaves."""
         if self.hub.remove(topic, subscriber):
             self._subscribed.pop(topic, None)
+            self.occupancy.changed(topic, False)
             await self.backend.unsubscribe(topic)
 
     async def publish(
@@ -239,6 +245,8 @@ def history_limits(topic: str) -> tuple[int, float]:
         return 0, 0.0
     if topic == STATS_TOPIC:
         return STATS_HISTORY
+    if topic.startswith(LEDGER_PREFIX):
+        return LEDGER_HISTORY
     options = topic_options(topic)
     return options.history_size, options.history_ttl
 

@@ -73,6 +73,8 @@ class Code:
     RATE_LIMITED = "rate_limited"  # over PUBLISH_RATE/PUBLISH_BURST or SUBSCRIBE_RATE/_BURST
     BACKEND_UNAVAILABLE = "backend_unavailable"  # try again later
     INSUFFICIENT_STATE = "insufficient_state"  # a live gap could not be filled: resubscribe
+    REVOKED = "revoked"  # (unsubscribed) a re-check of the policy refuses the subscription now
+    SERVER_UNSUBSCRIBED = "server_unsubscribed"  # (unsubscribed) megaphone.unsubscribe_user
 
 
 class ProtocolError(Exception):
@@ -189,6 +191,26 @@ class PositionFrame(Struct):
 
     offset: Offset
     epoch: Epoch
+
+
+#: Most server subscriptions a connection URL's ``since`` may name.
+MAX_SINCE_TOPICS = 100
+
+
+def parse_positions(text: str) -> dict[str, Position]:
+    """The ``since`` parameter of a ``/ws/connect/`` URL: a JSON object of topic ->
+    ``{"offset", "epoch"}``, the client's positions in the topics the server subscribes it to
+    (:data:`megaphone.server.hooks.server_subscriptions`); :class:`ProtocolError`
+    (``bad_request``) if it is not one."""
+    try:
+        value = msgspec.json.decode(text, type=dict[Topic, PositionFrame])
+        for topic in value:
+            validate_topic(topic)
+    except (msgspec.DecodeError, InvalidTopic, UnicodeEncodeError, RecursionError) as exc:
+        raise ProtocolError(Code.BAD_REQUEST, f"the URL's since: {exc}"[:200]) from None
+    if len(value) > MAX_SINCE_TOPICS:
+        raise ProtocolError(Code.BAD_REQUEST, f"the URL's since names over {MAX_SINCE_TOPICS}")
+    return {topic: Position(p.offset, p.epoch) for topic, p in value.items()}
 
 
 class SubscribeFrame(_TopicFrame, tag="subscribe", kw_only=True):

@@ -42,6 +42,8 @@ logger = get_logger(__name__)
 
 #: The scope key holding a token-authenticated connection's expiry (seconds since the epoch).
 TOKEN_EXPIRES = "megaphone.token_expires"
+#: The scope key holding the topics a connection's token names (the server subscribes them).
+TOKEN_SUBSCRIPTIONS = "megaphone.token_subscriptions"
 #: What :func:`close_user_connections` publishes on a user's control topic.
 LOGOUT = "logout"
 
@@ -91,7 +93,9 @@ def connection_token(request: HttpRequest) -> JsonResponse:
 
 
 @database_sync_to_async
-def _active_user(user_id: str) -> Any:
+def active_user(user_id: str) -> Any:
+    """The active user of primary key ``user_id``, read from the database; None if there is no
+    such user, or it is not active."""
     model = get_user_model()
     try:
         user = model._default_manager.get(pk=user_id)
@@ -124,11 +128,16 @@ class TokenAuthMiddleware:
                 except InvalidToken as exc:
                     refusal = f"token refused: {exc}"
                 else:
-                    user = await _active_user(claims.user_id)
+                    user = await active_user(claims.user_id)
                     if user is None:
                         refusal = "token refused: no active user"
                     else:
-                        scope = {**scope, "user": user, TOKEN_EXPIRES: claims.expires_at}
+                        scope = {
+                            **scope,
+                            "user": user,
+                            TOKEN_EXPIRES: claims.expires_at,
+                            TOKEN_SUBSCRIPTIONS: claims.subscriptions,
+                        }
                 if refusal is not None:
                     return await refuse_handshake(
                         scope, receive, send, reason=refusal, label="token", log=logger

@@ -25,7 +25,7 @@ from megaphone.backends import BackendUnavailable
 from megaphone.conf import Config, get_config, topic_options
 from megaphone.core import metrics
 from megaphone.core.closecodes import CloseCode
-from megaphone.core.decoding import InvalidText, utf8_size
+from megaphone.core.decoding import InvalidText, strict_query, utf8_size
 from megaphone.core.frames import frame_writer
 from megaphone.core.logs import get_logger, log_refusal
 from megaphone.core.message import Encoder, Message, raw_frame
@@ -33,10 +33,22 @@ from megaphone.core.ratelimit import TokenBucket
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.node import Node, get_node
 from megaphone.engine.publishing import mark_serving
-from megaphone.protocol.schema import message_event
-from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic
+from megaphone.protocol.schema import (
+    Code,
+    ProtocolError,
+    error_frame,
+    message_event,
+    parse_positions,
+)
+from megaphone.server.auth import (
+    TOKEN_EXPIRES,
+    TOKEN_SUBSCRIPTIONS,
+    active_user,
+    user_control_topic,
+)
 from megaphone.server.connection import Connection
-from megaphone.server.hooks import PublishRejected, screen
+from megaphone.server.control import Order, decode_order
+from megaphone.server.hooks import PublishRejected, screen, subscriptions_for
 from megaphone.server.permissions import aallowed, amay_subscribe
 from megaphone.server.session import RateLimitIgnored, Session
 
@@ -107,7 +119,8 @@ class _Endpoint(_DirectConsumer):
     _closing: asyncio.Task[None] | None = None
     _main_task: asyncio.Task[object] | None = None
     _token_timer: asyncio.TimerHandle | None = None
-    _logout_watch: _LogoutWatch | None = None
+    _control_watch: _ControlWatch | None = None
+    _orders: asyncio.Task[None] | None = None  # the last order of the control topic
     _released = False
     user: Any = None
 
@@ -135,7 +148,9 @@ class _Endpoint(_DirectConsumer):
         self._released = True
         if self._token_timer is not None:
             self._token_timer.cancel()
-        watch, self._logout_watch = self._logout_watch, None
+        watch, self._control_watch = self._control_watch, None
+        if self._orders is not None:
+            self._orders.cancel()
         if watch is not None:
             await self.node.unsubscribe(watch.topic, watch)
         if self.connection is not None:
@@ -187,10 +202,10 @@ class _Endpoint(_DirectConsumer):
             self._token_timer = asyncio.get_running_loop().call_later(
                 max(0.0, expires - time.time()), self._token_expired
             )
-        if getattr(self.user, "is_authenticated", False):  # logout closes the connection
-            watch = _LogoutWatch(user_control_topic(self.user.pk), self)
+        if getattr(self.user, "is_authenticated", False):  # orders: logout, disconnect...
+            watch = _ControlWatch(user_control_topic(self.user.pk), self)
             await self.node.subscribe(watch.topic, watch)
-            self._logout_watch = watch
+            self._control_watch = watch
         return Connection(
             self.base_send,
             encoder,
@@ -230,10 +245,46 @@ class _Endpoint(_DirectConsumer):
         if self._decide_close(CloseCode.UNAUTHORIZED):
             logger.info("closing %s: its connection token expired", self.scope["path"])
 
-    def logged_out(self) -> None:
-        """The connection's user logged out somewhere: close with 4401, once."""
-        if self._decide_close(CloseCode.UNAUTHORIZED):
-            logger.info("closing %s: its user logged out", self.scope["path"])
+    def obey(self, order: Order) -> None:
+        """An order of the user's control topic (:mod:`megaphone.server.control`): a disconnect
+        closes at once; the others run in order, one after the other, in the background."""
+        if order.op == "disconnect":
+            if self._decide_close(order.code):
+                logger.info(
+                    "closing %s: its user was disconnected (%d)", self.scope["path"], order.code
+                )
+            return
+        previous = self._orders
+        self._orders = asyncio.get_running_loop().create_task(self._obey_after(previous, order))
+
+    async def _obey_after(self, previous: asyncio.Task[None] | None, order: Order) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        if self.closing_code is not None or self._released:
+            return
+        try:
+            if order.op == "unsubscribe":
+                await self.unsubscribed_by_server(order.topic, order.reason)
+            else:
+                user = await active_user(str(self.user.pk))
+                if user is None:
+                    if self._decide_close(CloseCode.UNAUTHORIZED):
+                        logger.info("closing %s: its user is gone or inactive", self.scope["path"])
+                    return
+                self.user = user
+                await self.recheck(user)
+        except BackendUnavailable as exc:
+            logger.error("order %s on %s not done: %s", order.op, self.scope["path"], exc)
+        except Exception:  # a bug, or the database down: as loud as can be, the others go on
+            logger.exception("order %s on %s failed", order.op, self.scope["path"])
+
+    async def unsubscribed_by_server(self, topic: str, reason: str) -> None:
+        """End the connection's subscription to ``topic``, with ``reason``."""
+        raise NotImplementedError
+
+    async def recheck(self, user: Any) -> None:
+        """Ask the policy again, for ``user`` (just reloaded), about every subscription."""
+        raise NotImplementedError
 
     def _slow(self) -> None:
         """Called by the outbox, once, when it overflows; it already drops further frames."""
@@ -303,10 +354,9 @@ class _Endpoint(_DirectConsumer):
             await self.close(1000)
 
 
-class _LogoutWatch:
-    """The hub subscriber of an authenticated connection on its user's control topic: any
-    message there (see :func:`megaphone.server.auth.close_user_connections`) closes the
-    connection."""
+class _ControlWatch:
+    """The hub subscriber of an authenticated connection on its user's control topic: each
+    message there is an order (:mod:`megaphone.server.control`) the connection obeys."""
 
     __slots__ = ("endpoint", "topic")
 
@@ -315,7 +365,9 @@ class _LogoutWatch:
         self.endpoint = endpoint
 
     def deliver(self, message: Message) -> None:
-        self.endpoint.logged_out()
+        order = decode_order(message.payload)
+        if order is not None:
+            self.endpoint.obey(order)
 
 
 class BroadcastConsumer(_Endpoint):
@@ -397,6 +449,18 @@ class BroadcastConsumer(_Endpoint):
         except BackendUnavailable as exc:
             self._publish_failed(exc)
 
+    async def unsubscribed_by_server(self, topic: str, reason: str) -> None:
+        """A raw client has no ``unsubscribed`` frame: one on that topic is closed with 4403."""
+        if topic == self.topic and self._decide_close(CloseCode.FORBIDDEN):
+            logger.info("closing %s: unsubscribed by the server (%s)", self.scope["path"], reason)
+
+    async def recheck(self, user: Any) -> None:
+        self._may_publish = None  # asked again at the next message
+        if not await amay_subscribe(user, self.topic) and self._decide_close(CloseCode.FORBIDDEN):
+            logger.info(
+                "closing %s: its user may no longer subscribe (revoked)", self.scope["path"]
+            )
+
     def _published(self, task: asyncio.Task[Message]) -> None:
         self._publishing.discard(task)
         error = None if task.cancelled() else task.exception()
@@ -462,6 +526,33 @@ class ProtocolConsumer(_Endpoint):
         await self.accept()
         self.session.send(self.session.hello())
         connection.start()
+        await self._subscribe_server(self.session)
+
+    async def _subscribe_server(self, session: Session) -> None:
+        """The server subscriptions (:data:`megaphone.server.hooks.server_subscriptions`), before
+        any request of the client is handled (this runs before the consumer reads a frame)."""
+        topics = await subscriptions_for(
+            self.user, self.scope, self.scope.get(TOKEN_SUBSCRIPTIONS, ())
+        )
+        if not topics:
+            return
+        positions = None
+        try:
+            since = [
+                v
+                for k, v in strict_query(self.scope["query_string"].decode("latin-1"))
+                if k == "since"
+            ]
+            positions = parse_positions(since[-1]) if since else None
+        except InvalidText as exc:
+            session.send(error_frame(None, Code.BAD_REQUEST, f"the URL's since: {exc}"))
+        except ProtocolError as exc:
+            session.send(error_frame(None, exc.code, exc.message))
+        try:
+            await session.subscribe_server(topics, positions)
+        except BackendUnavailable as exc:
+            logger.error("server subscriptions of %s not made: %s", session.client, exc)
+            session.send(error_frame(None, Code.BACKEND_UNAVAILABLE, "try again later"))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         payload = await self._payload(text_data, bytes_data)
@@ -476,6 +567,14 @@ class ProtocolConsumer(_Endpoint):
             if self.closing_code is None:  # not if a close was decided while this frame ran
                 logger.warning("closing a client on %s: %s", self.scope["path"], exc)
             await self._close_with(CloseCode.RATE_LIMITED)
+
+    async def unsubscribed_by_server(self, topic: str, reason: str) -> None:
+        if self.session is not None:
+            await self.session.end(topic, reason)
+
+    async def recheck(self, user: Any) -> None:
+        if self.session is not None:
+            await self.session.recheck(user)
 
     async def disconnect(self, code: int) -> None:
         session, self.session = self.session, None

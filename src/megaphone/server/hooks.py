@@ -37,17 +37,46 @@ one ``presence_left`` for the same client and topic (unsubscribe, disconnect, or
 the topic before it resubscribes), except when the worker itself dies: the backend then expires
 the entry (``PRESENCE_TTL``) and no signal is sent. Receivers run off the event loop (sync ones
 in a worker thread); one that raises is logged and does not affect the client.
+
+:data:`server_subscriptions` decides, at connect, which topics a ``/ws/connect/`` connection is
+subscribed to without asking. Its receivers are called with ``user`` and ``scope`` (the ASGI
+scope) and return topic names (any iterable, or None); the connection is subscribed to each
+that any receiver names, and to those its connection token names
+(:func:`megaphone.server.tokens.issue_token`'s ``subscriptions``)::
+
+    @receiver(server_subscriptions)
+    def own_topic(sender, user, scope, **kwargs):
+        if user.is_authenticated:
+            return [f"user:{user.pk}"]
+
+Each such subscription is announced by a ``subscribed`` frame (the fields of a subscribe reply)
+right after ``connected``, before the answer to any request of the client, and is then an
+ordinary subscription (the client may unsubscribe from it). The policy (``PERMISSIONS``) still
+decides: a topic it refuses is left out, logged, as are invalid names and those over
+``MAX_SUBSCRIPTIONS``. Recovery: a client that reconnects puts its positions in the URL,
+``?since=<JSON {topic: {"offset": n, "epoch": "..."}}>`` (megaphone.js does), and each server
+subscription named there is recovered as a subscribe with ``since`` is (``recovered``,
+``missed``, the missed messages). A receiver that raises is logged; the others still count.
+
+:data:`topic_occupied` and :data:`topic_vacated` are sent, with ``topic``, when a topic gets its
+first subscriber in the whole deployment (any endpoint, any worker) and when it loses its last:
+once per change across all workers, by one of them, about ``0.5`` s after it (debounced: a flap
+shorter than that sends nothing); see :mod:`megaphone.engine.occupancy` for how and its limits.
+Workers take part only while a receiver is connected (connect them at startup, in ``ready()``).
+Receivers run off the event loop; one that raises is logged.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from django.dispatch import Signal
 
 from megaphone.core.logs import get_logger
+from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.publishing import InvalidMessage, prepare
 
 logger = get_logger(__name__)
@@ -57,6 +86,11 @@ client_publish = Signal()
 #: A client entered, or left, a topic's presence; see the module docstring.
 presence_joined = Signal()
 presence_left = Signal()
+#: A topic got its first subscriber, or lost its last, across all workers; see the docstring.
+topic_occupied = Signal()
+topic_vacated = Signal()
+#: Which topics a connection is subscribed to at connect; see the module docstring.
+server_subscriptions = Signal()
 
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
@@ -113,3 +147,38 @@ async def send_presence(
     for _receiver, response in responses:
         if isinstance(response, Exception):
             logger.error("a presence receiver failed on %s", topic, exc_info=response)
+
+
+async def subscriptions_for(user: Any, scope: dict[str, Any], named: Iterable[str]) -> list[str]:
+    """The topics :data:`server_subscriptions`' receivers name for a connection, after
+    ``named`` (its token's), in order, each once; invalid names are logged and left out."""
+    topics = list(named)
+    if server_subscriptions.has_listeners():
+        responses = await server_subscriptions.asend_robust(
+            sender="protocol", user=user, scope=scope
+        )
+        for _receiver, response in responses:
+            if isinstance(response, Exception):
+                logger.error("a server_subscriptions receiver failed", exc_info=response)
+            elif response is not None:
+                topics.extend(response)
+    chosen: dict[str, None] = {}
+    for topic in topics:
+        try:
+            chosen[validate_topic(topic)] = None
+        except InvalidTopic as exc:
+            logger.error("a server subscription left out: %s", exc)
+    return list(chosen)
+
+
+def occupancy_wanted() -> bool:
+    """Whether a receiver listens to :data:`topic_occupied` or :data:`topic_vacated`."""
+    return topic_occupied.has_listeners() or topic_vacated.has_listeners()
+
+
+async def send_occupancy(topic: str, occupied: bool) -> None:
+    """Send :data:`topic_occupied` or :data:`topic_vacated`; a receiver's error is logged."""
+    signal = topic_occupied if occupied else topic_vacated
+    for _receiver, response in await signal.asend_robust(sender="megaphone", topic=topic):
+        if isinstance(response, Exception):
+            logger.error("an occupancy receiver failed on %s", topic, exc_info=response)

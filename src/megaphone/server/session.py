@@ -25,6 +25,7 @@ A subscribe that recovers gets its missed messages as on any topic, the latest l
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from megaphone.backends import BackendUnavailable, HistoryPage
@@ -38,6 +39,7 @@ from megaphone.protocol.schema import (
     Code,
     History,
     Ping,
+    Position,
     Presence,
     ProtocolError,
     Publish,
@@ -90,7 +92,16 @@ async def read_since(
 class Subscription:
     """One topic of one session, as the hub sees it; see the module docstring."""
 
-    __slots__ = ("buffer", "epoch", "last", "may_publish", "session", "topic", "watches_join_leave")
+    __slots__ = (
+        "buffer",
+        "by_server",
+        "epoch",
+        "last",
+        "may_publish",
+        "session",
+        "topic",
+        "watches_join_leave",
+    )
 
     def __init__(self, session: Session, topic: str) -> None:
         self.session = session
@@ -99,6 +110,7 @@ class Subscription:
         # whether it gets join/leave events, and whether it may publish (None: not asked yet).
         self.watches_join_leave = False
         self.may_publish: bool | None = None
+        self.by_server = False  # subscribed by the server_subscriptions hook, not the client
         self.epoch = ""
         self.last = 0  # offset of the last message sent to the client
         # Live messages held back while history is read; None once live.
@@ -267,24 +279,82 @@ class Session:
 
     async def _subscribe(self, request: Subscribe) -> None:
         topic = request.topic
-        if topic in self.subscriptions:
+        held = self.subscriptions.get(topic)
+        if held is not None and held.by_server:
+            # The server subscribed it at connect (and recovered it from the URL's ``since``):
+            # the client asking for it too is told where it stands.
+            result = {"topic": topic, "offset": held.last, "epoch": held.epoch, "server": True}
+            self.send(reply_frame(request.id, result))
+            return
+        if held is not None:
             raise ProtocolError(Code.ALREADY_SUBSCRIBED, "already subscribed", request.id)
-        if not await amay_subscribe(self.principal, topic):
-            self._refuse("subscribe", request.id)
+        principal = self.principal
+        while True:  # until the decision is for the principal of the moment (see recheck)
+            if not await amay_subscribe(principal, topic):
+                self._refuse("subscribe", request.id)
+            if principal is self.principal:
+                break
+            principal = self.principal
         if len(self.subscriptions) >= get_config().MAX_SUBSCRIPTIONS:
             raise ProtocolError(Code.TOO_MANY_SUBSCRIPTIONS, "too many subscriptions", request.id)
+        await self._enter(
+            topic, request.since, request.info, lambda result: reply_frame(request.id, result)
+        )
+
+    async def subscribe_server(
+        self, topics: list[str], positions: dict[str, Position] | None = None
+    ) -> None:
+        """Subscribe the connection to ``topics`` without its asking (the
+        :data:`~megaphone.server.hooks.server_subscriptions` hook), each announced by a
+        ``subscribed`` frame, recovered from ``positions`` (the client's ``since``). A topic the
+        policy refuses, or over ``MAX_SUBSCRIPTIONS``, is left out (logged)."""
+        positions = positions or {}
+        for topic in topics:
+            if topic in self.subscriptions:
+                continue
+            if len(self.subscriptions) >= get_config().MAX_SUBSCRIPTIONS:
+                logger.error(
+                    "server subscriptions of %s over MAX_SUBSCRIPTIONS: %s left out",
+                    self.client,
+                    topic,
+                )
+                continue
+            if not await amay_subscribe(self.principal, topic):
+                logger.error(
+                    "server subscription of %s to %s: the policy refuses it", self.client, topic
+                )
+                continue
+            await self._enter(
+                topic,
+                positions.get(topic),
+                None,
+                lambda result: frame("subscribed", **result),
+                by_server=True,
+            )
+
+    async def _enter(
+        self,
+        topic: str,
+        since: Position | None,
+        info: dict[str, Any] | None,
+        answer: Callable[[dict[str, Any]], str],
+        *,
+        by_server: bool = False,
+    ) -> None:
+        """Subscribe to ``topic`` (the policy said yes), recover from ``since``, and send
+        ``answer(result)`` before any message of it (see the module docstring)."""
         options = topic_options(topic)
-        since = request.since
         watches = options.presence and options.join_leave
         watches = watches and await amay_see_presence(self.principal, topic)
         reads_history = (since is not None or options.latest) and await amay_read_history(
             self.principal, topic
         )
         if topic in self.subscriptions:  # subscribed meanwhile, while the policy was asked
-            raise ProtocolError(Code.ALREADY_SUBSCRIBED, "already subscribed", request.id)
+            raise ProtocolError(Code.ALREADY_SUBSCRIBED, "already subscribed")
         subscription = self.subscriptions[topic] = Subscription(self, topic)
         subscription.watches_join_leave = watches
-        self._info[topic] = request.info
+        subscription.by_server = by_server
+        self._info[topic] = info
         try:
             if watches:
                 await self.node.subscribe(presence_topic(topic), self._presence_listener)
@@ -315,7 +385,7 @@ class Session:
             # The client's position is just before it, so a client that takes the reply's
             # offset as its own (the JS and Python clients do) keeps the latest, not a duplicate.
             subscription.last = result["offset"] = page.offset - 1
-        self.send(reply_frame(request.id, result))
+        self.send(answer(result))
         if recovered:
             self._spawn(self._catch_up(subscription, page))
         elif latest is not None:
@@ -324,7 +394,7 @@ class Session:
             subscription.go_live()
         if options.presence:  # after the reply: the client's own join event follows it
             try:
-                await self._join(topic, request.info, options.join_leave)
+                await self._join(topic, info, options.join_leave)
             except BackendUnavailable as exc:
                 logger.error("could not add %s to presence on %s: %s", self.client, topic, exc)
 
@@ -425,6 +495,39 @@ class Session:
                 epoch=subscription.epoch,
             )
         )
+
+    async def end(self, topic: str, code: str) -> None:
+        """The server ends the subscription to ``topic`` (an order, a re-check): the client gets
+        ``unsubscribed`` with ``code``, and no message of the topic after it."""
+        subscription = self.subscriptions.get(topic)
+        if subscription is None or self._closed:
+            return
+        # Out of the hub before the first await: nothing of the topic is queued after this.
+        await self._unsubscribe(topic)
+        self.send(
+            frame(
+                "unsubscribed",
+                topic=topic,
+                code=code,
+                offset=subscription.last,
+                epoch=subscription.epoch,
+            )
+        )
+
+    async def recheck(self, principal: Any) -> None:
+        """Decide for ``principal`` from now on, and ask the policy again about every
+        subscription: those it refuses end with ``revoked``; join/leave events stop where the
+        presence right went; the publish right is asked again at the next publish."""
+        self.principal = principal
+        for topic, subscription in list(self.subscriptions.items()):
+            if not await amay_subscribe(principal, topic):
+                if self.subscriptions.get(topic) is subscription:
+                    await self.end(topic, Code.REVOKED)
+                continue
+            subscription.may_publish = None
+            if subscription.watches_join_leave and not await amay_see_presence(principal, topic):
+                subscription.watches_join_leave = False
+                await self.node.unsubscribe(presence_topic(topic), self._presence_listener)
 
     async def _join(self, topic: str, info: dict[str, Any] | None, announce: bool) -> None:
         entry: dict[str, object] = {"client": self.client, "user": self.user, "info": info}

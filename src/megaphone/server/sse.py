@@ -56,6 +56,7 @@ from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.node import Node, get_node
 from megaphone.engine.publishing import mark_serving
 from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic
+from megaphone.server.control import decode_order
 from megaphone.server.origins import header, origin_allowed, parse_origin, request_origin
 from megaphone.server.permissions import may_read_history, may_subscribe
 from megaphone.server.session import read_since
@@ -181,16 +182,22 @@ class _Stream:
                 return
 
 
-class _EndOnMessage:
-    """A hub subscriber that ends a stream on any message (its user's control topic: logout)."""
+class _EndOnOrder:
+    """A stream's hub subscriber on its user's control topic (:mod:`megaphone.server.control`):
+    a logout or a disconnect ends the stream, and so do an unsubscribe of its topic and a
+    re-check (the browser's reconnection is decided afresh, by the policy of the moment)."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("stream", "topic")
 
-    def __init__(self, stream: _Stream) -> None:
+    def __init__(self, stream: _Stream, topic: str) -> None:
         self.stream = stream
+        self.topic = topic
 
     def deliver(self, message: Message) -> None:
-        self.stream.end("its user logged out")
+        order = decode_order(message.payload)
+        if order is None or (order.op == "unsubscribe" and order.topic != self.topic):
+            return
+        self.stream.end(f"its user's connections got the order {order.op}")
 
 
 _open: set[_Stream] = set()
@@ -399,7 +406,7 @@ class EventStreams:
     @staticmethod
     async def _watch_user(
         scope: Scope, node: Node, stream: _Stream
-    ) -> tuple[tuple[str, _EndOnMessage] | None, asyncio.TimerHandle | None]:
+    ) -> tuple[tuple[str, _EndOnOrder] | None, asyncio.TimerHandle | None]:
         """End the stream when its token expires or its user logs out."""
         timer = None
         expires = scope.get(TOKEN_EXPIRES)
@@ -411,7 +418,7 @@ class EventStreams:
         if not getattr(user, "is_authenticated", False):
             return None, timer
         assert user is not None
-        watch = (user_control_topic(user.pk), _EndOnMessage(stream))
+        watch = (user_control_topic(user.pk), _EndOnOrder(stream, stream.topic))
         await node.subscribe(*watch)
         return watch, timer
 

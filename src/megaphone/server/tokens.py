@@ -10,12 +10,14 @@ closed with 4401 when the token expires, so the client fetches a new one and rec
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.core import signing
 
 from megaphone.conf import get_config
+from megaphone.core.topics import validate_topic
 
 _SALT = "megaphone.connection-token"
 
@@ -28,12 +30,22 @@ class InvalidToken(ValueError):
 class TokenClaims:
     user_id: str
     expires_at: float
+    #: Topics a protocol connection of this token is subscribed to by the server at connect.
+    subscriptions: tuple[str, ...] = ()
 
 
-def issue_token(user: Any, ttl: float | None = None) -> str:
-    """A token that authenticates ``user`` for ``ttl`` seconds (default ``TOKEN_TTL``)."""
+def issue_token(user: Any, ttl: float | None = None, *, subscriptions: Iterable[str] = ()) -> str:
+    """A token that authenticates ``user`` for ``ttl`` seconds (default ``TOKEN_TTL``).
+
+    ``subscriptions``: topics a ``/ws/connect/`` connection with this token is subscribed to by
+    the server at connect (``subscribed`` frames), as the policy allows them; each is validated
+    now (:class:`~megaphone.core.topics.InvalidTopic`)."""
     ttl = get_config().TOKEN_TTL if ttl is None else ttl
-    return signing.dumps({"u": str(user.pk), "e": time.time() + ttl}, salt=_SALT, compress=True)
+    claims: dict[str, Any] = {"u": str(user.pk), "e": time.time() + ttl}
+    topics = [validate_topic(topic) for topic in subscriptions]
+    if topics:
+        claims["s"] = topics
+    return signing.dumps(claims, salt=_SALT, compress=True)
 
 
 def verify_token(token: str) -> TokenClaims:
@@ -46,4 +58,7 @@ def verify_token(token: str) -> TokenClaims:
         raise InvalidToken("malformed claims")
     if claims["e"] <= time.time():
         raise InvalidToken("expired")
-    return TokenClaims(str(claims["u"]), float(claims["e"]))
+    topics = claims.get("s", [])
+    if not isinstance(topics, list) or not all(isinstance(topic, str) for topic in topics):
+        raise InvalidToken("malformed claims")
+    return TokenClaims(str(claims["u"]), float(claims["e"]), tuple(topics))

@@ -6,6 +6,12 @@
     manage.py megaphone history <topic> [--since N] [--limit N] [--format text|json]
     manage.py megaphone presence <topic>
     manage.py megaphone topics
+    manage.py megaphone disconnect <user-pk> [--code 4410]
+    manage.py megaphone unsubscribe <user-pk> <topic> [--reason server_unsubscribed]
+    manage.py megaphone recheck <user-pk>
+
+``disconnect``, ``unsubscribe`` and ``recheck`` give an order to every connection of the user of
+that primary key, in every worker (:mod:`megaphone.server.control`).
 
 ``history --limit N`` prints the latest N messages after ``--since``. A command that finds
 nothing says so on stderr; one that cannot answer (a topic without presence, a backend that
@@ -32,12 +38,20 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from megaphone import client
 from megaphone.backends import BackendUnavailable
 from megaphone.conf import get_config, topic_options
+from megaphone.core.closecodes import CloseCode
 from megaphone.core.decoding import InvalidText, decode_json
 from megaphone.core.message import Message
 from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.node import Node, start_node
 from megaphone.engine.publishing import Pending, PublishError, publish
 from megaphone.protocol.schema import MAX_HISTORY_LIMIT, message_json
+from megaphone.server.control import (
+    RECHECK,
+    SERVER_UNSUBSCRIBED,
+    disconnect_order,
+    send_order,
+    unsubscribe_order,
+)
 
 MEMORY_BACKEND_ERROR = (
     "The in-memory backend does not cross processes: this command runs in a process of its own, "
@@ -53,6 +67,9 @@ WHAT = {
     "history": "read the history of",
     "presence": "read the presence in",
     "topics": "list the topics of",
+    "disconnect": "give orders to the connections of",
+    "unsubscribe": "give orders to the connections of",
+    "recheck": "give orders to the connections of",
 }
 
 
@@ -105,6 +122,16 @@ class Command(BaseCommand):
             "topics", help="print the topics some worker listens to, and how many workers"
         )
 
+        d = commands.add_parser("disconnect", help="close every socket of a user, everywhere")
+        d.add_argument("user", help="the user's primary key")
+        d.add_argument("--code", type=int, default=int(CloseCode.DISCONNECTED))
+        u = commands.add_parser("unsubscribe", help="end a user's subscriptions to a topic")
+        u.add_argument("user", help="the user's primary key")
+        u.add_argument("topic")
+        u.add_argument("--reason", default=SERVER_UNSUBSCRIBED, help="the unsubscribed code")
+        r = commands.add_parser("recheck", help="re-check a user's subscriptions (the policy)")
+        r.add_argument("user", help="the user's primary key")
+
     def handle(self, *args: Any, **options: Any) -> None:
         subcommand = options["subcommand"]
         backend = get_config().BACKEND
@@ -119,6 +146,9 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from None
         if subcommand == "publish":
             self.publish(options)
+            return
+        if subcommand in ("disconnect", "unsubscribe", "recheck"):
+            self.order(subcommand, options)
             return
         try:
             asyncio.run(self.tail_remote(options) if remote else getattr(self, subcommand)(options))
@@ -151,6 +181,24 @@ class Command(BaseCommand):
         self.stdout.write(str(message.offset))
         if options["verbosity"] > 1:
             self.stderr.write(f"published on {message.topic} in epoch {message.epoch}")
+
+    # orders to a user's connections --------------------------------------------------------
+
+    def order(self, subcommand: str, options: dict[str, Any]) -> None:
+        try:
+            if subcommand == "disconnect":
+                order = disconnect_order(options["code"])
+            elif subcommand == "unsubscribe":
+                order = unsubscribe_order(options["topic"], options["reason"])
+            else:
+                order = RECHECK
+            send_order(options["user"], order)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        except PublishError as exc:
+            raise CommandError(str(exc)) from None
+        if options["verbosity"] > 1:
+            self.stderr.write(f"{subcommand}: sent to the connections of user {options['user']}")
 
     # the others run on an event loop with a node of their own --------------------------------
 

@@ -35,6 +35,15 @@ export interface Published extends Position {
 export interface SubscribeResult extends Published {
   recovered?: boolean;
   missed?: number;
+  /** A server subscription (the server subscribed the connection at connect). */
+  server?: boolean;
+}
+
+/** An `unsubscribed` frame: the server ended the subscription. `code`: "revoked",
+ * "server_unsubscribed", "insufficient_state" (resubscribed by the client) or the project's own. */
+export interface UnsubscribedFrame extends Published {
+  type: "unsubscribed";
+  code: string;
 }
 
 /** A `message` frame. With `binary`, `data` is base64 (onMessage is given the bytes). */
@@ -82,6 +91,8 @@ export interface SubscribeOptions<T = JsonValue> {
   onLeave?: (entry: PresenceFrame) => void;
   /** The subscription ended: the server refused it. */
   onError?: (error: MegaphoneError) => void;
+  /** The server ended the subscription (revoked, or the project's reason); it is over. */
+  onUnsubscribed?: (frame: UnsubscribedFrame) => void;
   /** This client's presence info (at most 1 KiB of JSON). */
   info?: JsonValue;
   /** The position to recover from. */
@@ -122,6 +133,8 @@ export declare class Subscription<T = JsonValue> {
   offset: number | null;
   epoch: string | null;
   active: boolean;
+  /** Subscribed by the server at connect (a `subscribed` frame), recovered by it on reconnect. */
+  server: boolean;
   presence(): Promise<PresenceResult>;
   history(options?: HistoryOptions): Promise<HistoryResult<T>>;
   unsubscribe(): Promise<void>;
@@ -136,6 +149,7 @@ export interface MegaphoneEventMap {
   state: CustomEvent<StateEventDetail>;
   connected: CustomEvent<{ client: string }>;
   error: CustomEvent<{ code: string; message: string }>;
+  subscribed: CustomEvent<{ subscription: Subscription; result: SubscribeResult }>;
 }
 
 export declare class Megaphone extends EventTarget {

@@ -24,6 +24,13 @@
 // in flight. Every promise settles: a publish is rejected at the latest publishTimeout after the
 // call ("timeout"), and is never sent after that.
 //
+// Server subscriptions: topics the server subscribes the connection to at connect (docs/protocol.md)
+// arrive as "subscribed" frames. Each becomes a Subscription (server: true) and a "subscribed"
+// event; mp.subscribe(topic, callbacks) on such a topic attaches the callbacks (before or after the
+// frame). On reconnect their positions go in the URL (?since=...), so the server recovers them.
+// A subscription the server ends ("unsubscribed" with "revoked", "server_unsubscribed" or the
+// project's code) calls onUnsubscribed(frame) and is over; "insufficient_state" resubscribes.
+//
 // Authentication: a page's session cookie goes with the socket. Other clients pass a function as
 // the URL, called before every connection attempt, e.g. to fetch a fresh token:
 //   new Megaphone(async () => `/ws/connect/?token=${(await (await fetch("/api/token")).json()).token}`);
@@ -60,6 +67,7 @@ export const CLOSE_CODES = Object.freeze({
   4401: Object.freeze({ name: "unauthorized", action: "reauthenticate" }),
   4403: Object.freeze({ name: "forbidden", action: "refuse" }),
   4408: Object.freeze({ name: "slow_consumer", action: "reconnect" }),
+  4410: Object.freeze({ name: "disconnected", action: "reauthenticate" }),
   4429: Object.freeze({ name: "rate_limited", action: "slow_down" }),
 });
 
@@ -109,6 +117,7 @@ export class Subscription {
     this.offset = callbacks.since?.offset ?? null;
     this.epoch = callbacks.since?.epoch ?? null;
     this.active = true;
+    this.server = false; // subscribed by the server (a "subscribed" frame), not by a request
   }
 
   /** Who is subscribed (topics with presence on): {count, clients: [{client, user, info}]}. */
@@ -141,7 +150,8 @@ export class Subscription {
 
 /**
  * A connection to a Megaphone protocol endpoint.
- * Events (EventTarget): "state" {state, code}, "connected" {client}, "error" {code, message}.
+ * Events (EventTarget): "state" {state, code}, "connected" {client}, "error" {code, message},
+ * "subscribed" {subscription, result} (a server subscription).
  *
  * Options (times in ms): minDelay (500) and maxDelay (10000): the reconnection backoff, doubling
  * from minDelay up to maxDelay, each delay times a random 0.5 to 1; stablePeriod (15000): how long
@@ -190,6 +200,7 @@ export class Megaphone extends EventTarget {
     let url;
     try {
       url = Megaphone.absoluteUrl(typeof this.url === "function" ? await this.url() : this.url);
+      url = this._withPositions(url);
     } catch (error) {
       console.error("megaphone: could not get the connection URL", error);
       this._retry("closed", 1006);
@@ -200,6 +211,20 @@ export class Megaphone extends EventTarget {
     const socket = (this._socket = new Socket(url));
     socket.onmessage = (event) => this._onFrame(event.data);
     socket.onclose = (event) => this._onClose(socket, event.code);
+  }
+
+  /** `url` with the positions of the server subscriptions (?since=...), to recover them. */
+  _withPositions(url) {
+    const since = {};
+    for (const subscription of this._subscriptions.values()) {
+      if (subscription.server && subscription.offset !== null && subscription.epoch !== null) {
+        since[subscription.topic] = { offset: subscription.offset, epoch: subscription.epoch };
+      }
+    }
+    if (Object.keys(since).length === 0) return url;
+    const withSince = new URL(url);
+    withSince.searchParams.set("since", JSON.stringify(since));
+    return withSince.href;
   }
 
   /** Close for good (no reconnect). Pending requests, publishes included, are rejected now. */
@@ -217,10 +242,18 @@ export class Megaphone extends EventTarget {
   /**
    * Subscribe to `topic`. Callbacks: onMessage(data, message), onSubscribed(result),
    * onRecoveryFailed(result) (messages were missed and cannot be sent: reload your state),
-   * onJoin(entry), onLeave(entry), onError(error). Options: info (presence), since {offset, epoch}.
+   * onJoin(entry), onLeave(entry), onError(error), onUnsubscribed(frame) (the server ended it).
+   * Options: info (presence), since {offset, epoch}. On a server subscription (see above), the
+   * callbacks are attached to it.
    */
   subscribe(topic, callbacks = {}) {
-    if (this._subscriptions.has(topic)) throw new MegaphoneError("already_subscribed", topic);
+    const held = this._subscriptions.get(topic);
+    if (held?.server && !held.claimed) {
+      held.claimed = true;
+      held.callbacks = callbacks;
+      return held;
+    }
+    if (held) throw new MegaphoneError("already_subscribed", topic);
     const subscription = new Subscription(this, topic, callbacks);
     this._subscriptions.set(topic, subscription);
     if (this.state === "open") this._subscribe(subscription);
@@ -311,6 +344,12 @@ export class Megaphone extends EventTarget {
     this._request(frame).then(
       (result) => {
         if (!subscription.active) return;
+        if (result.server) {
+          // The server had subscribed it already: its frames move the position themselves.
+          if (!subscription.server) this._serverSubscribed(subscription, result);
+          return;
+        }
+        subscription.server = false;
         subscription.epoch = result.epoch;
         // When recovered, the missed messages follow and move the offset forward themselves.
         if (!result.recovered) subscription.offset = result.offset;
@@ -324,6 +363,17 @@ export class Megaphone extends EventTarget {
         subscription._call("onError", error);
       },
     );
+  }
+
+  /** `subscription` is the server's (a "subscribed" frame, or a reply saying so). */
+  _serverSubscribed(subscription, result) {
+    const recovering = result.recovered && subscription.epoch === result.epoch;
+    subscription.server = true;
+    subscription.epoch = result.epoch;
+    if (!recovering) subscription.offset = result.offset;
+    subscription._call("onSubscribed", result);
+    if (result.recovered === false) subscription._call("onRecoveryFailed", result);
+    this.dispatchEvent(new CustomEvent("subscribed", { detail: { subscription, result } }));
   }
 
   _onFrame(text) {
@@ -361,9 +411,28 @@ export class Megaphone extends EventTarget {
         this._subscriptions.get(frame.topic)?._call(frame.type === "join" ? "onJoin" : "onLeave", frame);
         return;
       case "unsubscribed": {
-        // The server lost our place (a gap it could not fill): subscribe again from it.
         const subscription = this._subscriptions.get(frame.topic);
-        if (subscription && this.state === "open") this._subscribe(subscription);
+        if (!subscription) return;
+        if (frame.code === "insufficient_state") {
+          // The server lost our place (a gap it could not fill): subscribe again from it.
+          if (this.state === "open") this._subscribe(subscription);
+          return;
+        }
+        // Ended by the server (revoked, or the project's reason): over, no message follows.
+        this._subscriptions.delete(frame.topic);
+        subscription.active = false;
+        subscription._call("onUnsubscribed", frame);
+        return;
+      }
+      case "subscribed": {
+        let subscription = this._subscriptions.get(frame.topic);
+        if (!subscription) {
+          subscription = new Subscription(this, frame.topic, {});
+          this._subscriptions.set(frame.topic, subscription);
+        } else {
+          subscription.claimed = true; // the page subscribed it before the frame came
+        }
+        this._serverSubscribed(subscription, frame);
         return;
       }
       case "connected": {
@@ -373,7 +442,10 @@ export class Megaphone extends EventTarget {
         const waiting = [...this._pending.values()]; // publishes made while not connected
         this._setState("open");
         this.dispatchEvent(new CustomEvent("connected", { detail: { client: frame.client } }));
-        for (const subscription of this._subscriptions.values()) this._subscribe(subscription);
+        // Server subscriptions come back by themselves ("subscribed" frames), recovered.
+        for (const subscription of this._subscriptions.values()) {
+          if (!subscription.server) this._subscribe(subscription);
+        }
         for (const entry of waiting) if (this._pending.has(entry.frame.id)) this._sendPending(entry);
         return;
       }
