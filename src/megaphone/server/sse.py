@@ -112,7 +112,7 @@ def reset_event(epoch: str, offset: int) -> bytes:
     return f"event: reset\nid: {epoch}:{offset}\ndata: {data}\n\n".encode()
 
 
-async def _respond(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]]) -> None:
+async def respond(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]]) -> None:
     body = (text + "\n").encode()
     await send(
         {
@@ -193,7 +193,9 @@ class _EndOnMessage:
         self.stream.end("its user logged out")
 
 
-_open: set[_Stream] = set()
+#: How to end each open stream of this process for a shutdown (given the retry hint, in ms):
+#: the event streams' and the HTTP sessions' (:mod:`.httpsession`).
+_open: set[Callable[[int], None]] = set()
 _closed_all: asyncio.Event | None = None
 _signals_hooked = False
 
@@ -251,8 +253,24 @@ def _none_open() -> asyncio.Event:
 
 
 def _end_all_for_shutdown() -> None:
-    for stream in list(_open):
-        stream.end("server shutting down", random.randint(*SHUTDOWN_RETRY_MS))
+    for end in list(_open):
+        end(random.randint(*SHUTDOWN_RETRY_MS))
+
+
+def register_stream(end_for_shutdown: Callable[[int], None]) -> Callable[[], None]:
+    """Count a stream as open until the returned function is called: a SIGTERM calls
+    ``end_for_shutdown(retry_ms)`` and waits (up to :data:`SHUTDOWN_FLUSH`) for it to end."""
+    _hook_sigterm()
+    _open.add(end_for_shutdown)
+    if _closed_all is not None:
+        _closed_all.clear()
+
+    def unregister() -> None:
+        _open.discard(end_for_shutdown)
+        if not _open and _closed_all is not None:
+            _closed_all.set()
+
+    return unregister
 
 
 class EventStreams:
@@ -265,7 +283,7 @@ class EventStreams:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
-            return await _respond(send, 405, "Method Not Allowed: use GET", [(b"allow", b"GET")])
+            return await respond(send, 405, "Method Not Allowed: use GET", [(b"allow", b"GET")])
         match = PATH.match(path)
         try:
             topic = validate_topic((match and match["topic"]) or DEFAULT_TOPIC)
@@ -273,12 +291,12 @@ class EventStreams:
         except (InvalidTopic, InvalidText, InvalidEventId) as exc:
             log_refusal(logger, scope, str(exc))
             metrics.REFUSALS.labels("bad_request").inc()
-            return await _respond(send, 400, f"Bad Request: {exc}", [])
+            return await respond(send, 400, f"Bad Request: {exc}", [])
         user = scope.get("user")
         if not may_subscribe(user, topic):
             log_refusal(logger, scope, "may not subscribe")
             metrics.REFUSALS.labels("forbidden").inc()
-            return await _respond(send, 403, "Forbidden: may not subscribe to this topic", [])
+            return await respond(send, 403, "Forbidden: may not subscribe to this topic", [])
         # Resuming would disclose the topic's history to one who may not read it: a reset.
         resume = since is not None and may_read_history(user, topic)
         config = get_config()
@@ -289,7 +307,7 @@ class EventStreams:
         except BackendUnavailable as exc:
             log_refusal(logger, scope, f"backend: {exc}")
             metrics.REFUSALS.labels("backend").inc()
-            return await _respond(
+            return await respond(
                 send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")]
             )
         try:
@@ -332,10 +350,10 @@ class EventStreams:
         except BackendUnavailable as exc:
             log_refusal(logger, scope, f"backend: {exc}")
             metrics.REFUSALS.labels("backend").inc()
-            return await _respond(
+            return await respond(
                 send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")]
             )
-        await send({"type": "http.response.start", "status": 200, "headers": self._headers(scope)})
+        await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
         if scope["method"] == "HEAD":
             return await send({"type": "http.response.body", "body": b""})
         stream.epoch = page.epoch
@@ -352,10 +370,7 @@ class EventStreams:
                     "more_body": True,
                 }
             )
-        _hook_sigterm()
-        _open.add(stream)
-        if _closed_all is not None:
-            _closed_all.clear()
+        unregister = register_stream(lambda ms: stream.end("server shutting down", ms))
         metrics.SSE_CONNECTIONS.inc()
         metrics.SSE_CONNECTIONS_ACCEPTED.inc()
         logger.info(
@@ -371,7 +386,7 @@ class EventStreams:
             stream.go_live()
             tasks = [
                 asyncio.ensure_future(stream.write(send)),
-                asyncio.ensure_future(_until_disconnect(receive)),
+                asyncio.ensure_future(until_disconnect(receive)),
                 asyncio.ensure_future(_heartbeats(stream, heartbeat)),
             ]
             done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
@@ -386,9 +401,7 @@ class EventStreams:
         finally:
             for task in tasks:
                 task.cancel()
-            _open.discard(stream)
-            if not _open and _closed_all is not None:
-                _closed_all.set()
+            unregister()
             metrics.SSE_CONNECTIONS.dec()
             if timer is not None:
                 timer.cancel()
@@ -445,19 +458,20 @@ class EventStreams:
                 stream.end("history trimmed while catching up")
                 return
 
-    @staticmethod
-    def _headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-        headers = [
-            (b"content-type", b"text/event-stream"),
-            (b"cache-control", b"no-store"),
-            (b"x-accel-buffering", b"no"),  # nginx: do not buffer this response
-            (b"vary", b"Origin"),
-        ]
-        origin = header(scope, b"origin")
-        if origin is not None and origin_allowed(origin, scope) and _foreign(origin, scope):
-            headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
-            headers.append((b"access-control-allow-credentials", b"true"))
-        return headers
+def stream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The response headers of an event stream: unbuffered, uncached, and the CORS headers that
+    let an ``ALLOWED_ORIGINS`` page other than the server's own read it with credentials."""
+    headers = [
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-store"),
+        (b"x-accel-buffering", b"no"),  # nginx: do not buffer this response
+        (b"vary", b"Origin"),
+    ]
+    origin = header(scope, b"origin")
+    if origin is not None and origin_allowed(origin, scope) and _foreign(origin, scope):
+        headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
+        headers.append((b"access-control-allow-credentials", b"true"))
+    return headers
 
 
 def _foreign(origin: str, scope: Scope) -> bool:
@@ -465,7 +479,7 @@ def _foreign(origin: str, scope: Scope) -> bool:
     return parse_origin(origin) != request_origin(scope)
 
 
-async def _until_disconnect(receive: Receive) -> None:
+async def until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
@@ -474,6 +488,14 @@ async def _heartbeats(stream: _Stream, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         stream.queue(b": ping\n\n", 8)
+
+
+async def heartbeats_to(send: Send, interval: float) -> None:
+    """Send a ``: ping`` comment every ``interval`` seconds (a stream without its own outbox:
+    each send waits for the client)."""
+    while True:
+        await asyncio.sleep(interval)
+        await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
 
 
 def with_event_streams(http: Any, streams: Any) -> Any:
