@@ -60,7 +60,9 @@ class HttpOnlyProxy:
         tasks = asyncio.all_tasks(loop)
         for task in tasks:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*tasks, server.wait_closed(), return_exceptions=True))
+        loop.run_until_complete(
+            asyncio.gather(*tasks, server.wait_closed(), return_exceptions=True)
+        )
         loop.close()
 
     def _call(self, function: object) -> None:
@@ -114,7 +116,9 @@ class HttpOnlyProxy:
         names = {line.split(":", 1)[0].strip().lower(): line for line in lines[1:] if ":" in line}
         if "websocket" in names.get("upgrade", "").lower():
             self.refused_upgrades += 1
-            writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             writer.close()

@@ -123,7 +123,9 @@ async def test_a_post_never_acts_on_someone_elses_session(server: ServerProcess)
         "x" * 200,
     ]
     for hostile in forged:
-        status = await apost(server, hostile, ping, **{"Cookie": f"sessionid={alice.cookie('sessionid')}"})
+        status = await apost(
+            server, hostile, ping, **{"Cookie": f"sessionid={alice.cookie('sessionid')}"}
+        )
         assert status in (403, 404), hostile
     # Bob, logged in, knows Alice's session id: still not his.
     assert await apost(server, f"{session}?token={bob.token()}", ping) == 403

@@ -333,3 +333,76 @@ test("disconnect() rejects the publishes waiting for a connection", async (t) =>
   assert.equal(publish.error?.code, "disconnected");
   assert.equal(client.state, "closed");
 });
+
+// The HTTP fallback -------------------------------------------------------------------------
+
+/** A fake HTTP transport: a FakeWebSocket the test can tell apart. */
+class FakeHttpSocket extends FakeWebSocket {}
+
+function fallbackClient(t, options = {}) {
+  setUp(t);
+  const states = [];
+  const client = new Megaphone(URL, {
+    WebSocket: FakeWebSocket,
+    HttpSocket: FakeHttpSocket,
+    websocketRetry: 60_000,
+    ...options,
+  });
+  client.addEventListener("state", ({ detail }) => states.push(detail));
+  return { client, states };
+}
+
+test("a WebSocket refused before it opens switches to HTTP at once, same URL", (t) => {
+  const { client, states } = fallbackClient(t);
+  FakeWebSocket.last().serverClose(1006); // the upgrade refused: closed, never opened
+  const http = FakeWebSocket.last();
+  assert.ok(http instanceof FakeHttpSocket);
+  assert.equal(http.url, URL);
+  http.accept();
+  assert.equal(client.state, "open");
+  assert.equal(client.transport, "http");
+  assert.deepEqual(states.at(-1), { state: "open", code: undefined, transport: "http" });
+});
+
+test("a WebSocket that never opens is given up after openTimeout", (t) => {
+  const { client } = fallbackClient(t, { openTimeout: 3000 });
+  const ws = FakeWebSocket.last();
+  t.mock.timers.tick(2999);
+  assert.equal(FakeWebSocket.opened.length, 1);
+  t.mock.timers.tick(1);
+  assert.notEqual(ws.closeCode, null);
+  assert.ok(FakeWebSocket.last() instanceof FakeHttpSocket);
+  assert.equal(client.transport, "http");
+});
+
+test("an open WebSocket that closes reconnects over WebSocket, never falls back", (t) => {
+  const { client } = fallbackClient(t);
+  FakeWebSocket.last().accept();
+  FakeWebSocket.last().serverClose(1006);
+  t.mock.timers.tick(MIN_DELAY);
+  assert.ok(!(FakeWebSocket.last() instanceof FakeHttpSocket));
+  assert.equal(client.transport, "websocket");
+});
+
+test("over HTTP, a reconnect after websocketRetry tries WebSocket again", (t) => {
+  const { client } = fallbackClient(t);
+  FakeWebSocket.last().serverClose(1006);
+  FakeWebSocket.last().accept();
+  FakeWebSocket.last().serverClose(1006); // the stream lost: HTTP again, before websocketRetry
+  t.mock.timers.tick(MIN_DELAY);
+  assert.ok(FakeWebSocket.last() instanceof FakeHttpSocket);
+  FakeWebSocket.last().accept();
+  t.mock.timers.tick(60_000);
+  FakeWebSocket.last().serverClose(1006);
+  t.mock.timers.tick(MAX_DELAY);
+  assert.ok(!(FakeWebSocket.last() instanceof FakeHttpSocket));
+  assert.equal(client.transport, "websocket");
+});
+
+test("httpFallback: false never leaves WebSocket", (t) => {
+  const { client } = fallbackClient(t, { httpFallback: false });
+  FakeWebSocket.last().serverClose(1006);
+  t.mock.timers.tick(MIN_DELAY);
+  assert.ok(!(FakeWebSocket.last() instanceof FakeHttpSocket));
+  assert.equal(client.transport, "websocket");
+});

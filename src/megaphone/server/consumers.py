@@ -34,7 +34,7 @@ from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.node import Node, get_node
 from megaphone.engine.publishing import mark_serving
 from megaphone.protocol.schema import message_event
-from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic
+from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic, user_name
 from megaphone.server.connection import Connection
 from megaphone.server.hooks import PublishRejected, screen
 from megaphone.server.permissions import aallowed, amay_subscribe
@@ -417,14 +417,6 @@ class BroadcastConsumer(_Endpoint):
             await self.node.unsubscribe(self.topic, connection)
 
 
-def _user_name(scope: dict[str, Any]) -> str | None:
-    """The authenticated user's name, when the project's middleware put a user in the scope."""
-    user = scope.get("user")
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None
-    return str(user.get_username())
-
-
 class ProtocolConsumer(_Endpoint):
     """``/ws/connect/``: the multiplexed JSON protocol (``docs/protocol.md``).
 
@@ -454,7 +446,7 @@ class ProtocolConsumer(_Endpoint):
             self.node,
             connection,
             client=secrets.token_urlsafe(9),
-            user=_user_name(self.scope),
+            user=user_name(self.scope),
             principal=self.user,
             publish_limit=self.publish_limit,
             subscribe_limit=TokenBucket(config.SUBSCRIBE_RATE, config.SUBSCRIBE_BURST),

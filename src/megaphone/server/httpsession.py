@@ -58,10 +58,10 @@ from megaphone.core.decoding import InvalidText
 from megaphone.core.logs import get_logger, log_refusal
 from megaphone.core.message import Message
 from megaphone.core.ratelimit import TokenBucket
-from megaphone.engine.node import Node, get_node
+from megaphone.engine.node import get_node
 from megaphone.engine.publishing import mark_serving
 from megaphone.protocol.schema import message_event
-from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic
+from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic, user_name
 from megaphone.server.connection import Connection
 from megaphone.server.session import RateLimitIgnored, Session
 from megaphone.server.sse import (
@@ -69,10 +69,10 @@ from megaphone.server.sse import (
     Scope,
     Send,
     heartbeats_to,
-    respond,
-    until_disconnect,
     register_stream,
+    respond,
     stream_headers,
+    until_disconnect,
 )
 
 logger = get_logger(__name__)
@@ -254,8 +254,6 @@ class HttpSessions:
     # The downstream: the stream -------------------------------------------------------------
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from megaphone.server.consumers import _user_name
-
         config = get_config()
         try:
             node = await get_node()
@@ -284,7 +282,7 @@ class HttpSessions:
             node,
             connection,
             client=secrets.token_urlsafe(9),
-            user=_user_name(scope),
+            user=user_name(scope),
             principal=user,
             publish_limit=TokenBucket(config.PUBLISH_RATE, config.PUBLISH_BURST),
             subscribe_limit=TokenBucket(config.SUBSCRIBE_RATE, config.SUBSCRIBE_BURST),

@@ -458,6 +458,7 @@ class EventStreams:
                 stream.end("history trimmed while catching up")
                 return
 
+
 def stream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     """The response headers of an event stream: unbuffered, uncached, and the CORS headers that
     let an ``ALLOWED_ORIGINS`` page other than the server's own read it with credentials."""

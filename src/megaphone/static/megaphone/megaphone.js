@@ -240,8 +240,8 @@ export class HttpSocket {
  * within openTimeout, 5000), the client switches to the HTTP transport (HttpSocket: an event
  * stream down, POSTs up; the same frames, recovery and close codes) at once, and tries WebSocket
  * again at its first reconnect after websocketRetry (60000) ms. httpFallback (true where
- * EventSource exists): false to use WebSocket only. `transport` ("websocket" or "http") is in
- * every "state" event.
+ * EventSource exists): false to use WebSocket only; HttpSocket: the class of the HTTP transport
+ * (tests pass a fake one). `transport` ("websocket" or "http") is in every "state" event.
  */
 export class Megaphone extends EventTarget {
   constructor(url = "/ws/connect/", options = {}) {
@@ -256,11 +256,14 @@ export class Megaphone extends EventTarget {
     this.clientId = null;
     this.nextRetryDelay = null;
     this._WebSocket = options.WebSocket ?? null;
-    this.httpFallback = options.httpFallback ?? typeof globalThis.EventSource === "function";
+    this._HttpSocket = options.HttpSocket ?? HttpSocket;
+    this.httpFallback =
+      options.httpFallback ?? (options.HttpSocket !== undefined || typeof globalThis.EventSource === "function");
     this.openTimeout = options.openTimeout ?? 5000;
     this.websocketRetry = options.websocketRetry ?? 60000;
     this.transport = "websocket"; // or "http": the transport of the current (or next) connection
-    this._websocketAgainAt = 0;
+    this._websocketAgain = false; // over HTTP: whether the next connection tries WebSocket
+    this._websocketTimer = null;
     this._socket = null;
     this._attempt = 0;
     this._nextId = 1;
@@ -293,14 +296,15 @@ export class Megaphone extends EventTarget {
       return;
     }
     if (this._stopped) return this._setState("closed");
-    if (this.transport === "http" && Date.now() >= this._websocketAgainAt) this.transport = "websocket";
-    const Socket = this.transport === "http" ? HttpSocket : (this._WebSocket ?? globalThis.WebSocket);
+    if (this.transport === "http" && this._websocketAgain) this.transport = "websocket";
+    const Socket =
+      this.transport === "http" ? this._HttpSocket : (this._WebSocket ?? globalThis.WebSocket);
     const socket = (this._socket = new Socket(url));
     let opened = false;
     // A socket that never opens (an upgrade refused, or a proxy that holds it): another transport.
     const openTimer = setTimeout(() => {
       if (opened || socket !== this._socket) return;
-      socket.onclose = null;
+      socket.onclose = () => {};
       socket.close();
       this._onClose(socket, 1006, { neverOpened: true });
     }, this.openTimeout);
@@ -308,7 +312,11 @@ export class Megaphone extends EventTarget {
       opened = true;
       clearTimeout(openTimer);
     };
-    socket.onmessage = (event) => this._onFrame(event.data);
+    socket.onmessage = (event) => {
+      opened = true; // a frame came: open, whether or not the socket said so
+      clearTimeout(openTimer);
+      this._onFrame(event.data);
+    };
     socket.onclose = (event) => {
       clearTimeout(openTimer);
       this._onClose(socket, event.code, { neverOpened: !opened });
@@ -319,6 +327,7 @@ export class Megaphone extends EventTarget {
   disconnect() {
     this._stopped = true;
     clearTimeout(this._retryTimer);
+    clearTimeout(this._websocketTimer);
     clearTimeout(this._stableTimer);
     for (const entry of [...this._pending.values()]) {
       this._settle(entry).reject(new MegaphoneError("disconnected", "disconnected"));
@@ -520,7 +529,9 @@ export class Megaphone extends EventTarget {
     if (neverOpened && !this._stopped && this.transport === "websocket" && this.httpFallback) {
       // WebSocket refused on this network: the HTTP transport, now (no backoff).
       this.transport = "http";
-      this._websocketAgainAt = Date.now() + this.websocketRetry;
+      this._websocketAgain = false;
+      clearTimeout(this._websocketTimer);
+      this._websocketTimer = setTimeout(() => (this._websocketAgain = true), this.websocketRetry);
       this._setState("closed", code);
       this.connect();
       return;
