@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from collections.abc import Callable
 from urllib.error import HTTPError
@@ -161,4 +162,23 @@ async def test_limits(server: ServerProcess) -> None:
     end = await asyncio.wait_for(stream.next(), timeout(5))
     assert end is not None and end.type == "close" and json.loads(end.data) == {"code": 1009}
     assert await asyncio.wait_for(stream.next(), timeout(5)) is None  # the response ends
+    await stream.close()
+
+
+async def test_sigterm_ends_the_stream_with_a_retry_hint_and_1012(server: ServerProcess) -> None:
+    stream, _ = await open_session(server)
+    server.process.send_signal(signal.SIGTERM)
+    end = await asyncio.wait_for(stream.next(), timeout(10))
+    assert end is not None and end.type == "close" and json.loads(end.data) == {"code": 1012}
+    assert stream.retry is not None and 500 <= stream.retry <= 2500
+    assert await asyncio.wait_for(stream.next(), timeout(5)) is None
+    await stream.close()
+    assert await asyncio.to_thread(server.process.wait, timeout(15)) == -signal.SIGTERM
+
+
+async def test_a_session_counts_in_the_metrics(server: ServerProcess) -> None:
+    stream, _ = await open_session(server)
+    with urlopen(f"{server.http_url}/metrics", timeout=timeout(10)) as answer:
+        text = answer.read().decode()
+    assert "megaphone_http_sessions 1.0" in text
     await stream.close()
