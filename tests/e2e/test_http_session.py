@@ -13,7 +13,7 @@ from collections.abc import Callable
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
-from tests.conftest import ServerProcess, create_superuser, timeout
+from tests.conftest import ROOT, ServerProcess, create_superuser, timeout
 from tests.redis_server import RedisServer
 from tests.sse_client import Stream, connect
 
@@ -181,4 +181,19 @@ async def test_a_session_counts_in_the_metrics(server: ServerProcess) -> None:
     with urlopen(f"{server.http_url}/metrics", timeout=timeout(10)) as answer:
         text = answer.read().decode()
     assert "megaphone_http_sessions 1.0" in text
+    await stream.close()
+
+
+async def test_posts_over_the_rate_get_429(server_factory: Callable[..., ServerProcess]) -> None:
+    env = {"DJANGO_SETTINGS_MODULE": "tests.e2e.http_session_settings", "PYTHONPATH": str(ROOT)}
+    server = server_factory(env=env)
+    stream, session = await open_session(server)
+    # A burst of PUBLISH_BURST + SUBSCRIBE_BURST (6) POSTs per session and worker, then 429.
+    statuses = [await apost(server, session, {"op": "ping", "id": i}) for i in range(10)]
+    assert statuses[:6] == [202] * 6
+    assert 429 in statuses[6:]
+    pongs = [await frame(stream) for _ in range(statuses.count(202))]
+    assert all(p["type"] == "pong" for p in pongs)
+    # Someone else's session is refused before any rate is spent on it.
+    assert await apost(server, session.replace(".", ".0", 1)[:-1], {"op": "ping"}) == 403
     await stream.close()

@@ -81,6 +81,8 @@ logger = get_logger(__name__)
 PATH = re.compile(r"^/sse/connect/(?:(?P<session>[^/]+)/)?$")
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{22}\.[0-9a-f]{32}")
 _SALT = "megaphone.httpsession"
+#: Seconds a stream that ends may take to send what is queued and its close event.
+CLOSE_TIMEOUT = 5.0
 #: Sessions whose POST rate a worker remembers (least recently seen forgotten first).
 MAX_RATE_ENTRIES = 10_000
 
@@ -341,13 +343,22 @@ class HttpSessions:
 
     @staticmethod
     async def _finish(connection: Connection, send: Send, live: _Live) -> None:
-        """Send what is queued (not for a slow consumer), the ``retry:`` hint, the close."""
+        """Send what is queued (not for a slow consumer), the ``retry:`` hint, the close; a
+        client that stopped reading is given up after :data:`CLOSE_TIMEOUT` seconds."""
         assert live.code is not None
-        if live.code != CloseCode.SLOW_CONSUMER:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(connection.flush(), 2.0)
-        tail = b"" if live.retry_ms is None else f"retry: {live.retry_ms}\n\n".encode()
-        await send({"type": "http.response.body", "body": tail + close_event(live.code)})
+        code, retry_ms = live.code, live.retry_ms
+
+        async def finish() -> None:
+            if code != CloseCode.SLOW_CONSUMER:
+                await connection.flush()
+            await connection.close()
+            tail = b"" if retry_ms is None else f"retry: {retry_ms}\n\n".encode()
+            await send({"type": "http.response.body", "body": tail + close_event(code)})
+
+        try:
+            await asyncio.wait_for(finish(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            logger.warning("an HTTP session's client did not take its close (code %d)", code)
 
     @staticmethod
     async def _handle(session: Session, inbox: _Inbox, live: _Live) -> None:
