@@ -68,6 +68,7 @@ from megaphone.server.sse import (
     Receive,
     Scope,
     Send,
+    backend_unavailable,
     heartbeats_to,
     register_stream,
     respond,
@@ -261,11 +262,7 @@ class HttpSessions:
             node = await get_node()
             await node.reachable()
         except BackendUnavailable as exc:
-            log_refusal(logger, scope, f"backend: {exc}")
-            metrics.REFUSALS.labels("backend").inc()
-            return await respond(
-                send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")]
-            )
+            return await backend_unavailable(scope, send, exc)
         await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
         if scope["method"] == "HEAD":
             return await send({"type": "http.response.body", "body": b""})

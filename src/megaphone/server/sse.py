@@ -124,6 +124,13 @@ async def respond(send: Send, status: int, text: str, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+async def backend_unavailable(scope: Scope, send: Send, exc: BackendUnavailable) -> None:
+    """Refuse a request for the backend's failure: logged, counted, 503 with ``Retry-After``."""
+    log_refusal(logger, scope, f"backend: {exc}")
+    metrics.REFUSALS.labels("backend").inc()
+    await respond(send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")])
+
+
 class _Stream:
     """One open event stream: the hub subscriber, its bounded outbox and how it ends."""
 
@@ -305,11 +312,7 @@ class EventStreams:
             node = await get_node()
             await node.subscribe(topic, stream)
         except BackendUnavailable as exc:
-            log_refusal(logger, scope, f"backend: {exc}")
-            metrics.REFUSALS.labels("backend").inc()
-            return await respond(
-                send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")]
-            )
+            return await backend_unavailable(scope, send, exc)
         try:
             await self._serve(
                 scope, receive, send, node, stream, since, resume, config.SSE_HEARTBEAT
@@ -348,11 +351,7 @@ class EventStreams:
                     node, stream.topic, since[1], since[0], HISTORY_PAGE
                 )
         except BackendUnavailable as exc:
-            log_refusal(logger, scope, f"backend: {exc}")
-            metrics.REFUSALS.labels("backend").inc()
-            return await respond(
-                send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")]
-            )
+            return await backend_unavailable(scope, send, exc)
         await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
         if scope["method"] == "HEAD":
             return await send({"type": "http.response.body", "body": b""})
