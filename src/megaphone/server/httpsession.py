@@ -146,16 +146,22 @@ class _StreamSend:
 
 
 class _Inbox:
-    """Listens to the session's topic; hands its frames to the session one at a time, in order."""
+    """Listens to the session's topic; hands its frames to the session one at a time, in order.
+    Holds at most a POST burst of frames (``PUBLISH_BURST + SUBSCRIBE_BURST``): beyond it (only
+    a client that POSTs through several workers faster than its session answers), a frame is
+    dropped with a warning, and its request times out on the client."""
 
     __slots__ = ("queue",)
 
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1024)
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=size)
 
     def deliver(self, message: Message) -> None:
-        with contextlib.suppress(asyncio.QueueFull):  # beyond the POST rate limit: dropped
+        try:
             self.queue.put_nowait(str(message.payload))
+        except asyncio.QueueFull:
+            metrics.DROPS.labels("http_inbox_full").inc()
+            logger.warning("an HTTP session's inbox is full: a frame is dropped")
 
 
 class _Ender:
@@ -286,7 +292,7 @@ class HttpSessions:
             publish_limit=TokenBucket(config.PUBLISH_RATE, config.PUBLISH_BURST),
             subscribe_limit=TokenBucket(config.SUBSCRIBE_RATE, config.SUBSCRIBE_BURST),
         )
-        inbox = _Inbox()
+        inbox = _Inbox(config.PUBLISH_BURST + config.SUBSCRIBE_BURST)
         watches: list[tuple[str, Any]] = [(session_topic(session_id), inbox)]
         if getattr(user, "is_authenticated", False):
             assert user is not None
