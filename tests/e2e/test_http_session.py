@@ -197,3 +197,19 @@ async def test_posts_over_the_rate_get_429(server_factory: Callable[..., ServerP
     # Someone else's session is refused before any rate is spent on it.
     assert await apost(server, session.replace(".", ".0", 1)[:-1], {"op": "ping"}) == 403
     await stream.close()
+
+
+async def test_logout_ends_the_users_streams_with_4401(server: ServerProcess) -> None:
+    create_superuser(server, "carol")
+    carol = Browser(server)
+    carol.log_in("carol")
+    stream = await connect(
+        f"{server.http_url}/sse/connect/", {"Cookie": f"sessionid={carol.cookie('sessionid')}"}
+    )
+    first = await asyncio.wait_for(stream.next(), timeout(5))
+    assert first is not None and first.type == "session"
+    assert (await frame(stream))["type"] == "connected"
+    await asyncio.to_thread(carol.log_out)
+    end = await asyncio.wait_for(stream.next(), timeout(10))
+    assert end is not None and end.type == "close" and json.loads(end.data) == {"code": 4401}
+    await stream.close()
