@@ -384,19 +384,46 @@ test("an open WebSocket that closes reconnects over WebSocket, never falls back"
   assert.equal(client.transport, "websocket");
 });
 
-test("over HTTP, a reconnect after websocketRetry tries WebSocket again", (t) => {
+test("over HTTP, after websocketRetry a WebSocket is tried beside; once it opens, the client moves", async (t) => {
   const { client } = fallbackClient(t);
+  await flush();
   FakeWebSocket.last().serverClose(1006);
-  FakeWebSocket.last().accept();
-  FakeWebSocket.last().serverClose(1006); // the stream lost: HTTP again, before websocketRetry
-  t.mock.timers.tick(MIN_DELAY);
-  assert.ok(FakeWebSocket.last() instanceof FakeHttpSocket);
-  FakeWebSocket.last().accept();
-  t.mock.timers.tick(60_000);
-  FakeWebSocket.last().serverClose(1006);
+  await flush();
+  const http = FakeWebSocket.last();
+  http.accept();
+  t.mock.timers.tick(59_999);
+  assert.equal(FakeWebSocket.last(), http);
+  t.mock.timers.tick(1);
+  const probe = FakeWebSocket.last();
+  assert.ok(!(probe instanceof FakeHttpSocket));
+  assert.equal(http.closeCode, null); // HTTP stays up while the probe tries
+  probe.accept();
+  assert.equal(probe.closeCode, 1000);
+  assert.equal(http.closeCode, 1000);
   t.mock.timers.tick(MAX_DELAY);
-  assert.ok(!(FakeWebSocket.last() instanceof FakeHttpSocket));
+  await flush();
+  const ws = FakeWebSocket.last();
+  assert.ok(!(ws instanceof FakeHttpSocket) && ws !== probe);
+  ws.accept();
   assert.equal(client.transport, "websocket");
+  assert.equal(client.state, "open");
+});
+
+test("a WebSocket probe that fails keeps HTTP, and tries again after websocketRetry", async (t) => {
+  const { client } = fallbackClient(t);
+  await flush();
+  FakeWebSocket.last().serverClose(1006);
+  await flush();
+  const http = FakeWebSocket.last();
+  http.accept();
+  t.mock.timers.tick(60_000);
+  FakeWebSocket.last().serverClose(1006); // the probe refused
+  assert.equal(http.closeCode, null);
+  assert.equal(client.transport, "http");
+  const count = FakeWebSocket.opened.length;
+  t.mock.timers.tick(60_000);
+  assert.equal(FakeWebSocket.opened.length, count + 1);
+  assert.ok(!(FakeWebSocket.last() instanceof FakeHttpSocket));
 });
 
 test("httpFallback: false never leaves WebSocket", (t) => {

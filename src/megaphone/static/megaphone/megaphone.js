@@ -239,7 +239,8 @@ export class HttpSocket {
  * Transports: WebSocket first. When a WebSocket never opens (the upgrade refused, or no open
  * within openTimeout, 5000), the client switches to the HTTP transport (HttpSocket: an event
  * stream down, POSTs up; the same frames, recovery and close codes) at once, and tries WebSocket
- * again at its first reconnect after websocketRetry (60000) ms. httpFallback (true where
+ * again after websocketRetry (60000) ms: beside the open HTTP connection (if it opens, the client
+ * moves to it and recovers as after any reconnect), and at its next reconnect. httpFallback (true where
  * EventSource exists): false to use WebSocket only; HttpSocket: the class of the HTTP transport
  * (tests pass a fake one). `transport` ("websocket" or "http") is in every "state" event.
  */
@@ -264,6 +265,7 @@ export class Megaphone extends EventTarget {
     this.transport = "websocket"; // or "http": the transport of the current (or next) connection
     this._websocketAgain = false; // over HTTP: whether the next connection tries WebSocket
     this._websocketTimer = null;
+    this._lastUrl = null; // the URL of the last connection (a WebSocket probe's)
     this._socket = null;
     this._attempt = 0;
     this._nextId = 1;
@@ -290,6 +292,7 @@ export class Megaphone extends EventTarget {
     let url;
     try {
       url = Megaphone.absoluteUrl(typeof this.url === "function" ? await this.url() : this.url);
+      this._lastUrl = url;
     } catch (error) {
       console.error("megaphone: could not get the connection URL", error);
       this._retry("closed", 1006);
@@ -530,14 +533,50 @@ export class Megaphone extends EventTarget {
       // WebSocket refused on this network: the HTTP transport, now (no backoff).
       this.transport = "http";
       this._websocketAgain = false;
-      clearTimeout(this._websocketTimer);
-      this._websocketTimer = setTimeout(() => (this._websocketAgain = true), this.websocketRetry);
+      this._armWebSocketRetry();
       this._setState("closed", code);
       this.connect();
       return;
     }
     if (neverOpened && this.transport === "http") this.transport = "websocket"; // try both in turn
     this._retry("closed", code, { longest: action === "slow_down" });
+  }
+
+  /** Over HTTP: after websocketRetry, the next connection tries WebSocket, and a WebSocket is
+   * tried now beside the open HTTP one; if it opens, the client moves to WebSocket (it closes
+   * the probe and the HTTP stream, and reconnects and recovers as after any close). */
+  _armWebSocketRetry() {
+    clearTimeout(this._websocketTimer);
+    this._websocketAgain = false;
+    this._websocketTimer = setTimeout(() => {
+      this._websocketAgain = true;
+      this._probeWebSocket();
+    }, this.websocketRetry);
+  }
+
+  _probeWebSocket() {
+    if (this._stopped || this.transport !== "http" || this.state !== "open" || !this._lastUrl) return;
+    const Socket = this._WebSocket ?? globalThis.WebSocket;
+    let probe;
+    try {
+      probe = new Socket(this._lastUrl);
+    } catch {
+      return this._armWebSocketRetry();
+    }
+    let done = false;
+    const finish = (opened) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      probe.onmessage = probe.onclose = () => {};
+      probe.close(1000);
+      if (!opened) return this._armWebSocketRetry(); // still blocked: HTTP for another while
+      if (this.transport === "http" && this.state === "open" && this._socket) this._socket.close(1000);
+    };
+    const timer = setTimeout(() => finish(false), this.openTimeout);
+    probe.onopen = null;
+    probe.onmessage = () => finish(true); // its `connected` frame: WebSocket works here now
+    probe.onclose = () => finish(false);
   }
 
   /** The requests that `socket`'s close with `code` refused (see CLOSE_CODES). */
