@@ -1,12 +1,14 @@
-"""SSE beside WebSocket on the same Megaphone server: `make bench-sse`.
+"""SSE and the HTTP transport beside WebSocket on the same Megaphone server: `make bench-sse`.
 
 For each transport, a fresh ``manage.py serve`` (one worker, in-memory backend), N idle clients on
-one topic (``/sse/broadcast/<topic>/`` or ``/ws/broadcast/<topic>/``), then one WebSocket
+one topic (``/sse/broadcast/<topic>/``, ``/ws/broadcast/<topic>/``, or ``http``: the JSON
+protocol over HTTP, ``/sse/connect/`` subscribed by a POST), then one WebSocket
 publisher sends a burst of M messages of ~100 bytes. Reported, per transport (medians over
 ``--repeat`` runs): server RSS per idle client (RSS with the N clients minus RSS before), server
 CPU per delivery (CPU seconds of the server's processes during the burst / deliveries) and the
 burst's deliveries per second. Every client must get every message once, in order (SSE: by the
-event ids' offsets; WebSocket: by the messages' sequence numbers), or the run fails (exit 1).
+event ids' offsets; WebSocket and HTTP: by the messages' sequence numbers), or the run fails
+(exit 1).
 
 The clients run in this process (asyncio), so only the server's CPU is counted; the client's own
 ceiling shows as deliveries/s, not in CPU per delivery. Writes bench/results/sse-<UTC>.json.
@@ -59,6 +61,48 @@ async def sse_client(port: int, topic: str, ready: asyncio.Event, count: int) ->
     return offsets
 
 
+async def _post(port: int, path: str, body: str) -> None:
+    """One POST on a connection of its own (as behind a proxy with no keep-alive)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = body.encode()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data
+    )
+    status = (await reader.readline()).split()[1]
+    writer.close()
+    if status != b"202":
+        raise RuntimeError(f"POST {path}: {status!r}")
+
+
+async def http_client(port: int, topic: str, ready: asyncio.Event, count: int) -> list[int]:
+    """The JSON protocol over HTTP (/sse/connect/): subscribe by POST; the sequence numbers of
+    the first ``count`` messages on the stream."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /sse/connect/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    seqs: list[int] = []
+    pending = b""
+    while len(seqs) < count:
+        size = int((await reader.readline()).strip(), 16)  # chunked body
+        pending += (await reader.readexactly(size + 2))[:-2]
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            if event.startswith(b"event: session\ndata: "):
+                session = event.split(b"data: ", 1)[1].decode()
+                subscribe = json.dumps({"op": "subscribe", "topic": topic, "id": 1})
+                await _post(port, f"/sse/connect/{session}/", subscribe)
+            elif event.startswith(b"data: "):
+                frame = json.loads(event[6:])
+                if frame["type"] == "reply":
+                    ready.set()
+                elif frame["type"] == "message":
+                    seqs.append(int(frame["data"].split(" ", 1)[0]))
+    writer.close()
+    return seqs
+
+
 async def ws_client(port: int, topic: str, ready: asyncio.Event, count: int) -> list[int]:
     async with websockets.connect(f"ws://127.0.0.1:{port}/ws/broadcast/{topic}/") as client:
         ready.set()
@@ -76,7 +120,7 @@ async def measure(transport: str, n: int, messages: int, log_dir: Path) -> dict[
         await asyncio.sleep(1)  # let the worker settle (its first requests import lazily)
         topic = f"broadcast.bench-{uuid.uuid4().hex[:8]}"
         rss_before = procstat.rss_bytes(server.pids())
-        client = sse_client if transport == "sse" else ws_client
+        client = {"sse": sse_client, "http": http_client, "websocket": ws_client}[transport]
         readies = [asyncio.Event() for _ in range(n)]
         tasks = []
         for ready in readies:
@@ -117,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile(4 * args.n + 1024)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     log_dir = RESULTS / "logs" / f"sse-{stamp}"
-    runs: dict[str, list[dict[str, Any]]] = {"websocket": [], "sse": []}
+    runs: dict[str, list[dict[str, Any]]] = {"websocket": [], "sse": [], "http": []}
     for i in range(args.repeat):
         for transport in runs:  # interleaved: the machine's noise hits both alike
             run = asyncio.run(measure(transport, args.n, args.messages, log_dir))

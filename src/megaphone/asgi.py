@@ -62,6 +62,7 @@ def application(
     from megaphone.server.auth import AuthMiddlewareStack
     from megaphone.server.bodylimit import RequestBodyLimit
     from megaphone.server.guards import ConnectionLimiter, OriginValidator
+    from megaphone.server.httpsession import HttpSessions, with_http_sessions
     from megaphone.server.sse import EventStreams, with_event_streams
 
     if static_files is None:
@@ -76,9 +77,12 @@ def application(
     websocket = ConnectionLimiter(AuthMiddlewareStack(websocket_router(patterns)))
     # The SSE streams: the same guards, and the same per-address count as the WebSockets.
     streams = ConnectionLimiter(AuthMiddlewareStack(EventStreams()), websocket.open)
+    # The JSON protocol over HTTP (its stream and its POSTs): the same guards again.
+    sessions = ConnectionLimiter(AuthMiddlewareStack(HttpSessions()), websocket.open)
+    http = with_http_sessions(RequestBodyLimit(http), OriginValidator(sessions))
     return ProtocolTypeRouter(
         {
-            "http": with_event_streams(RequestBodyLimit(http), OriginValidator(streams)),
+            "http": with_event_streams(http, OriginValidator(streams)),
             "websocket": OriginValidator(websocket),
         }
     )

@@ -17,6 +17,7 @@ export class FakeWebSocket {
     this.url = url;
     this.texts = []; // the frames the client sent, as sent
     this.closeCode = null;
+    this.onopen = null;
     this.onmessage = null;
     this.onclose = null;
     FakeWebSocket.opened.push(this);
@@ -42,6 +43,7 @@ export class FakeWebSocket {
 
   /** Send the `connected` frame that opens every protocol connection. */
   accept(client = `client-${FakeWebSocket.opened.indexOf(this)}`) {
+    this.onopen?.({});
     this.serverSend({ type: "connected", client, version: 1 });
   }
 

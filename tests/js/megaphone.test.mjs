@@ -366,3 +366,103 @@ test("a server subscription is announced, recovered through the URL, and ended b
   assert.equal(subscription.active, false);
   assert.deepEqual(socket.sent, [], "a revoked subscription is not resubscribed");
 });
+
+// The HTTP fallback -------------------------------------------------------------------------
+
+/** A fake HTTP transport: a FakeWebSocket the test can tell apart. */
+class FakeHttpSocket extends FakeWebSocket {}
+
+function fallbackClient(t, options = {}) {
+  setUp(t);
+  const states = [];
+  const client = new Megaphone(URL, {
+    WebSocket: FakeWebSocket,
+    HttpSocket: FakeHttpSocket,
+    websocketRetry: 60_000,
+    ...options,
+  });
+  client.addEventListener("state", ({ detail }) => states.push(detail));
+  return { client, states };
+}
+
+test("a WebSocket refused before it opens switches to HTTP at once, same URL", (t) => {
+  const { client, states } = fallbackClient(t);
+  FakeWebSocket.last().serverClose(1006); // the upgrade refused: closed, never opened
+  const http = FakeWebSocket.last();
+  assert.ok(http instanceof FakeHttpSocket);
+  assert.equal(http.url, URL);
+  http.accept();
+  assert.equal(client.state, "open");
+  assert.equal(client.transport, "http");
+  assert.deepEqual(states.at(-1), { state: "open", code: undefined, transport: "http" });
+});
+
+test("a WebSocket that never opens is given up after openTimeout", (t) => {
+  const { client } = fallbackClient(t, { openTimeout: 3000 });
+  const ws = FakeWebSocket.last();
+  t.mock.timers.tick(2999);
+  assert.equal(FakeWebSocket.opened.length, 1);
+  t.mock.timers.tick(1);
+  assert.notEqual(ws.closeCode, null);
+  assert.ok(FakeWebSocket.last() instanceof FakeHttpSocket);
+  assert.equal(client.transport, "http");
+});
+
+test("an open WebSocket that closes reconnects over WebSocket, never falls back", (t) => {
+  const { client } = fallbackClient(t);
+  FakeWebSocket.last().accept();
+  FakeWebSocket.last().serverClose(1006);
+  t.mock.timers.tick(MIN_DELAY);
+  assert.ok(!(FakeWebSocket.last() instanceof FakeHttpSocket));
+  assert.equal(client.transport, "websocket");
+});
+
+test("over HTTP, after websocketRetry a WebSocket is tried beside; once it opens, the client moves", async (t) => {
+  const { client } = fallbackClient(t);
+  await flush();
+  FakeWebSocket.last().serverClose(1006);
+  await flush();
+  const http = FakeWebSocket.last();
+  http.accept();
+  t.mock.timers.tick(59_999);
+  assert.equal(FakeWebSocket.last(), http);
+  t.mock.timers.tick(1);
+  const probe = FakeWebSocket.last();
+  assert.ok(!(probe instanceof FakeHttpSocket));
+  assert.equal(http.closeCode, null); // HTTP stays up while the probe tries
+  probe.accept();
+  assert.equal(probe.closeCode, 1000);
+  assert.equal(http.closeCode, 1000);
+  t.mock.timers.tick(MAX_DELAY);
+  await flush();
+  const ws = FakeWebSocket.last();
+  assert.ok(!(ws instanceof FakeHttpSocket) && ws !== probe);
+  ws.accept();
+  assert.equal(client.transport, "websocket");
+  assert.equal(client.state, "open");
+});
+
+test("a WebSocket probe that fails keeps HTTP, and tries again after websocketRetry", async (t) => {
+  const { client } = fallbackClient(t);
+  await flush();
+  FakeWebSocket.last().serverClose(1006);
+  await flush();
+  const http = FakeWebSocket.last();
+  http.accept();
+  t.mock.timers.tick(60_000);
+  FakeWebSocket.last().serverClose(1006); // the probe refused
+  assert.equal(http.closeCode, null);
+  assert.equal(client.transport, "http");
+  const count = FakeWebSocket.opened.length;
+  t.mock.timers.tick(60_000);
+  assert.equal(FakeWebSocket.opened.length, count + 1);
+  assert.ok(!(FakeWebSocket.last() instanceof FakeHttpSocket));
+});
+
+test("httpFallback: false never leaves WebSocket", (t) => {
+  const { client } = fallbackClient(t, { httpFallback: false });
+  FakeWebSocket.last().serverClose(1006);
+  t.mock.timers.tick(MIN_DELAY);
+  assert.ok(!(FakeWebSocket.last() instanceof FakeHttpSocket));
+  assert.equal(client.transport, "websocket");
+});

@@ -30,6 +30,14 @@ SSE_CONNECTIONS = Gauge(
 SSE_CONNECTIONS_ACCEPTED = Counter(
     "megaphone_sse_connections_accepted", "Server-Sent Events streams opened."
 )
+HTTP_SESSIONS = Gauge(
+    "megaphone_http_sessions",
+    "Open sessions of the JSON protocol over HTTP (/sse/connect/).",
+    multiprocess_mode="livesum",
+)
+HTTP_SESSIONS_ACCEPTED = Counter(
+    "megaphone_http_sessions_accepted", "Sessions of the JSON protocol over HTTP opened."
+)
 CLOSES = Counter("megaphone_closes", "Connections closed by the server, by close code.", ["code"])
 MESSAGES_PUBLISHED = Counter("megaphone_messages_published", "Messages accepted by the backend.")
 DELIVERIES = Counter("megaphone_deliveries", "Messages handed to local subscribers.")

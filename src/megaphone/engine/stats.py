@@ -2,9 +2,11 @@
 (:mod:`megaphone.contrib.dashboard`).
 
 Every worker process publishes a snapshot of its figures on the internal topic
-:data:`STATS_TOPIC` every ``DASHBOARD_INTERVAL`` seconds (0 turns it off): its connections, its
-subscriptions, its message rates, and its busiest topics with their subscriber counts, the
-application's apart from Megaphone's own (:func:`~megaphone.core.topics.is_internal`).
+:data:`STATS_TOPIC` every ``DASHBOARD_INTERVAL`` seconds (0 turns it off): its connections (of
+every transport: WebSocket, SSE streams, HTTP sessions; their sum, and each apart under
+``transports``), its subscriptions, its message rates, and its busiest topics with their
+subscriber counts, the application's apart from Megaphone's own
+(:func:`~megaphone.core.topics.is_internal`).
 
 Rates are computed here, by each worker, from its own counters
 (:class:`~megaphone.engine.node.Traffic`:
@@ -81,6 +83,14 @@ def _counters(traffic: Traffic) -> dict[str, int]:
     return {"published": traffic.published, "delivered": traffic.delivered}
 
 
+#: The gauge of open connections of each transport; a snapshot's ``connections`` is their sum.
+TRANSPORT_GAUGES = {
+    "websocket": "megaphone_connections",
+    "sse": "megaphone_sse_connections",
+    "http": "megaphone_http_sessions",
+}
+
+
 def snapshot(node: Node, meter: RateMeter, interval: float) -> dict[str, object]:
     """This worker's figures now, its rates read from ``meter`` (one reading per snapshot)."""
     counters = _counters(node.traffic)
@@ -88,11 +98,13 @@ def snapshot(node: Node, meter: RateMeter, interval: float) -> dict[str, object]
     topics = node.hub.topics()
     application = {topic: count for topic, count in topics.items() if not is_internal(topic)}
     internal = {topic: count for topic, count in topics.items() if is_internal(topic)}
+    transports = {name: _sample(metric) for name, metric in TRANSPORT_GAUGES.items()}
     return {
         "worker": WORKER,
         "time": time.time(),
         "interval": interval,
-        "connections": _sample("megaphone_connections"),
+        "connections": sum(transports.values()),
+        "transports": transports,
         "topics": len(application),
         "subscriptions": sum(application.values()),
         **counters,

@@ -48,6 +48,14 @@ TOKEN_SUBSCRIPTIONS = "megaphone.token_subscriptions"
 LOGOUT = "logout"
 
 
+def user_name(scope: dict[str, Any]) -> str | None:
+    """The authenticated user's name, when the project's middleware put a user in the scope."""
+    user = scope.get("user")
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return str(user.get_username())
+
+
 def user_control_topic(user_pk: object) -> str:
     """The internal topic every authenticated connection of a user listens to (``$`` topics keep
     no history and are out of clients' reach)."""

@@ -64,6 +64,7 @@ class Connection:
         "_on_slow",
         "_send",
         "_started",
+        "_websocket",
         "_writer",
         "outbox",
     )
@@ -77,9 +78,13 @@ class Connection:
         max_messages: int,
         max_bytes: int,
         frame_writer: FrameWriter | None = None,
+        websocket: bool = True,
     ) -> None:
         """``frame_writer``, when the server offers one (see :mod:`.uvicorn`), writes whole
-        WebSocket frames at once; without it, every frame is an ASGI ``send``."""
+        WebSocket frames at once; without it, every frame is an ASGI ``send``. ``websocket``:
+        counted in the WebSocket connection metrics (not for another transport's, which counts
+        its own)."""
+        self._websocket = websocket
         self._send = send
         self._encoder = encoder
         self._direct = frame_writer
@@ -182,8 +187,9 @@ class Connection:
     def start(self) -> None:
         """Start sending; frames delivered before this call were queued and go first."""
         self._started = True
-        metrics.CONNECTIONS.inc()
-        metrics.CONNECTIONS_ACCEPTED.inc()
+        if self._websocket:
+            metrics.CONNECTIONS.inc()
+            metrics.CONNECTIONS_ACCEPTED.inc()
         if self.outbox:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
@@ -203,7 +209,8 @@ class Connection:
         self._wake_drained()
         if self._started:
             self._started = False
-            metrics.CONNECTIONS.dec()
+            if self._websocket:
+                metrics.CONNECTIONS.dec()
         writer, self._writer = self._writer, None
         if writer is not None and not writer.done():
             writer.cancel()

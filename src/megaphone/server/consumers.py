@@ -45,6 +45,7 @@ from megaphone.server.auth import (
     TOKEN_SUBSCRIPTIONS,
     active_user,
     user_control_topic,
+    user_name,
 )
 from megaphone.server.connection import Connection
 from megaphone.server.control import Order, decode_order
@@ -481,14 +482,6 @@ class BroadcastConsumer(_Endpoint):
             await self.node.unsubscribe(self.topic, connection)
 
 
-def _user_name(scope: dict[str, Any]) -> str | None:
-    """The authenticated user's name, when the project's middleware put a user in the scope."""
-    user = scope.get("user")
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None
-    return str(user.get_username())
-
-
 class ProtocolConsumer(_Endpoint):
     """``/ws/connect/``: the multiplexed JSON protocol (``docs/protocol.md``).
 
@@ -518,7 +511,7 @@ class ProtocolConsumer(_Endpoint):
             self.node,
             connection,
             client=secrets.token_urlsafe(9),
-            user=_user_name(self.scope),
+            user=user_name(self.scope),
             principal=self.user,
             publish_limit=self.publish_limit,
             subscribe_limit=TokenBucket(config.SUBSCRIBE_RATE, config.SUBSCRIBE_BURST),

@@ -113,7 +113,7 @@ def reset_event(epoch: str, offset: int) -> bytes:
     return f"event: reset\nid: {epoch}:{offset}\ndata: {data}\n\n".encode()
 
 
-async def _respond(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]]) -> None:
+async def respond(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]]) -> None:
     body = (text + "\n").encode()
     await send(
         {
@@ -123,6 +123,13 @@ async def _respond(send: Send, status: int, text: str, headers: list[tuple[bytes
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def backend_unavailable(scope: Scope, send: Send, exc: BackendUnavailable) -> None:
+    """Refuse a request for the backend's failure: logged, counted, 503 with ``Retry-After``."""
+    log_refusal(logger, scope, f"backend: {exc}")
+    metrics.REFUSALS.labels("backend").inc()
+    await respond(send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")])
 
 
 class _Stream:
@@ -200,7 +207,9 @@ class _EndOnOrder:
         self.stream.end(f"its user's connections got the order {order.op}")
 
 
-_open: set[_Stream] = set()
+#: How to end each open stream of this process for a shutdown (given the retry hint, in ms):
+#: the event streams' and the HTTP sessions' (:mod:`.httpsession`).
+_open: set[Callable[[int], None]] = set()
 _closed_all: asyncio.Event | None = None
 _signals_hooked = False
 
@@ -258,8 +267,24 @@ def _none_open() -> asyncio.Event:
 
 
 def _end_all_for_shutdown() -> None:
-    for stream in list(_open):
-        stream.end("server shutting down", random.randint(*SHUTDOWN_RETRY_MS))
+    for end in list(_open):
+        end(random.randint(*SHUTDOWN_RETRY_MS))
+
+
+def register_stream(end_for_shutdown: Callable[[int], None]) -> Callable[[], None]:
+    """Count a stream as open until the returned function is called: a SIGTERM calls
+    ``end_for_shutdown(retry_ms)`` and waits (up to :data:`SHUTDOWN_FLUSH`) for it to end."""
+    _hook_sigterm()
+    _open.add(end_for_shutdown)
+    if _closed_all is not None:
+        _closed_all.clear()
+
+    def unregister() -> None:
+        _open.discard(end_for_shutdown)
+        if not _open and _closed_all is not None:
+            _closed_all.set()
+
+    return unregister
 
 
 class EventStreams:
@@ -272,7 +297,7 @@ class EventStreams:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
-            return await _respond(send, 405, "Method Not Allowed: use GET", [(b"allow", b"GET")])
+            return await respond(send, 405, "Method Not Allowed: use GET", [(b"allow", b"GET")])
         match = PATH.match(path)
         try:
             topic = validate_topic((match and match["topic"]) or DEFAULT_TOPIC)
@@ -280,12 +305,12 @@ class EventStreams:
         except (InvalidTopic, InvalidText, InvalidEventId) as exc:
             log_refusal(logger, scope, str(exc))
             metrics.REFUSALS.labels("bad_request").inc()
-            return await _respond(send, 400, f"Bad Request: {exc}", [])
+            return await respond(send, 400, f"Bad Request: {exc}", [])
         user = scope.get("user")
         if not may_subscribe(user, topic):
             log_refusal(logger, scope, "may not subscribe")
             metrics.REFUSALS.labels("forbidden").inc()
-            return await _respond(send, 403, "Forbidden: may not subscribe to this topic", [])
+            return await respond(send, 403, "Forbidden: may not subscribe to this topic", [])
         # Resuming would disclose the topic's history to one who may not read it: a reset.
         resume = since is not None and may_read_history(user, topic)
         config = get_config()
@@ -294,11 +319,7 @@ class EventStreams:
             node = await get_node()
             await node.subscribe(topic, stream)
         except BackendUnavailable as exc:
-            log_refusal(logger, scope, f"backend: {exc}")
-            metrics.REFUSALS.labels("backend").inc()
-            return await _respond(
-                send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")]
-            )
+            return await backend_unavailable(scope, send, exc)
         try:
             await self._serve(
                 scope, receive, send, node, stream, since, resume, config.SSE_HEARTBEAT
@@ -337,12 +358,8 @@ class EventStreams:
                     node, stream.topic, since[1], since[0], HISTORY_PAGE
                 )
         except BackendUnavailable as exc:
-            log_refusal(logger, scope, f"backend: {exc}")
-            metrics.REFUSALS.labels("backend").inc()
-            return await _respond(
-                send, 503, "Service Unavailable: try again", [(b"retry-after", b"1")]
-            )
-        await send({"type": "http.response.start", "status": 200, "headers": self._headers(scope)})
+            return await backend_unavailable(scope, send, exc)
+        await send({"type": "http.response.start", "status": 200, "headers": stream_headers(scope)})
         if scope["method"] == "HEAD":
             return await send({"type": "http.response.body", "body": b""})
         stream.epoch = page.epoch
@@ -359,10 +376,7 @@ class EventStreams:
                     "more_body": True,
                 }
             )
-        _hook_sigterm()
-        _open.add(stream)
-        if _closed_all is not None:
-            _closed_all.clear()
+        unregister = register_stream(lambda ms: stream.end("server shutting down", ms))
         metrics.SSE_CONNECTIONS.inc()
         metrics.SSE_CONNECTIONS_ACCEPTED.inc()
         logger.info(
@@ -378,7 +392,7 @@ class EventStreams:
             stream.go_live()
             tasks = [
                 asyncio.ensure_future(stream.write(send)),
-                asyncio.ensure_future(_until_disconnect(receive)),
+                asyncio.ensure_future(until_disconnect(receive)),
                 asyncio.ensure_future(_heartbeats(stream, heartbeat)),
             ]
             done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
@@ -393,9 +407,7 @@ class EventStreams:
         finally:
             for task in tasks:
                 task.cancel()
-            _open.discard(stream)
-            if not _open and _closed_all is not None:
-                _closed_all.set()
+            unregister()
             metrics.SSE_CONNECTIONS.dec()
             if timer is not None:
                 timer.cancel()
@@ -452,19 +464,21 @@ class EventStreams:
                 stream.end("history trimmed while catching up")
                 return
 
-    @staticmethod
-    def _headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-        headers = [
-            (b"content-type", b"text/event-stream"),
-            (b"cache-control", b"no-store"),
-            (b"x-accel-buffering", b"no"),  # nginx: do not buffer this response
-            (b"vary", b"Origin"),
-        ]
-        origin = header(scope, b"origin")
-        if origin is not None and origin_allowed(origin, scope) and _foreign(origin, scope):
-            headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
-            headers.append((b"access-control-allow-credentials", b"true"))
-        return headers
+
+def stream_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The response headers of an event stream: unbuffered, uncached, and the CORS headers that
+    let an ``ALLOWED_ORIGINS`` page other than the server's own read it with credentials."""
+    headers = [
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-store"),
+        (b"x-accel-buffering", b"no"),  # nginx: do not buffer this response
+        (b"vary", b"Origin"),
+    ]
+    origin = header(scope, b"origin")
+    if origin is not None and origin_allowed(origin, scope) and _foreign(origin, scope):
+        headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
+        headers.append((b"access-control-allow-credentials", b"true"))
+    return headers
 
 
 def _foreign(origin: str, scope: Scope) -> bool:
@@ -472,7 +486,7 @@ def _foreign(origin: str, scope: Scope) -> bool:
     return parse_origin(origin) != request_origin(scope)
 
 
-async def _until_disconnect(receive: Receive) -> None:
+async def until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
@@ -481,6 +495,14 @@ async def _heartbeats(stream: _Stream, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         stream.queue(b": ping\n\n", 8)
+
+
+async def heartbeats_to(send: Send, interval: float) -> None:
+    """Send a ``: ping`` comment every ``interval`` seconds (a stream without its own outbox:
+    each send waits for the client)."""
+    while True:
+        await asyncio.sleep(interval)
+        await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
 
 
 def with_event_streams(http: Any, streams: Any) -> Any:

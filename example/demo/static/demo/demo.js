@@ -11,6 +11,7 @@ const notice = document.getElementById("notice");
 const list = document.getElementById("messages");
 const form = document.getElementById("send-form");
 const input = document.getElementById("message");
+const transport = document.getElementById("transport");
 
 const megaphone = new Megaphone("/ws/connect/");
 
@@ -95,6 +96,8 @@ function onPresenceEvent(event) {
 }
 
 megaphone.addEventListener("state", ({ detail }) => {
+  transport.textContent = detail.transport;
+  transport.dataset.transport = detail.transport;
   if (detail.state === "open") setStatus("open", "connected");
   else if (detail.state === "connecting") setStatus("connecting", "connecting…");
   else {

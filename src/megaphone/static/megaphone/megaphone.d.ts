@@ -114,6 +114,36 @@ export interface MegaphoneOptions {
   autoConnect?: boolean;
   /** The WebSocket class (globalThis.WebSocket). */
   WebSocket?: { new (url: string): WebSocket };
+  /** Fall back to the HTTP transport when a WebSocket never opens (true where EventSource exists). */
+  httpFallback?: boolean;
+  /** How long a socket may take to open before it is given up, ms (5000). */
+  openTimeout?: number;
+  /** Over HTTP, how long before a reconnect tries WebSocket again, ms (60000). */
+  websocketRetry?: number;
+  /** The class of the HTTP transport (HttpSocket); tests pass a fake one. */
+  HttpSocket?: { new (url: string): WebSocketLike };
+}
+
+/** What the client needs of a socket: a WebSocket, or the HTTP transport. */
+export interface WebSocketLike {
+  send(text: string): void;
+  close(code?: number): void;
+  onopen: ((event: object) => void) | null;
+  onmessage: ((event: { data: string }) => void) | null;
+  onclose: ((event: { code: number }) => void) | null;
+}
+
+/** The transport of a connection. */
+export type Transport = "websocket" | "http";
+
+/** The HTTP transport: an event stream of /sse/connect/ down, POSTs up. */
+export declare class HttpSocket implements WebSocketLike {
+  constructor(url: string);
+  send(text: string): void;
+  close(code?: number): void;
+  onopen: ((event: object) => void) | null;
+  onmessage: ((event: { data: string }) => void) | null;
+  onclose: ((event: { code: number }) => void) | null;
 }
 
 /** A path, a ws:/wss: URL, or a function giving one before every connection attempt. */
@@ -143,6 +173,7 @@ export declare class Subscription<T = JsonValue> {
 export interface StateEventDetail {
   state: ConnectionState;
   code?: number;
+  transport: Transport;
 }
 
 export interface MegaphoneEventMap {
@@ -156,6 +187,8 @@ export declare class Megaphone extends EventTarget {
   constructor(url?: MegaphoneUrl, options?: MegaphoneOptions);
   url: MegaphoneUrl;
   readonly state: ConnectionState;
+  /** The transport of the current (or next) connection. */
+  readonly transport: Transport;
   /** The connection id of the `connected` frame; null while not open. */
   readonly clientId: string | null;
   /** The delay (ms) before the coming reconnection; null when none comes. */

@@ -148,6 +148,91 @@ export class Subscription {
   }
 }
 
+/** Statuses of a POST of the HTTP transport, as the close code a WebSocket would have got. */
+const POST_CLOSE_CODES = Object.freeze({ 403: 4403, 413: 1009, 503: 1013 });
+
+/**
+ * The HTTP transport, with a WebSocket's interface (send, close, onopen, onmessage, onclose):
+ * frames come down on an EventSource of /sse/connect/ (the WebSocket URL's path with /ws/
+ * replaced by /sse/, same query), each event's data one frame; they go up as POSTs to
+ * /sse/connect/<session>/, one frame each, one at a time, in order (a 429 waits a second and
+ * sends it again). The server's "close" event, or a POST refused, closes it with that code.
+ */
+export class HttpSocket {
+  constructor(url) {
+    const base = new URL(url);
+    base.protocol = base.protocol === "wss:" ? "https:" : "http:";
+    base.pathname = base.pathname.replace(/\/ws\/connect\/$/, "/sse/connect/");
+    this._base = base;
+    this._queue = [];
+    this._posting = false;
+    this._session = null;
+    this._closed = false;
+    this.onopen = this.onmessage = this.onclose = null;
+    const source = (this._source = new EventSource(base.href, { withCredentials: true }));
+    source.addEventListener("session", (event) => {
+      this._session = event.data;
+      this.onopen?.({});
+      this._post();
+    });
+    source.onmessage = (event) => this.onmessage?.({ data: event.data });
+    source.addEventListener("close", (event) => {
+      let code = 1006;
+      try {
+        code = JSON.parse(event.data).code;
+      } catch {}
+      this._end(code);
+    });
+    source.onerror = () => this._end(1006); // the stream ended or never opened: we reconnect
+  }
+
+  send(text) {
+    this._queue.push(text);
+    this._post();
+  }
+
+  close(code = 1000) {
+    this._end(code);
+  }
+
+  async _post() {
+    if (this._posting || this._session === null || this._closed) return;
+    this._posting = true;
+    try {
+      while (this._queue.length > 0 && !this._closed) {
+        const url = new URL(`${this._session}/`, this._base);
+        url.search = this._base.search;
+        let response;
+        try {
+          response = await fetch(url, {
+            method: "POST",
+            body: this._queue[0],
+            headers: { "Content-Type": "application/json" },
+            credentials: "include",
+          });
+        } catch {
+          return this._end(1006);
+        }
+        if (response.status === 429) {
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+          continue;
+        }
+        if (!response.ok) return this._end(POST_CLOSE_CODES[response.status] ?? 1011);
+        this._queue.shift();
+      }
+    } finally {
+      this._posting = false;
+    }
+  }
+
+  _end(code) {
+    if (this._closed) return;
+    this._closed = true;
+    this._source.close();
+    this.onclose?.({ code });
+  }
+}
+
 /**
  * A connection to a Megaphone protocol endpoint.
  * Events (EventTarget): "state" {state, code}, "connected" {client}, "error" {code, message},
@@ -160,6 +245,14 @@ export class Subscription {
  * (10000): how long a publish may wait, from the call, across reconnects, before it is rejected
  * with "timeout" and dropped; autoConnect (true); WebSocket: the WebSocket class to use
  * (globalThis.WebSocket by default; tests pass a fake one).
+ *
+ * Transports: WebSocket first. When a WebSocket never opens (the upgrade refused, or no open
+ * within openTimeout, 5000), the client switches to the HTTP transport (HttpSocket: an event
+ * stream down, POSTs up; the same frames, recovery and close codes) at once, and tries WebSocket
+ * again after websocketRetry (60000) ms: beside the open HTTP connection (if it opens, the client
+ * moves to it and recovers as after any reconnect), and at its next reconnect. httpFallback (true where
+ * EventSource exists): false to use WebSocket only; HttpSocket: the class of the HTTP transport
+ * (tests pass a fake one). `transport` ("websocket" or "http") is in every "state" event.
  */
 export class Megaphone extends EventTarget {
   constructor(url = "/ws/connect/", options = {}) {
@@ -174,6 +267,15 @@ export class Megaphone extends EventTarget {
     this.clientId = null;
     this.nextRetryDelay = null;
     this._WebSocket = options.WebSocket ?? null;
+    this._HttpSocket = options.HttpSocket ?? HttpSocket;
+    this.httpFallback =
+      options.httpFallback ?? (options.HttpSocket !== undefined || typeof globalThis.EventSource === "function");
+    this.openTimeout = options.openTimeout ?? 5000;
+    this.websocketRetry = options.websocketRetry ?? 60000;
+    this.transport = "websocket"; // or "http": the transport of the current (or next) connection
+    this._websocketAgain = false; // over HTTP: whether the next connection tries WebSocket
+    this._websocketTimer = null;
+    this._lastUrl = null; // the URL of the last connection (a WebSocket probe's)
     this._socket = null;
     this._attempt = 0;
     this._nextId = 1;
@@ -201,16 +303,38 @@ export class Megaphone extends EventTarget {
     try {
       url = Megaphone.absoluteUrl(typeof this.url === "function" ? await this.url() : this.url);
       url = this._withPositions(url);
+      this._lastUrl = url;
     } catch (error) {
       console.error("megaphone: could not get the connection URL", error);
       this._retry("closed", 1006);
       return;
     }
     if (this._stopped) return this._setState("closed");
-    const Socket = this._WebSocket ?? globalThis.WebSocket;
+    if (this.transport === "http" && this._websocketAgain) this.transport = "websocket";
+    const Socket =
+      this.transport === "http" ? this._HttpSocket : (this._WebSocket ?? globalThis.WebSocket);
     const socket = (this._socket = new Socket(url));
-    socket.onmessage = (event) => this._onFrame(event.data);
-    socket.onclose = (event) => this._onClose(socket, event.code);
+    let opened = false;
+    // A socket that never opens (an upgrade refused, or a proxy that holds it): another transport.
+    const openTimer = setTimeout(() => {
+      if (opened || socket !== this._socket) return;
+      socket.onclose = () => {};
+      socket.close();
+      this._onClose(socket, 1006, { neverOpened: true });
+    }, this.openTimeout);
+    socket.onopen = () => {
+      opened = true;
+      clearTimeout(openTimer);
+    };
+    socket.onmessage = (event) => {
+      opened = true; // a frame came: open, whether or not the socket said so
+      clearTimeout(openTimer);
+      this._onFrame(event.data);
+    };
+    socket.onclose = (event) => {
+      clearTimeout(openTimer);
+      this._onClose(socket, event.code, { neverOpened: !opened });
+    };
   }
 
   /** `url` with the positions of the server subscriptions (?since=...), to recover them. */
@@ -231,6 +355,7 @@ export class Megaphone extends EventTarget {
   disconnect() {
     this._stopped = true;
     clearTimeout(this._retryTimer);
+    clearTimeout(this._websocketTimer);
     clearTimeout(this._stableTimer);
     for (const entry of [...this._pending.values()]) {
       this._settle(entry).reject(new MegaphoneError("disconnected", "disconnected"));
@@ -298,7 +423,8 @@ export class Megaphone extends EventTarget {
   _setState(state, code) {
     if (!STATES.includes(state) || (state === this.state && code === undefined)) return;
     this.state = state;
-    this.dispatchEvent(new CustomEvent("state", { detail: { state, code } }));
+    const transport = this.transport;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, code, transport } }));
   }
 
   /** Send `frame` now (or, with `retry`, whenever connected) and wait for its answer. The entry
@@ -456,7 +582,7 @@ export class Megaphone extends EventTarget {
 
   /** Act on the close as CLOSE_CODES says: reject what the server refused, then reconnect or
    * stop. Requests not sent again (all but the waiting publishes) are rejected. */
-  _onClose(socket, code) {
+  _onClose(socket, code, { neverOpened = false } = {}) {
     if (socket !== this._socket) return;
     this._socket = null;
     this.clientId = null;
@@ -475,7 +601,54 @@ export class Megaphone extends EventTarget {
       if (entry.retry && !this._stopped) continue; // sent again once connected
       this._settle(entry).reject(new MegaphoneError("disconnected", reason));
     }
+    if (neverOpened && !this._stopped && this.transport === "websocket" && this.httpFallback) {
+      // WebSocket refused on this network: the HTTP transport, now (no backoff).
+      this.transport = "http";
+      this._websocketAgain = false;
+      this._armWebSocketRetry();
+      this._setState("closed", code);
+      this.connect();
+      return;
+    }
+    if (neverOpened && this.transport === "http") this.transport = "websocket"; // try both in turn
     this._retry("closed", code, { longest: action === "slow_down" });
+  }
+
+  /** Over HTTP: after websocketRetry, the next connection tries WebSocket, and a WebSocket is
+   * tried now beside the open HTTP one; if it opens, the client moves to WebSocket (it closes
+   * the probe and the HTTP stream, and reconnects and recovers as after any close). */
+  _armWebSocketRetry() {
+    clearTimeout(this._websocketTimer);
+    this._websocketAgain = false;
+    this._websocketTimer = setTimeout(() => {
+      this._websocketAgain = true;
+      this._probeWebSocket();
+    }, this.websocketRetry);
+  }
+
+  _probeWebSocket() {
+    if (this._stopped || this.transport !== "http" || this.state !== "open" || !this._lastUrl) return;
+    const Socket = this._WebSocket ?? globalThis.WebSocket;
+    let probe;
+    try {
+      probe = new Socket(this._lastUrl);
+    } catch {
+      return this._armWebSocketRetry();
+    }
+    let done = false;
+    const finish = (opened) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      probe.onmessage = probe.onclose = () => {};
+      probe.close(1000);
+      if (!opened) return this._armWebSocketRetry(); // still blocked: HTTP for another while
+      if (this.transport === "http" && this.state === "open" && this._socket) this._socket.close(1000);
+    };
+    const timer = setTimeout(() => finish(false), this.openTimeout);
+    probe.onopen = null;
+    probe.onmessage = () => finish(true); // its `connected` frame: WebSocket works here now
+    probe.onclose = () => finish(false);
   }
 
   /** The requests that `socket`'s close with `code` refused (see CLOSE_CODES). */
