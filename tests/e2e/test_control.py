@@ -213,3 +213,68 @@ async def test_the_http_api_and_the_command_unsubscribe_and_disconnect_a_user(
         await python_client.close()
         for client in clients:
             await client.close()
+
+
+async def test_an_http_session_gets_its_server_subscriptions_and_obeys_its_users_orders(
+    world: tuple[ServerProcess, dict[str, Any], dict[str, str]],
+) -> None:
+    """The JSON protocol over HTTP (``/sse/connect/``) is a connection like any other: its
+    server subscriptions come at connect; a re-check (sent by every save of the user) leaves it
+    open, a revocation ends only the lost topic, a disconnect ends the stream with its code."""
+    from tests.e2e.test_http_session import apost, frame
+    from tests.sse_client import connect as sse_connect
+
+    server, alice, env = world
+    stream = await sse_connect(f"{server.http_url}/sse/connect/?token={alice['token']}", {})
+    try:
+        first = await asyncio.wait_for(stream.next(), timeout(5))
+        assert first is not None and first.type == "session"
+        session = f"{first.data}?token={alice['token']}"
+        assert (await frame(stream))["type"] == "connected"
+        assert (await frame(stream)) | {"offset": 0, "epoch": ""} == {
+            "type": "subscribed",
+            "topic": f"user:{alice['pk']}",
+            "offset": 0,
+            "epoch": "",
+        }
+        subscribe = {"op": "subscribe", "id": 1, "topic": "editors"}
+        assert await apost(server, session, subscribe) == 202
+        assert (await frame(stream))["type"] == "reply"
+        manage(env, "megaphone", "recheck", str(alice["pk"]))
+        manage(env, "shell", "-c", REMOVE)
+        unsubscribed = await frame(stream)
+        assert (unsubscribed["type"], unsubscribed["topic"], unsubscribed["code"]) == (
+            "unsubscribed",
+            "editors",
+            "revoked",
+        ), unsubscribed
+        assert await apost(server, session, {"op": "ping", "id": 2}) == 202
+        assert (await frame(stream)) == {"type": "pong", "id": 2}  # still open
+        manage(env, "megaphone", "disconnect", str(alice["pk"]))
+        end = await asyncio.wait_for(stream.next(), timeout(10))
+        assert end is not None and end.type == "close" and json.loads(end.data) == {"code": 4410}
+    finally:
+        await stream.close()
+
+
+async def test_a_change_made_where_no_server_runs_reaches_the_server_through_the_outbox(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """The in-memory backend, and the user deactivated from ``manage.py shell`` (a process that
+    serves no clients, outside any transaction): the re-check goes through the transactional
+    outbox, and the server's relay sends it: the user's connection is closed with 4401."""
+    server = server_factory(workers=1, env=ENV)
+    env = example_env(server.log_path.parent, ENV)
+    alice = json.loads(manage(env, "shell", "-c", SETUP).strip().splitlines()[-1])
+    client = await connect(server, alice["token"])
+    try:
+        deactivate = "from django.contrib.auth.models import User\n" + (
+            'u = User.objects.get(username="alice"); u.is_active = False; u.save()'
+        )
+        manage(env, "shell", "-c", deactivate)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await client.recv(timeout(10))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    finally:
+        await client.close()

@@ -305,6 +305,9 @@ def _relay_committed(
 
     try:
         publish_prepared(topic, payload, is_json, msg_id, timeout)
+    except NoServerHere as exc:  # what the relay is for: a process that reaches no server
+        logger.info("message on %s committed, left to the serving workers' relay: %s", topic, exc)
+        return
     except PublishError as exc:
         logger.warning("message on %s committed, left to the workers' relay: %s", topic, exc)
         return

@@ -25,7 +25,7 @@ from megaphone.backends import BackendUnavailable
 from megaphone.conf import Config, get_config, topic_options
 from megaphone.core import metrics
 from megaphone.core.closecodes import CloseCode
-from megaphone.core.decoding import InvalidText, strict_query, utf8_size
+from megaphone.core.decoding import InvalidText, utf8_size
 from megaphone.core.frames import frame_writer
 from megaphone.core.logs import get_logger, log_refusal
 from megaphone.core.message import Encoder, Message, raw_frame
@@ -34,22 +34,17 @@ from megaphone.core.topics import InvalidTopic, validate_topic
 from megaphone.engine.node import Node, get_node
 from megaphone.engine.publishing import mark_serving
 from megaphone.protocol.schema import (
-    Code,
-    ProtocolError,
-    error_frame,
     message_event,
-    parse_positions,
 )
 from megaphone.server.auth import (
     TOKEN_EXPIRES,
-    TOKEN_SUBSCRIPTIONS,
     active_user,
     user_control_topic,
     user_name,
 )
 from megaphone.server.connection import Connection
 from megaphone.server.control import Order, decode_order
-from megaphone.server.hooks import PublishRejected, screen, subscriptions_for
+from megaphone.server.hooks import PublishRejected, screen
 from megaphone.server.permissions import aallowed, amay_subscribe
 from megaphone.server.session import RateLimitIgnored, Session
 
@@ -519,33 +514,7 @@ class ProtocolConsumer(_Endpoint):
         await self.accept()
         self.session.send(self.session.hello())
         connection.start()
-        await self._subscribe_server(self.session)
-
-    async def _subscribe_server(self, session: Session) -> None:
-        """The server subscriptions (:data:`megaphone.server.hooks.server_subscriptions`), before
-        any request of the client is handled (this runs before the consumer reads a frame)."""
-        topics = await subscriptions_for(
-            self.user, self.scope, self.scope.get(TOKEN_SUBSCRIPTIONS, ())
-        )
-        if not topics:
-            return
-        positions = None
-        try:
-            since = [
-                v
-                for k, v in strict_query(self.scope["query_string"].decode("latin-1"))
-                if k == "since"
-            ]
-            positions = parse_positions(since[-1]) if since else None
-        except InvalidText as exc:
-            session.send(error_frame(None, Code.BAD_REQUEST, f"the URL's since: {exc}"))
-        except ProtocolError as exc:
-            session.send(error_frame(None, exc.code, exc.message))
-        try:
-            await session.subscribe_server(topics, positions)
-        except BackendUnavailable as exc:
-            logger.error("server subscriptions of %s not made: %s", session.client, exc)
-            session.send(error_frame(None, Code.BACKEND_UNAVAILABLE, "try again later"))
+        await self.session.open_server_subscriptions(self.user, self.scope)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         payload = await self._payload(text_data, bytes_data)

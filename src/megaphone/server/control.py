@@ -28,9 +28,12 @@ policy's own queries); connections of other users are not touched.
 
 Orders are sync functions (views, signals, tasks, ``manage.py megaphone``); the ``a``-prefixed
 twins are for async code. They raise :class:`~megaphone.engine.publishing.PublishError` when the
-backend cannot take the order; the signal receivers log it instead (the change itself must
-succeed). Delivery is the backend's fan-out: at most once, like any live message; a worker that
-was cut off from the backend when the order went out does not get it.
+backend cannot take the order. The signal receivers never fail the change itself: a re-check
+this process cannot publish (the backend down, or the in-memory backend in a process that
+serves no clients: ``manage.py shell``, a script) is written to the transactional outbox, and
+the serving workers' relay sends it within about two ``TRANSACTION_RELAY_INTERVAL``. Delivery
+is the backend's fan-out: at most once, like any live message; a worker that was cut off from
+the backend when the order went out does not get it.
 """
 
 from __future__ import annotations
@@ -179,13 +182,22 @@ async def arecheck_user(user: Any) -> None:
 
 
 def _recheck_all(pks: Any) -> None:
+    """Re-check each user of ``pks`` (a signal receiver's work): through the outbox when this
+    process cannot publish (see the module docstring); an error is logged, never raised."""
+    from megaphone.backends import transactional
     from megaphone.engine.publishing import PublishError
 
     for pk in pks:
         try:
             recheck_user(pk)
         except PublishError as exc:
-            logger.error("re-check of user %s not sent: %s", pk, exc)
+            try:
+                topic = user_control_topic(_pk(pk))
+                transactional.write(topic, RECHECK.encode(), False, transactional.new_msg_id())
+            except Exception:
+                logger.exception("re-check of user %s not sent (%s), nor queued", pk, exc)
+            else:
+                logger.info("re-check of user %s left to the serving workers' relay: %s", pk, exc)
 
 
 def _user_pks_of_groups(group_pks: Any) -> list[object]:

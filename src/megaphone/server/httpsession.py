@@ -61,8 +61,9 @@ from megaphone.core.ratelimit import TokenBucket
 from megaphone.engine.node import get_node
 from megaphone.engine.publishing import mark_serving
 from megaphone.protocol.schema import message_event
-from megaphone.server.auth import TOKEN_EXPIRES, user_control_topic, user_name
+from megaphone.server.auth import TOKEN_EXPIRES, active_user, user_control_topic, user_name
 from megaphone.server.connection import Connection
+from megaphone.server.control import Order, decode_order
 from megaphone.server.session import RateLimitIgnored, Session
 from megaphone.server.sse import (
     Receive,
@@ -164,16 +165,49 @@ class _Inbox:
             logger.warning("an HTTP session's inbox is full: a frame is dropped")
 
 
-class _Ender:
-    """Ends a stream (with its close code) on any message of its user's control topic."""
+class _Orders:
+    """An authenticated session's hub subscriber on its user's control topic
+    (:mod:`megaphone.server.control`): a disconnect ends the stream with its code; an
+    unsubscribe ends that subscription with its reason; a re-check reloads the user (gone or
+    inactive: 4401) and asks the policy again. Orders run one after the other, in order."""
 
-    __slots__ = ("end",)
+    __slots__ = ("_last", "live", "session", "user_pk")
 
-    def __init__(self, end: Any) -> None:
-        self.end = end
+    def __init__(self, session: Session, live: _Live, user_pk: object) -> None:
+        self.session = session
+        self.live = live
+        self.user_pk = user_pk
+        self._last: asyncio.Task[None] | None = None
 
     def deliver(self, message: Message) -> None:
-        self.end(CloseCode.UNAUTHORIZED)
+        order = decode_order(message.payload)
+        if order is None:
+            return
+        if order.op == "disconnect":
+            self.live.end(order.code)
+            return
+        self._last = asyncio.get_running_loop().create_task(self._after(self._last, order))
+
+    async def _after(self, previous: asyncio.Task[None] | None, order: Order) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        if self.live.code is not None:
+            return
+        try:
+            if order.op == "unsubscribe":
+                await self.session.end(order.topic, order.reason)
+                return
+            user = await active_user(str(self.user_pk))
+            if user is None:
+                self.live.end(CloseCode.UNAUTHORIZED)
+                return
+            await self.session.recheck(user)
+        except BackendUnavailable as exc:
+            logger.error(
+                "order %s on HTTP session %s not done: %s", order.op, self.session.client, exc
+            )
+        except Exception:  # a bug, or the database down: as loud as can be, the others go on
+            logger.exception("order %s on HTTP session %s failed", order.op, self.session.client)
 
 
 class _Live:
@@ -296,7 +330,7 @@ class HttpSessions:
         watches: list[tuple[str, Any]] = [(session_topic(session_id), inbox)]
         if getattr(user, "is_authenticated", False):
             assert user is not None
-            watches.append((user_control_topic(user.pk), _Ender(live.end)))
+            watches.append((user_control_topic(user.pk), _Orders(session, live, user.pk)))
         timer = None
         expires = scope.get(TOKEN_EXPIRES)
         if expires is not None:
@@ -319,6 +353,7 @@ class HttpSessions:
             )
             session.send(session.hello())
             connection.start()
+            await session.open_server_subscriptions(user, scope)
             logger.info("HTTP session %s opened", session.client)
             tasks = [
                 asyncio.ensure_future(self._handle(session, inbox, live)),

@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 from megaphone.backends import BackendUnavailable, HistoryPage
 from megaphone.conf import get_config, topic_options
+from megaphone.core.decoding import InvalidText, strict_query
 from megaphone.core.logs import get_logger
 from megaphone.core.message import Message, raw_frame
 from megaphone.core.ratelimit import TokenBucket
@@ -50,9 +51,11 @@ from megaphone.protocol.schema import (
     frame,
     history_reply,
     parse,
+    parse_positions,
     presence_topic,
     reply_frame,
 )
+from megaphone.server.auth import TOKEN_SUBSCRIPTIONS
 from megaphone.server.connection import Connection
 from megaphone.server.hooks import (
     PublishRejected,
@@ -60,6 +63,7 @@ from megaphone.server.hooks import (
     presence_left,
     screen,
     send_presence,
+    subscriptions_for,
 )
 from megaphone.server.permissions import (
     Action,
@@ -300,6 +304,30 @@ class Session:
         await self._enter(
             topic, request.since, request.info, lambda result: reply_frame(request.id, result)
         )
+
+    async def open_server_subscriptions(self, user: Any, scope: dict[str, Any]) -> None:
+        """The server subscriptions of a connection opened with ``scope`` by ``user``
+        (:data:`~megaphone.server.hooks.server_subscriptions`, and the topics its token names),
+        recovered from the URL's ``since``; before any request of the client is handled. A bad
+        ``since`` gets an error frame and the subscriptions start from now; a backend down, an
+        error frame ``backend_unavailable``."""
+        topics = await subscriptions_for(user, scope, scope.get(TOKEN_SUBSCRIPTIONS, ()))
+        if not topics:
+            return
+        positions = None
+        try:
+            query = strict_query(scope.get("query_string", b"").decode("latin-1"))
+            since = [value for key, value in query if key == "since"]
+            positions = parse_positions(since[-1]) if since else None
+        except InvalidText as exc:
+            self.send(error_frame(None, Code.BAD_REQUEST, f"the URL's since: {exc}"))
+        except ProtocolError as exc:
+            self.send(error_frame(None, exc.code, exc.message))
+        try:
+            await self.subscribe_server(topics, positions)
+        except BackendUnavailable as exc:
+            logger.error("server subscriptions of %s not made: %s", self.client, exc)
+            self.send(error_frame(None, Code.BACKEND_UNAVAILABLE, "try again later"))
 
     async def subscribe_server(
         self, topics: list[str], positions: dict[str, Position] | None = None
