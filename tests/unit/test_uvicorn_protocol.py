@@ -92,3 +92,20 @@ async def test_a_close_after_the_server_closed_is_a_no_op() -> None:
     protocol.close_sent = True  # as after uvicorn's own 1009
     await protocol.send({"type": "websocket.close", "code": 4429})
     assert written == []
+
+
+async def test_the_parser_is_uvicorns_own_made_ours() -> None:
+    """uvicorn's parser is not built twice: it becomes a _ServerProtocol, and keeps what uvicorn
+    configured (the size limit, the extensions, the logger)."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from megaphone.server.uvicorn import WebSocketProtocol
+
+    config = Config(app=None, ws=WebSocketProtocol, ws_max_size=12345, ws_per_message_deflate=True)
+    config.load()
+    protocol = WebSocketProtocol(config=config, server_state=ServerState(), app_state={})
+    assert type(protocol.conn) is _ServerProtocol
+    assert protocol.conn.max_message_size == 12345
+    assert protocol.conn.available_extensions
+    assert protocol.conn.logger.name == "uvicorn.error"  # type: ignore[union-attr]

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest, JsonResponse
 from django.http.cookie import parse_cookie
+from django.utils.functional import SimpleLazyObject
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -161,7 +162,8 @@ class SessionAuthMiddleware:
     ``CookieMiddleware``, ``SessionMiddleware`` and ``AuthMiddleware``: ``scope["user"]`` is the
     session's user, looked up in the database. Without the cookie there is no one to look up:
     ``scope["user"]`` is an ``AnonymousUser`` at once, with no thread-pool round trip, next to
-    ``scope["cookies"]`` and an empty, unsaved ``scope["session"]``, as Channels would give.
+    ``scope["cookies"]`` and an empty, unsaved ``scope["session"]``, as Channels would give (lazy,
+    as Channels' is: the session store is built when first used).
     """
 
     def __init__(self, inner: Any) -> None:
@@ -178,7 +180,8 @@ class SessionAuthMiddleware:
         cookies = parse_cookie(header.decode("latin-1")) if header is not None else {}
         if settings.SESSION_COOKIE_NAME in cookies:
             return await self.with_session(scope, receive, send)
-        session = import_module(settings.SESSION_ENGINE).SessionStore()
+        # Built when first used (rarely, by an anonymous client): not an object per connection.
+        session = SimpleLazyObject(import_module(settings.SESSION_ENGINE).SessionStore)
         anonymous = {**scope, "cookies": cookies, "session": session, "user": self.anonymous_user()}
         return await self.inner(anonymous, receive, send)
 

@@ -179,7 +179,8 @@ class _ServerProtocol(ServerProtocol):
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with the ``megaphone.write_frame`` extension, a
-    lighter received-events queue and ``writable`` flag (4.8 KiB less per connection), a
+    lighter received-events queue and ``writable`` flag (4.8 KiB less per connection), the
+    handshake's request and response dropped once it is over (4.5 KiB), a
     close frame between fragments answered as any other (see :class:`_ServerProtocol`), and
     bounds on what a client that floods it without reading costs (see the module docstring)."""
 
@@ -193,12 +194,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        built = self.conn  # as uvicorn configured it: extensions, size limits, logger
-        self.conn = _ServerProtocol(
-            extensions=built.available_extensions,
-            max_size=(built.max_message_size, built.max_fragment_size),
-            logger=built.logger,
-        )
+        # uvicorn's parser, as it configured it (extensions, size limits, logger), made ours:
+        # _ServerProtocol adds one method and no state, so the object need not be built twice
+        # (a websockets protocol costs two getLogger calls and a parser generator).
+        self.conn.__class__ = _ServerProtocol
         # In place of uvicorn's asyncio.Queue and asyncio.Event: what it uses of them.
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
@@ -361,6 +360,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 self._read_until_closed()
         else:
             await super().send(message)
+            request = getattr(self, "request", None)
+            if self.handshake_complete and request is not None:
+                # The handshake is over (accepted or refused): nothing reads the request or
+                # the response again (the scope has its own copy of the headers). uvicorn
+                # keeps both for the life of the connection, and so does the parser's
+                # suspended generator (the request): their headers are emptied and dropped
+                # (4.5 KiB each idle connection).
+                request.headers.clear()
+                self.request = self.response = None  # type: ignore[assignment]
 
     def _close_behind(self, code: int, reason: str) -> None:
         """Send a close frame now, behind whatever the socket's buffer holds, and tell the
