@@ -79,6 +79,7 @@ WEBSOCKET = Contract(
         "loop",
         "queue",
         "read_paused",
+        "request",
         "response",
         "scope",
         "transport",
