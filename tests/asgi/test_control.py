@@ -12,6 +12,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.test import override_settings
 
 from example.asgi import application
@@ -38,8 +39,7 @@ async def save(user: Any, **fields: object) -> None:
             setattr(user, name, value)
         user.save()
 
-    async with ThreadSensitiveContext():
-        await database_sync_to_async(saved)()
+    await changed(saved)
 
 
 async def test_a_user_no_longer_staff_loses_the_staff_topics_only() -> None:
@@ -128,8 +128,17 @@ def editor_with_a_group_permission(name: str) -> tuple[Any, Any]:
 
 
 async def changed(change: Any) -> None:
-    async with ThreadSensitiveContext():  # as save() above: a thread of its own
-        await database_sync_to_async(change)()
+    """``change()`` in a thread of its own (see :func:`save`), whose database connection is
+    closed after it (the thread is gone: nothing else would close it)."""
+
+    def in_its_thread() -> None:
+        try:
+            change()
+        finally:
+            connections.close_all()
+
+    async with ThreadSensitiveContext():
+        await database_sync_to_async(in_its_thread)()
 
 
 @override_settings(MEGAPHONE=GROUP_RULES)
