@@ -75,10 +75,10 @@ def application(
     ensure_request_errors_logged()
     patterns = megaphone_patterns if websocket_urlpatterns is None else websocket_urlpatterns
     websocket = ConnectionLimiter(AuthMiddlewareStack(websocket_router(patterns)))
-    # The SSE streams: the same guards, and the same per-address count as the WebSockets.
-    streams = ConnectionLimiter(AuthMiddlewareStack(EventStreams()), websocket.open)
-    # The JSON protocol over HTTP (its stream and its POSTs): the same guards again.
-    sessions = ConnectionLimiter(AuthMiddlewareStack(HttpSessions()), websocket.open)
+    # The SSE streams, and the JSON protocol over HTTP (its stream and its POSTs): the same
+    # guards, and the same per-address count (guards.OPEN_CONNECTIONS) as the WebSockets.
+    streams = ConnectionLimiter(AuthMiddlewareStack(EventStreams()))
+    sessions = ConnectionLimiter(AuthMiddlewareStack(HttpSessions()))
     http = with_http_sessions(RequestBodyLimit(http), OriginValidator(sessions))
     return ProtocolTypeRouter(
         {

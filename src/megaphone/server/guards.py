@@ -32,6 +32,9 @@ _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 #: The scopes the guards check: WebSocket handshakes and, where they wrap the SSE endpoints,
 #: the HTTP requests that open a stream.
 GUARDED = ("websocket", "http")
+#: Open connections per client address in this process, whatever carries them: WebSockets (on
+#: either transport of ``manage.py serve``), SSE streams and HTTP sessions.
+OPEN_CONNECTIONS: Counter[str] = Counter()
 
 
 async def refuse_handshake(
@@ -77,27 +80,45 @@ class OriginValidator:
 
 class ConnectionLimiter:
     """ASGI middleware: a handshake from an address that already has ``MAX_CONNECTIONS_PER_IP``
-    open WebSocket connections in this process gets HTTP 403. Counts are per worker process."""
+    open connections in this process gets HTTP 403. Counts are per worker process."""
 
     def __init__(self, application: Any, open: Counter[str] | None = None) -> None:
-        """``open``: the counts, when several limiters share them (WebSocket and SSE)."""
+        """``open``: the counts, :data:`OPEN_CONNECTIONS` unless given."""
         self.application = application
-        self.open: Counter[str] = Counter() if open is None else open
+        self.open: Counter[str] = OPEN_CONNECTIONS if open is None else open
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] not in GUARDED:
             return await self.application(scope, receive, send)
-        address = (scope.get("client") or ("unknown",))[0]
-        limit = get_config().MAX_CONNECTIONS_PER_IP
-        if limit and self.open[address] >= limit:
-            reason = f"{address} already has {limit} connections"
+        address = client_address(scope)
+        refusal = over_limit(self.open, address)
+        if refusal is not None:
             return await refuse_handshake(
-                scope, receive, send, reason=reason, label="connections_per_ip"
+                scope, receive, send, reason=refusal, label="connections_per_ip"
             )
         self.open[address] += 1
         try:
             return await self.application(scope, receive, send)
         finally:
-            self.open[address] -= 1
-            if not self.open[address]:
-                del self.open[address]
+            release_address(self.open, address)
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    """The address :class:`ConnectionLimiter` counts ``scope``'s connection under."""
+    return str((scope.get("client") or ("unknown",))[0])
+
+
+def over_limit(open: Counter[str], address: str) -> str | None:
+    """Why a new connection from ``address`` is refused, or None while it is under
+    ``MAX_CONNECTIONS_PER_IP``."""
+    limit = get_config().MAX_CONNECTIONS_PER_IP
+    if limit and open[address] >= limit:
+        return f"{address} already has {limit} connections"
+    return None
+
+
+def release_address(open: Counter[str], address: str) -> None:
+    """One connection of ``address`` less in ``open``."""
+    open[address] -= 1
+    if not open[address]:
+        del open[address]
