@@ -28,16 +28,12 @@ from channels.routing import URLRouter
 from django.urls import URLPattern, re_path
 
 from megaphone.core.logs import get_logger
-from megaphone.server.consumers import BroadcastConsumer, ProtocolConsumer
+from megaphone.server.consumers import ENDPOINTS
 from megaphone.server.guards import refuse_handshake
 
 logger = get_logger(__name__)
 
-websocket_urlpatterns = [
-    re_path(r"^ws/broadcast/$", BroadcastConsumer.as_asgi()),
-    re_path(r"^ws/broadcast/(?P<topic>[^/]+)/$", BroadcastConsumer.as_asgi()),
-    re_path(r"^ws/connect/$", ProtocolConsumer.as_asgi()),
-]
+websocket_urlpatterns = [re_path(route, consumer.as_asgi()) for route, consumer in ENDPOINTS]
 
 
 class WebSocketNotFound:

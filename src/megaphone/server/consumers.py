@@ -132,12 +132,13 @@ class _Endpoint(_DirectConsumer):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Channels' consumer loop, with the guarantee that everything the connection joined is
         left however it ends: a normal disconnect, or a cancellation (see :meth:`_close`)."""
+        self._main_task = asyncio.current_task()
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._release(CloseCode.ABNORMAL)
+            await self.release(CloseCode.ABNORMAL)
 
-    async def _release(self, code: int) -> None:
+    async def release(self, code: int) -> None:
         """Leave the topics and the user's control topic; idempotent."""
         if self._released:
             return
@@ -180,7 +181,6 @@ class _Endpoint(_DirectConsumer):
     async def _setup(self, encoder: Encoder) -> Connection | None:
         """Read the settings, find the node, build the connection (not started yet); None,
         after refusing the handshake, when the backend cannot be reached."""
-        self._main_task = asyncio.current_task()
         config = get_config()
         self.max_message_size = config.MAX_MESSAGE_SIZE
         self.publish_limit = TokenBucket(config.PUBLISH_RATE, config.PUBLISH_BURST)
@@ -234,7 +234,7 @@ class _Endpoint(_DirectConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         """Channels' version, minus its channel-layer groups and its thread hop (see dispatch)."""
-        await self._release(message["code"])
+        await self.release(message["code"])
         raise StopConsumer()
 
     def _token_expired(self) -> None:
@@ -380,8 +380,9 @@ class BroadcastConsumer(_Endpoint):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Publishes handed to a pipelining backend and not answered yet (see receive).
-        self._publishing: set[asyncio.Task[Message]] = set()
+        # Publishes handed to a pipelining backend and not answered yet (see receive); a set
+        # once the first is (not one per connection that never publishes).
+        self._publishing: set[asyncio.Task[Message]] | None = None
         self._may_publish: bool | None = None
 
     async def connect(self) -> None:
@@ -434,7 +435,9 @@ class BroadcastConsumer(_Endpoint):
             # in order, so a burst costs one round trip to the backend, not one per frame, and
             # reaches the subscribers together (one write each). At most MAX_PUBLISHING wait at
             # once, whatever the rate limit: a client cannot queue more while the backend is slow.
-            if len(self._publishing) >= MAX_PUBLISHING:
+            if self._publishing is None:
+                self._publishing = set()
+            elif len(self._publishing) >= MAX_PUBLISHING:
                 await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
             task = asyncio.ensure_future(self.node.publish(self.topic, payload, json=is_json))
             self._publishing.add(task)
@@ -458,7 +461,8 @@ class BroadcastConsumer(_Endpoint):
             )
 
     def _published(self, task: asyncio.Task[Message]) -> None:
-        self._publishing.discard(task)
+        if self._publishing is not None:
+            self._publishing.discard(task)
         error = None if task.cancelled() else task.exception()
         if isinstance(error, BackendUnavailable):
             self._publish_failed(error)
@@ -545,3 +549,14 @@ class ProtocolConsumer(_Endpoint):
             await connection.close()
         if session is not None:
             await session.close()
+
+
+#: Megaphone's WebSocket endpoints: a route (a regular expression over the path without its
+#: leading slash, as Channels' ``URLRouter`` matches it) and its consumer.
+#: :data:`megaphone.routing.websocket_urlpatterns` routes them under ASGI, and the native
+#: transport (:mod:`megaphone.server.native`) serves the same ones.
+ENDPOINTS: tuple[tuple[str, type[_Endpoint]], ...] = (
+    (r"^ws/broadcast/$", BroadcastConsumer),
+    (r"^ws/broadcast/(?P<topic>[^/]+)/$", BroadcastConsumer),
+    (r"^ws/connect/$", ProtocolConsumer),
+)
