@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_FACTOR = float(os.environ.get("MEGAPHONE_TEST_TIMEOUT_FACTOR", "1"))
+#: The transport of every ``manage.py serve`` the end-to-end tier starts (``--transport``):
+#: ``MEGAPHONE_TEST_TRANSPORT=native`` runs the tier on the native transport.
+TRANSPORT = os.environ.get("MEGAPHONE_TEST_TRANSPORT", "asgi")
 
 
 def timeout(seconds: float) -> float:
@@ -168,14 +171,17 @@ def start_server(
     port: int | None = None,
     host: str = "127.0.0.1",
     wrap: Callable[[list[str]], list[str]] | None = None,
+    transport: str = TRANSPORT,
 ) -> ServerProcess:
     """Start the example project under ``manage.py serve`` on ``host`` and a free port and wait
     until every worker serves: the port accepts as soon as the parent listens, and a test's
     first clients would all go to the first worker up. ``wrap``: what runs the command line
-    (e.g. in a network namespace, tests/netns.py), the command itself by default."""
+    (e.g. in a network namespace, tests/netns.py), the command itself by default. ``transport``:
+    ``serve --transport``, :data:`TRANSPORT` by default."""
     port = port or free_port()
     manage = [sys.executable, str(ROOT / "example" / "manage.py")]
     command = [*manage, "serve", "--host", host, "--port", str(port), "--workers", str(workers)]
+    command += ["--transport", transport]
     server = launch(command if wrap is None else wrap(command), tmp_path, port, env, host=host)
     deadline = time.monotonic() + timeout(30)
     # uvicorn logs this line in each worker once the application is loaded, before it accepts.
@@ -202,6 +208,8 @@ def asgi_server_command(name: str, port: int) -> list[str]:
             "serve",
             "--port",
             str(port),
+            "--transport",
+            TRANSPORT,
         ],
         "uvicorn": [
             *(sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port)),

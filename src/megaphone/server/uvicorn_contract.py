@@ -107,6 +107,27 @@ HTTP = Contract(
     "redaction of ?token= in uvicorn's request log",
 )
 
+#: The native transport's HTTP protocol (megaphone.server.native) takes WebSocket handshakes
+#: over from uvicorn's HTTP protocol, reading what uvicorn's own upgrade reads. Not a fallback:
+#: ``serve --transport native`` refuses to start without it.
+NATIVE = Contract(
+    module="uvicorn.protocols.http.httptools_impl",
+    base="HttpToolsProtocol",
+    ours="megaphone.server.native:NativeHttpProtocol",
+    stock="httptools",
+    methods=("handle_websocket_upgrade",),
+    attributes=(
+        "config",
+        "connections",
+        "root_path",
+        "scheme",
+        "scope",
+        "server_state",
+        "transport",
+        "url",
+    ),
+)
+
 CONTRACTS = (WEBSOCKET, HTTP)
 
 
@@ -145,6 +166,12 @@ def problems() -> dict[str, list[str]]:
         unimportable = "megaphone.server.uvicorn cannot be imported"
         found = {ours: missing or [unimportable] for ours, missing in found.items()}
     return {ours: missing for ours, missing in found.items() if missing}
+
+
+def native_problems() -> list[str]:
+    """What the native transport misses in the installed uvicorn (its contract, and the HTTP
+    protocol it subclasses); empty when it can run."""
+    return problems().get(HTTP.ours, []) + contract_problems(NATIVE)
 
 
 def protocols() -> dict[str, str]:

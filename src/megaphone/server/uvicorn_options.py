@@ -12,15 +12,27 @@ from __future__ import annotations
 from typing import Any
 
 from megaphone.conf import get_config
-from megaphone.server.uvicorn_contract import protocols
+from megaphone.server.uvicorn_contract import NATIVE, native_problems, protocols
 
 
-def uvicorn_options() -> dict[str, Any]:
+class NativeUnavailable(Exception):
+    """The native transport cannot run on the installed uvicorn (what it misses)."""
+
+
+def uvicorn_options(*, native: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run()`` / ``uvicorn.Config()``, beyond the application,
-    the address and the logging."""
+    the address and the logging. ``native``: Megaphone's endpoints on the native transport
+    (:mod:`megaphone.server.native`); :class:`NativeUnavailable` when the installed uvicorn
+    lacks what it needs."""
     config = get_config()
+    chosen = protocols()
+    if native:
+        missing = native_problems()
+        if missing:
+            raise NativeUnavailable("; ".join(missing))
+        chosen["http"] = NATIVE.ours
     return {
-        **protocols(),
+        **chosen,
         "lifespan": "off",
         "ws_max_size": config.MAX_MESSAGE_SIZE,
         "ws_per_message_deflate": False,

@@ -3,6 +3,11 @@
 
 ``--reload`` restarts the server when a Python module it imported changes, with Django's
 autoreloader (the one ``runserver`` uses), and runs one worker.
+
+``--transport native`` serves Megaphone's WebSocket endpoints with the native transport
+(:mod:`megaphone.server.native`: no ASGI chain per connection, less memory and CPU per
+connection); everything else still goes through the project's ASGI application. The default,
+``asgi``, runs every WebSocket through it too.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import autoreload
 
-from megaphone.server.uvicorn_options import uvicorn_options
+from megaphone.server.uvicorn_options import NativeUnavailable, uvicorn_options
 
 
 def asgi_application_path() -> str:
@@ -48,6 +53,12 @@ class Command(BaseCommand):
         parser.add_argument("--access-log", action="store_true", help="log every request")
         parser.add_argument("--log-level", default="info")
         parser.add_argument(
+            "--transport",
+            choices=("asgi", "native"),
+            default="asgi",
+            help="native: Megaphone's WebSocket endpoints without ASGI (docs/deploy.md)",
+        )
+        parser.add_argument(
             "--reload",
             action="store_true",
             help="restart when a Python module changes (development; one worker)",
@@ -70,6 +81,10 @@ class Command(BaseCommand):
         autoreload.raise_last_exception()
         self.check(display_num_errors=True)
         try:
+            protocol_options = uvicorn_options(native=options["transport"] == "native")
+        except NativeUnavailable as exc:
+            raise CommandError(f"--transport native cannot run on this uvicorn: {exc}") from None
+        try:
             uvicorn.run(
                 asgi_import_string(),
                 host=options["host"],
@@ -79,7 +94,7 @@ class Command(BaseCommand):
                 access_log=options["access_log"],
                 log_level=options["log_level"],
                 timeout_graceful_shutdown=5,
-                **uvicorn_options(),
+                **protocol_options,
             )
         except SystemExit as exc:
             if not options["reload"]:
