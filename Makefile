@@ -60,11 +60,14 @@ $(AUTOBAHN_STAMP): bench/autobahn-requirements.txt
 	$(AUTOBAHN_VENV)/bin/python -m pip install -q -r bench/autobahn-requirements.txt
 	touch $(AUTOBAHN_STAMP)
 
+# Both transports of `manage.py serve` (--transport asgi, then native).
 autobahn: $(STAMP) $(AUTOBAHN_STAMP)
 	$(PY) bench/autobahn.py
+	$(PY) bench/autobahn.py --transport native
 
 autobahn-quick: $(STAMP) $(AUTOBAHN_STAMP)
 	$(PY) bench/autobahn.py --quick
+	$(PY) bench/autobahn.py --quick --transport native
 
 clean:
 	rm -rf $(VENV) .venv-* example/db.sqlite3

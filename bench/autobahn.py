@@ -66,7 +66,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def start_server(port: int, workdir: Path, transport: str) -> tuple[subprocess.Popen[bytes], Path]:
     """``manage.py serve`` of the example project with ``LIFTED_LIMITS``, in its own process
     group, once it accepts connections; returns the process and its log file."""
     env = {
@@ -82,7 +82,7 @@ def start_server(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], Pat
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*manage, "serve", "--port", str(port)],
+            [*manage, "serve", "--port", str(port), "--transport", transport],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -189,15 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="cases 1-7 and 10 only (for CI)")
     parser.add_argument("--outdir", type=Path, help="where the reports go")
+    parser.add_argument(
+        "--transport", choices=("asgi", "native"), default="asgi", help="serve's --transport"
+    )
     args = parser.parse_args(argv)
     cases = QUICK if args.quick else FULL
     outdir = args.outdir or ROOT / "bench" / "results" / "tmp" / (
-        "autobahn-quick" if args.quick else "autobahn"
+        ("autobahn-quick" if args.quick else "autobahn") + f"-{args.transport}"
     )
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="megaphone-autobahn-") as workdir:
-        process, log_path = start_server(port, Path(workdir))
+        process, log_path = start_server(port, Path(workdir), args.transport)
         try:
             deflate = negotiates_deflate(port)
             started = time.monotonic()
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = sorted({case.split(".")[0] for case in results}, key=int)
     missing = sorted({case.split(".")[0] for case in cases} - set(groups), key=int)
     print(
-        f"Autobahn|Testsuite (kosoku, Autobahn's case files) against manage.py serve, "
+        "Autobahn|Testsuite (kosoku, Autobahn's case files) against manage.py serve "
+        f"--transport {args.transport}, "
         f"{PATH}, in {elapsed:.0f} s"
     )
     print(f"cases run: {len(results)} (groups {', '.join(groups)})")

@@ -93,7 +93,7 @@ signal.signal(signal.SIGUSR1, snap)
 if mode == "mem":
     tracemalloc.start(1)
 sys.argv = [sys.argv[3], "serve", "--host", "127.0.0.1", "--port", sys.argv[4],
-            "--log-level", "warning"]
+            "--log-level", "warning", "--transport", sys.argv[5]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -135,13 +135,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--port", type=int, default=18765)
     ap.add_argument("--cprofile", action="store_true", help="profile a handshake storm")
+    ap.add_argument("--transport", choices=("asgi", "native"), default="asgi")
     args = ap.parse_args()
     mode = "cpu" if args.cprofile else "mem"
     out = Path(f"/tmp/megaphone-profile-{os.getpid()}.txt")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("REDIS_URL", None)
+    boot = [mode, str(out), str(MANAGE), str(args.port), args.transport]
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER_BOOT, mode, str(out), str(MANAGE), str(args.port)],
+        [sys.executable, "-c", SERVER_BOOT, *boot],
         env=env,
         cwd=ROOT / "example",
     )

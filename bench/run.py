@@ -38,7 +38,7 @@ from benchlib.scenarios import (
 )
 from benchlib.servers import BENCH, ServerSpec, all_servers, unavailable_reason
 
-QUICK_SERVERS = ("node-ws", "websockets", "megaphone")
+QUICK_SERVERS = ("node-ws", "websockets", "megaphone", "megaphone-native")
 
 
 class Deadline(Exception):

@@ -40,6 +40,8 @@ class ServerSpec:
     #: benchlib.backends while it runs).
     backend_pids: Callable[[], list[int]] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: ``manage.py serve --transport`` of a Megaphone server: "asgi" or "native".
+    transport: str = "asgi"
 
     def argv(self, port: int) -> tuple[list[str], Path]:
         p = str(port)
@@ -55,7 +57,7 @@ class ServerSpec:
             return argv, PEERS / "channels_tutorial"
         if self.is_megaphone:
             argv = [PY, "example/manage.py", "serve", "--host", "127.0.0.1", "--port", p]
-            return [*argv, "--workers", str(self.workers)], REPO
+            return [*argv, "--workers", str(self.workers), "--transport", self.transport], REPO
         raise ValueError(self.name)
 
 
@@ -67,11 +69,27 @@ def all_servers(redis_db: int) -> list[ServerSpec]:
         ServerSpec("websockets", "websockets broadcast()", notes="websockets asyncio + uvloop"),
         ServerSpec("megaphone", "Megaphone, 1 worker", is_megaphone=True),
         ServerSpec(
+            "megaphone-native",
+            "Megaphone native, 1 worker",
+            is_megaphone=True,
+            transport="native",
+            notes="serve --transport native: Megaphone's endpoints without ASGI",
+        ),
+        ServerSpec(
             "megaphone-redis",
             "Megaphone, 2 workers, Redis",
             workers=2,
             uses_redis=True,
             is_megaphone=True,
+            env={"REDIS_URL": mp_url},
+        ),
+        ServerSpec(
+            "megaphone-native-redis",
+            "Megaphone native, 2 workers, Redis",
+            workers=2,
+            uses_redis=True,
+            is_megaphone=True,
+            transport="native",
             env={"REDIS_URL": mp_url},
         ),
         ServerSpec(
