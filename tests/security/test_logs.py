@@ -12,7 +12,7 @@ from urllib.request import urlopen
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import ServerProcess, create_superuser, timeout, wait_for_log
+from tests.conftest import TRANSPORT, ServerProcess, create_superuser, timeout, wait_for_log
 from tests.e2e.rawws import RawClient
 from tests.e2e.test_logout import Browser
 
@@ -134,7 +134,9 @@ def test_a_token_is_never_logged_however_the_query_encodes_it(attacked: Start) -
         urlopen(f"{server.http_url}/api/topics?%74oken={token}", timeout=timeout(10))
     refused.value.close()
     log = log_after_sentinel(server)
-    assert "[redacted]" in log
+    # uvicorn's lines for the handshakes show their query, redacted; the native transport logs
+    # no line per handshake, and none with a query.
+    assert ("[redacted]" in log) == (TRANSPORT == "asgi")
     assert token not in log
     assert token.rsplit(":", 1)[-1] not in log  # not even its signature
 
