@@ -40,8 +40,14 @@ class ServerSpec:
     #: benchlib.backends while it runs).
     backend_pids: Callable[[], list[int]] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: Arguments added to the server's command line (e.g. ``--transport native`` for serve).
+    extra_args: tuple[str, ...] = ()
 
     def argv(self, port: int) -> tuple[list[str], Path]:
+        argv, cwd = self._argv(port)
+        return [*argv, *self.extra_args], cwd
+
+    def _argv(self, port: int) -> tuple[list[str], Path]:
         p = str(port)
         if self.name == "node-ws":
             return ["node", str(PEERS / "node_ws" / "server.js"), "--port", p], PEERS / "node_ws"
@@ -155,6 +161,22 @@ def megaphone_unavailable_reason() -> str | None:
     return reason
 
 
+def serve_help() -> str:
+    """The text of `manage.py help serve` ("" when it fails)."""
+    try:
+        r = subprocess.run(
+            [PY, str(REPO / "example" / "manage.py"), "help", "serve"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return ""
+    return r.stdout if r.returncode == 0 else ""
+
+
 def unavailable_reason(spec: ServerSpec) -> str | None:
     if spec.name == "node-ws":
         if shutil.which("node") is None:
@@ -179,7 +201,14 @@ def unavailable_reason(spec: ServerSpec) -> str | None:
         if why := backend_unavailable(spec.private_backend):
             return why
     if spec.is_megaphone:
-        return megaphone_unavailable_reason()
+        if why := megaphone_unavailable_reason():
+            return why
+        options = [a for a in spec.extra_args if a.startswith("--")]
+        if options:
+            text = serve_help()
+            unknown = [o for o in options if not re.search(rf"(^|[\s,]){re.escape(o)}\b", text)]
+            if unknown:
+                return f"`manage.py serve` has no {', '.join(unknown)} option"
     return None
 
 
