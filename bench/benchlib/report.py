@@ -374,3 +374,118 @@ def print_summary(doc: dict[str, Any], file: Any = sys.stderr) -> None:
             f"{r.get('status', '?'):11} {extra}",
             file=file,
         )
+
+
+# -- bench/hundred_k.py -----------------------------------------------------------------------
+def _pair(d: dict[str, Any] | None, digits: int = 1) -> str:
+    """'median / max' of a summary() dict."""
+    if not d:
+        return "-"
+    return f"{d['median']:,.{digits}f} / {d['max']:,.{digits}f}"
+
+
+def _failures(c: dict[str, Any] | None) -> str:
+    """Connections that never opened, then failed attempts by kind."""
+    if not c:
+        return "-"
+    by_count = sorted(c["errors"].items(), key=lambda kv: -kv[1])
+    kinds = "; ".join(f"{n}x {_cell(k)}" for k, n in by_count)
+    return f"{c['failed']:,}" + (f" ({kinds})" if kinds else "")
+
+
+def _faults(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "-"
+    return f"{m['missing']:,} / {m['dups']:,} / {m['reorders']:,}"
+
+
+def hundred_k_markdown(doc: dict[str, Any]) -> str:
+    meta, rows = doc["meta"], doc["rows"]
+    sizes = meta["sizes"]
+    mach = meta.get("machine", {})
+    lines = [
+        f"# Megaphone bench-100k, {meta['date']} ({meta['mode']})",
+        "",
+        f"`{meta['command']}`: per server, {sizes['n']:,} connections on one topic from "
+        f"{sizes['per_addr']:,} per loopback source address, then {sizes['broadcasts']} "
+        f"broadcasts one every {sizes['interval']:g} s, then every connection reset at once and "
+        f"reconnected (the storm), then one more broadcast. {meta['client_procs']} client "
+        f"processes (picows); {mach.get('cpus', '?')} CPUs ({mach.get('cpu', '?')}), "
+        f"commit {mach.get('git_commit', '?')}. RLIMIT_NOFILE {meta['rlimit_nofile']}; "
+        f"somaxconn {meta['sysctl'].get('net.core.somaxconn')}, listen backlog 4096.",
+        "",
+        "| server | connected | connects/s | never connected (failed attempts) | RSS/conn | "
+        "CPU/conn | p50 | p99 | spread, client (median / max) | fan-out, server (median / max) "
+        "| lost / dup / reordered | storm | storm: never reconnected (failed attempts) | "
+        "after storm | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, m, st, v = r.get("connect"), r.get("broadcast"), r.get("storm"), r.get("after_storm")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{r['server']} ({r.get('label', '')})",
+                    _num(c["ok"]) if c else "-",
+                    _num(c["conn_per_s"]) if c else "-",
+                    _failures(c),
+                    f"{_num(r.get('rss_kib_per_conn'), 1)} KiB",
+                    f"{_num(r.get('cpu_us_per_conn'))} µs",
+                    f"{_lat(m.get('p50_ms'))} ms" if m else "-",
+                    f"{_lat(m.get('p99_ms'))} ms" if m else "-",
+                    f"{_pair(r.get('spread_ms'))} ms" if r.get("spread_ms") else "-",
+                    f"{_pair(r.get('server_fanout_ms'))} ms" if r.get("server_fanout_ms") else "-",
+                    _faults(m),
+                    f"{st['seconds']:.1f} s" if st else "-",
+                    _failures(st),
+                    _cell(v["status_text"]) if v else "-",
+                    _cell(r.get("status_text", r.get("status", "?"))),
+                ]
+            )
+            + " |"
+        )
+    ref = next((r for r in rows if r["server"] == REF_NODE and r.get("connect")), None)
+    if ref:
+        flat = [dict(_flat_100k(r), status=r.get("status")) for r in rows]
+        ref_flat = dict(_flat_100k(ref), status=ref.get("status"))
+        lines += [
+            "",
+            "Ratios to Node `ws` (same run, same client; below 1 is better, except connects/s):",
+            "",
+            "| server | RSS/conn | CPU/conn | connects/s | p50 | p99 | spread max | storm | "
+            "storm CPU/conn |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        keys = ("rss", "cpu", "rate", "p50", "p99", "spread", "storm", "storm_cpu")
+        for f in flat:
+            if f["server"] == REF_NODE or not f.get("rss"):
+                continue
+            ratios = [_ratio(f.get(k), ref_flat, k) for k in keys]
+            lines.append(f"| {f['server']} | " + " | ".join(ratios) + " |")
+    lines += [
+        "",
+        "RSS/conn: server RSS growth over the connected count, all server processes. CPU/conn: "
+        "server CPU (utime + stime, /proc) while connecting, over the connected count. "
+        "p50/p99: publish to receive, every delivery of the broadcasts. Spread: per broadcast, "
+        "first to last receive over all clients (client side). Fan-out, server: per broadcast, "
+        "receipt to the last send() returning, printed by the Node peer (--fanout-timing); "
+        "Megaphone has no such metric, so only the client-side spread is given for it. Storm: "
+        "from the first reset to the last connection open again.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _flat_100k(r: dict[str, Any]) -> dict[str, Any]:
+    c, m, st = r.get("connect") or {}, r.get("broadcast") or {}, r.get("storm") or {}
+    return {
+        "server": r["server"],
+        "rss": r.get("rss_kib_per_conn"),
+        "cpu": r.get("cpu_us_per_conn"),
+        "rate": c.get("conn_per_s"),
+        "p50": m.get("p50_ms"),
+        "p99": m.get("p99_ms"),
+        "spread": (r.get("spread_ms") or {}).get("max"),
+        "storm": st.get("seconds"),
+        "storm_cpu": st.get("server_cpu_us_per_conn"),
+    }
