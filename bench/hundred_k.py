@@ -89,6 +89,25 @@ def servers_under_test(redis_db: int) -> list[ServerSpec]:
     return [node, mega, native]
 
 
+#: File descriptors a server process needs besides its connections (about 20 measured).
+FD_MARGIN = 256
+CAP_SYS_RESOURCE = 24
+
+
+def why_no_raise() -> str:
+    """Why this process may not raise its hard RLIMIT_NOFILE."""
+    nr_open = sysctl("fs.nr_open")
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        eff = int(next(x for x in status if x.startswith("CapEff:")).split()[1], 16)
+        if not eff >> CAP_SYS_RESOURCE & 1:
+            return (
+                f"raising a hard limit needs CAP_SYS_RESOURCE, which this process lacks "
+                f"(CapEff {eff:x}), even as uid {os.getuid()}; fs.nr_open is {nr_open}"
+            )
+    return f"setrlimit refused it (fs.nr_open {nr_open})"
+
+
 def sysctl(name: str) -> str | None:
     with contextlib.suppress(OSError):
         return Path("/proc/sys", *name.split(".")).read_text().strip()
@@ -316,15 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_dir = BENCH / "results" / "tmp" / f"logs-100k-{stamp}"
 
-    # every client process holds n / procs sockets, the server n: children inherit the limit
-    want = sizes.n + 10_000
+    # the server process holds n sockets (and ~20 other files), each client process n / procs:
+    # children inherit the limit
+    want = sizes.n + FD_MARGIN
     nofile = raise_nofile(want)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if nofile < want:
         log(
-            f"RLIMIT_NOFILE is {nofile} (hard {hard}) and could not be raised to {want} "
-            f"(fs.nr_open {sysctl('fs.nr_open')}; raising the hard limit needs root or "
-            f"CAP_SYS_RESOURCE): use a smaller --n"
+            f"RLIMIT_NOFILE is {nofile} (hard {hard}) and could not be raised to {want}: "
+            f"{why_no_raise()}. The largest --n this limit allows is {nofile - FD_MARGIN:,}."
         )
         return 2
     net = {
