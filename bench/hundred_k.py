@@ -54,6 +54,7 @@ class Sizes:
     storm_concurrency: int = 1000  # the same during the reconnect storm
     storm_attempts: int = 5
     drain: float = 15.0  # after the last broadcast: no new delivery for this long = lost
+    idle: float = 5.0  # seconds the server's CPU is measured with N idle connections
     server_limit: float = 15 * 60.0  # hard limit per server
     total_limit: float = 50 * 60.0
 
@@ -67,6 +68,7 @@ class Sizes:
             concurrency=100,
             storm_concurrency=500,
             drain=5.0,
+            idle=1.0,
             server_limit=90.0,
             total_limit=240.0,
         )
@@ -216,6 +218,12 @@ def phases(s: Session, sizes: Sizes, row: dict[str, Any]) -> None:
 
     # 2. the broadcasts
     b = sizes.broadcasts
+    # what N idle connections cost (keepalive pings, timers): taken out of CPU per delivery
+    cpu0 = s.server_cpu()[0]
+    time.sleep(sizes.idle)
+    idle_rate = (s.server_cpu()[0] - cpu0) / sizes.idle
+    row["idle_cpu_pct"] = idle_rate * 100
+    log(f"  {name}: idle: {idle_rate:.0%} of a core with {c['ok']:,} connections")
     log(f"  {name}: {b} broadcasts, one every {sizes.interval:g} s")
     skip = log_lines(s.server.log_path)
 
@@ -232,6 +240,10 @@ def phases(s: Session, sizes: Sizes, row: dict[str, Any]) -> None:
         progress=progress,
     )
     row["broadcast"] = m
+    if m["delivered"]:
+        net = m["server_cpu_s"] - idle_rate * m["seconds"]
+        row["cpu_us_per_delivery"] = m["server_cpu_s"] * 1e6 / m["delivered"]
+        row["cpu_us_per_delivery_net"] = max(0.0, net) * 1e6 / m["delivered"]
     row["spread_ms"] = summary(m.get("spread_ms") or [])
     fan = node_fanouts(s.server.log_path, skip, c["ok"]) if name == "node-ws" else []
     row["server_fanout_ms"] = summary([us / 1000 for us in fan])
