@@ -134,6 +134,13 @@ def log_lines(path: Path) -> int:
     return 0
 
 
+def count_lines(path: Path, pattern: str) -> int:
+    with contextlib.suppress(OSError):
+        text = path.read_text(errors="replace").splitlines()
+        return sum(1 for line in text if re.search(pattern, line))
+    return 0
+
+
 def summary(vals: list[float]) -> dict[str, float] | None:
     if not vals:
         return None
@@ -287,6 +294,10 @@ def phases(s: Session, sizes: Sizes, row: dict[str, Any]) -> None:
     if v["status"] != "ok":
         problems.append(f"after the storm: {v['status_text']}")
     notes = []
+    emfile = count_lines(s.server.log_path, r"Too many open files|EMFILE|out of system resource")
+    row["server_log_emfile"] = emfile
+    if emfile:
+        notes.append(f"the server logged {emfile} times that it ran out of file descriptors")
     if c["failed"]:
         notes.append(f"{c['failed']:,} connections never opened")
     if storm["failed"]:
