@@ -411,6 +411,15 @@ def _unit(v: Any, unit: str, digits: int = 0) -> str:
     return text if text == "-" else f"{text}{unit}"
 
 
+def _fanout(r: dict[str, Any]) -> str:
+    """The server's own figure per broadcast: Node's fan-out, or Megaphone's hand-off."""
+    if r.get("server_fanout_ms"):
+        return f"{_pair(r['server_fanout_ms'])} ms"
+    if r.get("server_handoff_ms"):
+        return f"hand-off only: {r['server_handoff_ms']['mean']:,.1f} ms mean"
+    return "-"
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -477,7 +486,7 @@ def hundred_k_markdown(doc: dict[str, Any]) -> str:
                     f"{_lat(m.get('p50_ms'))} ms",
                     f"{_lat(m.get('p99_ms'))} ms",
                     f"{_pair(r.get('spread_ms'))} ms" if r.get("spread_ms") else "-",
-                    f"{_pair(r.get('server_fanout_ms'))} ms" if r.get("server_fanout_ms") else "-",
+                    _fanout(r),
                     f"{_num(r.get('cpu_us_per_delivery'), 1)} "
                     f"({_num(r.get('cpu_us_per_delivery_net'), 1)}) µs",
                     _faults(m),
@@ -517,8 +526,11 @@ def hundred_k_markdown(doc: dict[str, Any]) -> str:
                 "p50/p99: publish to receive, every delivery of the broadcasts.",
                 "Spread: per broadcast, first to last receive over all clients (client side).",
                 "Fan-out, server: per broadcast, receipt to the last send() returning, printed",
-                "by the Node peer (--fanout-timing); Megaphone has no such metric, so only the",
-                "client-side spread is given for it.",
+                "by the Node peer (--fanout-timing). Megaphone has no fan-out metric; its",
+                "hand-off is the mean of megaphone_publish_to_send_seconds on /metrics over the",
+                "broadcasts: from the backend accepting a message to the hub having handed it",
+                "to every connection, before the writes (at the end of the loop's turn); so",
+                "the client-side spread is the figure to compare.",
                 "CPU/delivery: server CPU over the broadcast phase per delivery; net: less the",
                 "idle CPU of the same time.",
             ]
