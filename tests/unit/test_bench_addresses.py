@@ -48,6 +48,9 @@ def test_fewer_connections_than_processes():
     assert per_addr == {"127.0.0.2": 1}
 
 
-def test_running_out_of_loopback_addresses_is_an_error():
+def test_addresses_stay_in_127_0_0_x():
+    assert source_plans("t", 253, 1, 1)[0][-1] == ("t", 1, "127.0.0.254")
     with pytest.raises(ValueError):
-        source_plans("t", 2**24, 2, 1, round_=1)
+        source_plans("t", 254, 1, 1)
+    with pytest.raises(ValueError):
+        source_plans("t", 100_000, 2, 20_000, round_=50)
