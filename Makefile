@@ -15,7 +15,7 @@ CHANNELS_STUBS := channels.auth channels.consumer channels.db channels.exception
 AUTOBAHN_VENV := .venv-autobahn
 AUTOBAHN_STAMP := $(AUTOBAHN_VENV)/.installed
 
-.PHONY: run test test-fast lint bench bench-quick bench-sse soak autobahn autobahn-quick clean
+.PHONY: run test test-fast lint bench bench-quick bench-100k bench-sse soak autobahn autobahn-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --quick
+
+# 100,000 connections per server (bench/hundred_k.py); ARGS=--quick for a 30 s smoke run.
+bench-100k: $(STAMP)
+	$(PY) bench/hundred_k.py $(ARGS)
 
 bench-sse: $(STAMP)
 	$(PY) bench/sse.py

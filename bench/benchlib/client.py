@@ -2,16 +2,20 @@
 
 The parent (run.py) drives the workers through a Pipe with small commands:
 
-- ``connect``: open connections to ``url_base + topic + "/"`` with bounded concurrency;
+- ``connect``: open connections to ``url_base + topic + "/"`` with bounded concurrency, each
+  from the source address its plan names (``local_addr``) or the kernel's choice;
 - ``arm``: start a new measured run (run id, messages expected per topic), reset the counters;
 - ``publish``: send messages on some topics, back to back (burst) or paced (rate);
 - ``stats``: cheap progress counters; ``collect``: full results, latencies included;
-- ``close``: drop every connection; ``quit``.
+- ``close``: drop every connection (``abort``: with a TCP reset, no close handshake);
+- ``reconnect``: drop every connection with a reset, then ``connect`` again at once (a
+  reconnect storm); ``quit``.
 
 Every message is a small JSON text padded to ~100 bytes: run id, topic, sequence number, and the
 send time (``time.monotonic_ns()``, which is one clock for every process on Linux). A subscriber
 keeps, per connection, a bitmask of the sequence numbers it has seen, so it can tell duplicates,
-reorders and gaps apart, and records the publish-to-receive latency of every delivery.
+reorders and gaps apart, and records the publish-to-receive latency of every delivery and, per
+sequence number, when its first and its last copy arrived (a broadcast's spread over subscribers).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import json
 import os
 import resource
 import signal
+import socket
+import struct
 import time
 import traceback
 from typing import Any
@@ -66,6 +72,7 @@ class Worker:
         self.by_topic: dict[str, list[Any]] = {}
         self.run = -1
         self.expect: dict[str, int] = {}
+        self.connect_errors: dict[str, int] = {}  # failed attempts of the latest connect
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -81,6 +88,8 @@ class Worker:
         self.lat = array.array("q")
         self.disconnects = 0
         self.close_codes: dict[str, int] = {}  # why connections ended: close code, or "none"
+        self.seq_first: dict[int, int] = {}  # sequence number -> its first and last delivery here
+        self.seq_last: dict[int, int] = {}
 
     # -- frame path (hot) -------------------------------------------------------------------
     def on_message(self, sub: Any, payload: bytes, now: int) -> None:
@@ -119,11 +128,21 @@ class Worker:
         if not self.first_recv:
             self.first_recv = now
         self.last_recv = now
+        if seq not in self.seq_first:
+            self.seq_first[seq] = now
+        self.seq_last[seq] = now
 
     # -- commands ---------------------------------------------------------------------------
     async def cmd_connect(
-        self, url_base: str, plan: list[tuple[str, int]], concurrency: int, timeout: float
+        self,
+        url_base: str,
+        plan: list[tuple[str, int]] | list[tuple[str, int, str]],
+        concurrency: int,
+        timeout: float,
+        attempts: int = 3,
     ) -> dict[str, Any]:
+        """Open ``count`` connections on ``topic`` per plan entry ``(topic, count)``, or
+        ``(topic, count, source address)``; up to ``attempts`` tries each."""
         from picows import WSListener, WSMsgType, ws_connect
 
         worker = self
@@ -158,13 +177,15 @@ class Worker:
 
         sem = asyncio.Semaphore(concurrency)
         errors: dict[str, int] = {}
+        self.connect_errors = errors
         ok = 0
         t0 = time.monotonic()
 
-        async def one(topic: str) -> None:
+        async def one(topic: str, local_addr: str | None) -> None:
             nonlocal ok
+            extra = {"local_addr": (local_addr, 0)} if local_addr else {}
             async with sem:
-                for attempt in range(3):
+                for attempt in range(attempts):
                     try:
                         _, sub = await asyncio.wait_for(
                             ws_connect(
@@ -172,6 +193,7 @@ class Worker:
                                 url_base + topic + "/",
                                 websocket_handshake_timeout=timeout,
                                 enable_auto_pong=True,
+                                **extra,
                             ),
                             timeout,
                         )
@@ -185,7 +207,11 @@ class Worker:
                     ok += 1
                     return
 
-        tasks = [one(topic) for topic, count in plan for _ in range(count)]
+        tasks = []
+        for entry in plan:
+            topic, count = entry[0], entry[1]
+            local_addr = entry[2] if len(entry) > 2 else None
+            tasks += [one(topic, local_addr) for _ in range(count)]
         await asyncio.gather(*tasks)
         return {
             "ok": ok,
@@ -249,6 +275,7 @@ class Worker:
             "disconnects": self.disconnects,
             "close_codes": self.close_codes,
             "connections": len(self.subs),
+            "connect_errors": sum(self.connect_errors.values()),
         }
 
     async def cmd_stats(self) -> dict[str, Any]:
@@ -267,19 +294,41 @@ class Worker:
         out["missing"] = missing
         out["conns_with_loss"] = conns_with_loss
         out["lat"] = self.lat.tobytes()
+        out["seq_first"] = self.seq_first
+        out["seq_last"] = self.seq_last
         return out
 
-    async def cmd_close(self) -> dict[str, Any]:
+    async def cmd_close(self, abort: bool = False) -> dict[str, Any]:
         n = len(self.subs)
+        linger = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
         for sub in self.subs:
             tr = sub.transport
             if tr is not None:
                 with contextlib.suppress(Exception):
+                    if abort:
+                        sock = tr.underlying_transport.get_extra_info("socket")
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
                     tr.disconnect(graceful=False)
         self.subs = []
         self.by_topic = {}
         await asyncio.sleep(0.05)
         return {"closed": n}
+
+    async def cmd_reconnect(
+        self,
+        url_base: str,
+        plan: list[tuple[str, int, str]],
+        concurrency: int,
+        timeout: float,
+        attempts: int,
+    ) -> dict[str, Any]:
+        """The reconnect storm: every connection reset at once, then ``plan`` connected again
+        right away. Times are ``time.monotonic_ns()`` (one clock for every process)."""
+        dropped_at = time.monotonic_ns()
+        dropped = (await self.cmd_close(abort=True))["closed"]
+        res = await self.cmd_connect(url_base, plan, concurrency, timeout, attempts)
+        res.update(dropped=dropped, dropped_at=dropped_at, done_at=time.monotonic_ns())
+        return res
 
     # -- plumbing -----------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -390,8 +439,34 @@ class ClientPool:
     def call(self, i: int, name: str, *args: Any, timeout: float = 60) -> Any:
         return self.wait(i, self.send(i, name, *args), timeout)
 
-    def call_all(self, name: str, args_list: list[tuple[Any, ...]], timeout: float = 60) -> list:
+    def call_all(
+        self,
+        name: str,
+        args_list: list[tuple[Any, ...]],
+        timeout: float = 60,
+        progress: Any = None,
+        every: float = 5.0,
+    ) -> list:
+        """``name`` on every worker at once; with ``progress``, call it with every worker's
+        ``stats`` each ``every`` seconds until all have answered."""
         rids = [self.send(i, name, *args) for i, args in enumerate(args_list)]
+        if progress is not None:
+            deadline = time.monotonic() + timeout
+            tick = time.monotonic() + every
+            while not all(rid in self._stash[i] for i, rid in enumerate(rids)):
+                for i, (_, replies) in enumerate(self.conns):
+                    while replies.poll(0):
+                        got_rid, ok, result = replies.recv()
+                        self._stash[i][got_rid] = (ok, result)
+                    if not self.procs[i].is_alive() and rids[i] not in self._stash[i]:
+                        raise RuntimeError(f"client worker {i} died")
+                now = time.monotonic()
+                if now >= deadline:
+                    raise TimeoutError(f"{name}: client workers did not answer in {timeout:.0f} s")
+                if now >= tick:
+                    progress([self.call(i, "stats", timeout=30) for i in range(self.size)])
+                    tick = now + every
+                time.sleep(0.1)
         return [self.wait(i, rid, timeout) for i, rid in enumerate(rids)]
 
     def close(self) -> None:

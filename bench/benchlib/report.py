@@ -374,3 +374,182 @@ def print_summary(doc: dict[str, Any], file: Any = sys.stderr) -> None:
             f"{r.get('status', '?'):11} {extra}",
             file=file,
         )
+
+
+# -- bench/hundred_k.py -----------------------------------------------------------------------
+def _pair(d: dict[str, Any] | None, digits: int = 1) -> str:
+    """'median / max' of a summary() dict."""
+    if not d:
+        return "-"
+    return f"{d['median']:,.{digits}f} / {d['max']:,.{digits}f}"
+
+
+def _failures(c: dict[str, Any] | None) -> str:
+    """Connections that never opened, then failed attempts by kind."""
+    if not c:
+        return "-"
+    by_count = sorted(c["errors"].items(), key=lambda kv: -kv[1])
+    kinds = "; ".join(f"{n}x {_cell(k)}" for k, n in by_count)
+    return f"{c['failed']:,}" + (f" ({kinds})" if kinds else "")
+
+
+def _faults(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "-"
+    return f"{m['missing']:,} / {m['dups']:,} / {m['reorders']:,}"
+
+
+def _busy(c: dict[str, Any] | None) -> str:
+    """How busy the server was while connecting: which side set the connection rate."""
+    if not c or not c.get("server_cpu_us_per_conn"):
+        return "-"
+    return f"{c['server_cpu_us_per_conn'] * c['conn_per_s'] / 1e4:.0f}%"
+
+
+def _unit(v: Any, unit: str, digits: int = 0) -> str:
+    text = _num(v, digits)
+    return text if text == "-" else f"{text}{unit}"
+
+
+def _fanout(r: dict[str, Any]) -> str:
+    """The server's own figure per broadcast: Node's fan-out, or Megaphone's hand-off."""
+    if r.get("server_fanout_ms"):
+        return f"{_pair(r['server_fanout_ms'])} ms"
+    if r.get("server_handoff_ms"):
+        return f"hand-off only: {r['server_handoff_ms']['mean']:,.1f} ms mean"
+    return "-"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def hundred_k_markdown(doc: dict[str, Any]) -> str:
+    meta, rows = doc["meta"], doc["rows"]
+    sizes = meta["sizes"]
+    mach = meta.get("machine", {})
+    lines = [
+        f"# Megaphone bench-100k, {meta['date']} ({meta['mode']})",
+        "",
+        f"`{meta['command']}`: per server, {sizes['n']:,} connections on one topic, at most "
+        f"{sizes['per_addr']:,} per loopback source address, then {sizes['broadcasts']} "
+        f"broadcasts one every {sizes['interval']:g} s, then every connection reset at once and "
+        f"reconnected (the storm), then one more broadcast. {meta['client_procs']} client "
+        f"processes (picows); {mach.get('cpus', '?')} CPUs ({mach.get('cpu', '?')}), "
+        f"commit {mach.get('git_commit', '?')}. RLIMIT_NOFILE {meta['rlimit_nofile']}; "
+        f"somaxconn {meta['sysctl'].get('net.core.somaxconn')}, listen backlog 4096.",
+        "",
+        "Connections:",
+        "",
+        "| server | connected | connects/s | server busy | never connected (failed attempts) "
+        "| RSS/conn | CPU/conn | idle CPU | storm | storm CPU/conn | storm: never reconnected "
+        "(failed attempts) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, st = r.get("connect"), r.get("storm")
+        lines.append(
+            _row(
+                [
+                    f"{r['server']} ({r.get('label', '')})",
+                    _num(c["ok"]) if c else "-",
+                    _num(c["conn_per_s"]) if c else "-",
+                    _busy(c),
+                    _failures(c),
+                    _unit(r.get("rss_kib_per_conn"), " KiB", 1),
+                    _unit(r.get("cpu_us_per_conn"), " µs"),
+                    _unit(r.get("idle_cpu_pct"), "%", 1),
+                    f"{st['seconds']:.1f} s" if st else "-",
+                    f"{_num(st.get('server_cpu_us_per_conn'))} µs" if st else "-",
+                    _failures(st),
+                    _cell(r.get("status_text", r.get("status", "?"))),
+                ]
+            )
+        )
+    lines += [
+        "",
+        "Broadcasts:",
+        "",
+        "| server | deliveries | p50 | p99 | spread, client (median / max) | fan-out, server "
+        "(median / max) | CPU/delivery (net of idle) | lost / dup / reordered | after the storm |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m, v = r.get("broadcast"), r.get("after_storm")
+        if not m:
+            continue
+        lines.append(
+            _row(
+                [
+                    r["server"],
+                    f"{_num(m['delivered'])} / {_num(m['expected'])}",
+                    f"{_lat(m.get('p50_ms'))} ms",
+                    f"{_lat(m.get('p99_ms'))} ms",
+                    f"{_pair(r.get('spread_ms'))} ms" if r.get("spread_ms") else "-",
+                    _fanout(r),
+                    f"{_num(r.get('cpu_us_per_delivery'), 1)} "
+                    f"({_num(r.get('cpu_us_per_delivery_net'), 1)}) µs",
+                    _faults(m),
+                    _cell(v["status_text"]) if v else "-",
+                ]
+            )
+        )
+    ref = next((r for r in rows if r["server"] == REF_NODE and r.get("connect")), None)
+    if ref:
+        ref_flat = dict(_flat_100k(ref), status=ref.get("status"))
+        keys = ("rss", "cpu", "rate", "idle", "storm", "storm_cpu", "p50", "p99", "spread", "cpu_d")
+        lines += [
+            "",
+            "Ratios to Node `ws` (same run, same client; below 1 is better, except connects/s):",
+            "",
+            "| server | RSS/conn | CPU/conn | connects/s | idle CPU | storm | storm CPU/conn | p50 "
+            "| p99 | spread max | CPU/delivery net |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            f = _flat_100k(r)
+            if r["server"] == REF_NODE or not f.get("rss"):
+                continue
+            lines.append(_row([r["server"], *(_ratio(f.get(k), ref_flat, k) for k in keys)]))
+    lines += [
+        "",
+        " ".join(
+            [
+                "RSS/conn: server RSS growth over the connected count, all server processes.",
+                "CPU/conn: server CPU (utime + stime, /proc) while connecting, over the",
+                "connected count; server busy: that CPU over the connecting time, in % of one",
+                "core (well below 100%: something else held the rate back, the load client or",
+                "the other processes on the machine's cores).",
+                "Idle CPU: the server with every connection open and no traffic.",
+                "Storm: from the first reset to the last connection open again; its CPU",
+                "includes closing the old connections.",
+                "p50/p99: publish to receive, every delivery of the broadcasts.",
+                "Spread: per broadcast, first to last receive over all clients (client side).",
+                "Fan-out, server: per broadcast, receipt to the last send() returning, printed",
+                "by the Node peer (--fanout-timing). Megaphone has no fan-out metric; its",
+                "hand-off is the mean of megaphone_publish_to_send_seconds on /metrics over the",
+                "broadcasts: from the backend accepting a message to the hub having handed it",
+                "to every connection, before the writes (at the end of the loop's turn); so",
+                "the client-side spread is the figure to compare.",
+                "CPU/delivery: server CPU over the broadcast phase per delivery; net: less the",
+                "idle CPU of the same time.",
+            ]
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _flat_100k(r: dict[str, Any]) -> dict[str, Any]:
+    c, m, st = r.get("connect") or {}, r.get("broadcast") or {}, r.get("storm") or {}
+    return {
+        "rss": r.get("rss_kib_per_conn"),
+        "cpu": r.get("cpu_us_per_conn"),
+        "rate": c.get("conn_per_s"),
+        "idle": r.get("idle_cpu_pct"),
+        "storm": st.get("seconds"),
+        "storm_cpu": st.get("server_cpu_us_per_conn"),
+        "p50": m.get("p50_ms"),
+        "p99": m.get("p99_ms"),
+        "spread": (r.get("spread_ms") or {}).get("max"),
+        "cpu_d": r.get("cpu_us_per_delivery_net"),
+    }

@@ -155,10 +155,13 @@ class Session:
         return procstat.rss_bytes(self.server.pids())
 
     def connect(
-        self, plans: list[list[tuple[str, int]]], concurrency: int | None = None
+        self,
+        plans: list[list[tuple[str, int]]] | list[list[tuple[str, int, str]]],
+        concurrency: int | None = None,
+        progress: Any = None,
     ) -> dict[str, Any]:
         conc = concurrency or self.cfg.connect_concurrency
-        total = sum(c for plan in plans for _, c in plan)
+        total = sum(entry[1] for plan in plans for entry in plan)
         timeout = max(60.0, total / 100)
         t0 = time.monotonic()
         cpu0 = self.server_cpu()[0]
@@ -166,6 +169,7 @@ class Session:
             "connect",
             [(self.server.url_base, plan, conc, self.cfg.connect_timeout) for plan in plans],
             timeout=timeout + 30,
+            progress=progress,
         )
         seconds = time.monotonic() - t0
         cpu1 = self.server_cpu()[0]
@@ -188,7 +192,11 @@ class Session:
         rate: float,
         timeout: float,
         stall: float,
+        progress: Any = None,
     ) -> dict[str, Any]:
+        """Arm the workers, publish, wait until every expected delivery arrived (or the run
+        collapsed or stalled), and count. ``progress(seconds, delivered, expected)`` is called
+        every 5 s while it waits."""
         pool = self.pool
         self.run_id += 1
         run = self.run_id
@@ -206,6 +214,7 @@ class Session:
         idle_since: float | None = None
         idle_cpu = 0.0
         why = "collapsed"
+        tick = t0 + 5.0
         while True:
             time.sleep(0.05)
             now = time.monotonic()
@@ -214,6 +223,9 @@ class Session:
                     pub_done[w] = pool.wait(w, rid, 1)
             stats = pool.call_all("stats", [()] * pool.size, timeout=30)
             got = sum(s["received"] for s in stats)
+            if progress is not None and now >= tick:
+                progress(now - t0, got, expected)
+                tick = now + 5.0
             if got >= expected:
                 received = got
                 why = "complete"
@@ -271,6 +283,15 @@ class Session:
         }
         span = (last_recv - first_send) / 1e9 if last_recv and first_send else 0.0
         out["deliveries_per_s"] = delivered / span if span > 0 else None
+        # per message (sequence number): first to last delivery over every subscriber
+        firsts: dict[int, int] = {}
+        lasts: dict[int, int] = {}
+        for r in res:
+            for seq, t in r["seq_first"].items():
+                firsts[seq] = min(t, firsts.get(seq, t))
+            for seq, t in r["seq_last"].items():
+                lasts[seq] = max(t, lasts.get(seq, t))
+        out["spread_ms"] = [(lasts[q] - firsts[q]) / 1e6 for q in sorted(firsts)]
         out["server_cpu_s"] = (cpu1 - cpu0) + (rcpu1 - rcpu0)
         out["redis_cpu_s"] = rcpu1 - rcpu0
         out["server_cpu_us"] = out["server_cpu_s"] * 1e6 / delivered if delivered else None

@@ -42,8 +42,14 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     #: ``manage.py serve --transport`` of a Megaphone server: "asgi" or "native".
     transport: str = "asgi"
+    #: Arguments added to the server's command line (e.g. ``--fanout-timing`` for Node's).
+    extra_args: tuple[str, ...] = ()
 
     def argv(self, port: int) -> tuple[list[str], Path]:
+        argv, cwd = self._argv(port)
+        return [*argv, *self.extra_args], cwd
+
+    def _argv(self, port: int) -> tuple[list[str], Path]:
         p = str(port)
         if self.name == "node-ws":
             return ["node", str(PEERS / "node_ws" / "server.js"), "--port", p], PEERS / "node_ws"

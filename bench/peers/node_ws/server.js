@@ -1,6 +1,8 @@
 // Broadcast peer built on the Node `ws` package (benchmark only).
 // ws://HOST:PORT/ws/broadcast/<topic>/ (or /ws/broadcast/): every frame a client sends goes to every
 // client of the topic, the sender included, as the same text or bytes.
+// --fanout-timing: print "fanout <clients> <microseconds>" per frame broadcast, from its receipt to
+// the return of the last send() (ws writes to the socket from send() when the socket can take it).
 'use strict';
 const http = require('http');
 const { WebSocketServer, WebSocket } = require('ws');
@@ -11,6 +13,7 @@ function arg(name, fallback) {
 }
 const host = arg('--host', '127.0.0.1');
 const port = Number(arg('--port', '8765'));
+const fanoutTiming = process.argv.includes('--fanout-timing');
 const PATH = /^\/ws\/broadcast\/(?:([\w.-]+)\/)?$/;
 const topics = new Map();
 
@@ -35,8 +38,13 @@ server.on('upgrade', (req, socket, head) => {
     }
     members.add(ws);
     ws.on('message', (data, isBinary) => {
+      const start = fanoutTiming ? process.hrtime.bigint() : 0n;
       for (const client of members) {
         if (client.readyState === WebSocket.OPEN) client.send(data, { binary: isBinary });
+      }
+      if (fanoutTiming) {
+        const us = Number(process.hrtime.bigint() - start) / 1000;
+        process.stdout.write(`fanout ${members.size} ${us.toFixed(0)}\n`);
       }
     });
     ws.on('close', () => {
