@@ -120,16 +120,16 @@ def node_fanouts(log_path: Path, skip_lines: int, clients: int) -> list[float]:
     return out
 
 
-def handoff_seconds(port: int) -> tuple[float, float] | None:
-    """(sum, count) of Megaphone's ``megaphone_publish_to_send_seconds`` on /metrics: from the
-    backend accepting a message to the hub having handed it to every local connection (the
-    writes themselves come after, at the end of the event loop's turn). None if unreadable."""
+def fanout_seconds(port: int) -> tuple[float, float] | None:
+    """(sum, count) of Megaphone's ``megaphone_fanout_seconds`` on /metrics: per loop turn that
+    delivered, from its first frame held for the direct writes to the last written. None if
+    unreadable."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
     except OSError:
         return None
-    found = dict(re.findall(r"^megaphone_publish_to_send_seconds_(sum|count) (\S+)$", text, re.M))
+    found = dict(re.findall(r"^megaphone_fanout_seconds_(sum|count) (\S+)$", text, re.M))
     if len(found) != 2:
         return None
     return float(found["sum"]), float(found["count"])
@@ -239,7 +239,7 @@ def phases(s: Session, sizes: Sizes, row: dict[str, Any]) -> None:
     log(f"  {name}: idle: {idle_rate:.0%} of a core with {c['ok']:,} connections")
     log(f"  {name}: {b} broadcasts, one every {sizes.interval:g} s")
     skip = log_lines(s.server.log_path)
-    handoff0 = handoff_seconds(s.server.port) if s.spec.is_megaphone else None
+    fanout0 = fanout_seconds(s.server.port) if s.spec.is_megaphone else None
 
     def progress(secs: float, got: int, expected: int) -> None:
         log(f"  {name}: {secs:.0f} s, {got:,}/{expected:,} deliveries")
@@ -261,10 +261,10 @@ def phases(s: Session, sizes: Sizes, row: dict[str, Any]) -> None:
     row["spread_ms"] = summary(m.get("spread_ms") or [])
     fan = node_fanouts(s.server.log_path, skip, c["ok"]) if name == "node-ws" else []
     row["server_fanout_ms"] = summary([us / 1000 for us in fan])
-    handoff1 = handoff_seconds(s.server.port) if handoff0 else None
-    if handoff0 and handoff1 and handoff1[1] > handoff0[1]:
-        mean = (handoff1[0] - handoff0[0]) / (handoff1[1] - handoff0[1])
-        row["server_handoff_ms"] = {"mean": mean * 1000, "count": handoff1[1] - handoff0[1]}
+    fanout1 = fanout_seconds(s.server.port) if fanout0 else None
+    if fanout0 and fanout1 and fanout1[1] > fanout0[1]:
+        mean = (fanout1[0] - fanout0[0]) / (fanout1[1] - fanout0[1])
+        row["server_turns_ms"] = {"mean": mean * 1000, "count": fanout1[1] - fanout0[1]}
     log(f"  {name}: broadcasts: {fmt_measure(m)}")
 
     # 3. the avalanche

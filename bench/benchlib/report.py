@@ -412,11 +412,11 @@ def _unit(v: Any, unit: str, digits: int = 0) -> str:
 
 
 def _fanout(r: dict[str, Any]) -> str:
-    """The server's own figure per broadcast: Node's fan-out, or Megaphone's hand-off."""
+    """The server's own fan-out time per broadcast: Node's, or Megaphone's per loop turn."""
     if r.get("server_fanout_ms"):
         return f"{_pair(r['server_fanout_ms'])} ms"
-    if r.get("server_handoff_ms"):
-        return f"hand-off only: {r['server_handoff_ms']['mean']:,.1f} ms mean"
+    if r.get("server_turns_ms"):
+        return f"{r['server_turns_ms']['mean']:,.1f} ms mean per turn"
     return "-"
 
 
@@ -526,11 +526,11 @@ def hundred_k_markdown(doc: dict[str, Any]) -> str:
                 "p50/p99: publish to receive, every delivery of the broadcasts.",
                 "Spread: per broadcast, first to last receive over all clients (client side).",
                 "Fan-out, server: per broadcast, receipt to the last send() returning, printed",
-                "by the Node peer (--fanout-timing). Megaphone has no fan-out metric; its",
-                "hand-off is the mean of megaphone_publish_to_send_seconds on /metrics over the",
-                "broadcasts: from the backend accepting a message to the hub having handed it",
-                "to every connection, before the writes (at the end of the loop's turn); so",
-                "the client-side spread is the figure to compare.",
+                "by the Node peer (--fanout-timing); for Megaphone, the mean of",
+                "megaphone_fanout_seconds on /metrics over the broadcasts: per event-loop turn",
+                "that delivered, from the hub holding the first frame to the last connection's",
+                "write (a broadcast is one turn, unless connections fell behind and their",
+                "frames went through their outboxes).",
                 "CPU/delivery: server CPU over the broadcast phase per delivery; net: less the",
                 "idle CPU of the same time.",
             ]

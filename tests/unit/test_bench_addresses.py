@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from benchlib.addresses import source_plans
+# bench/ on sys.path only while benchlib is imported: left there, bench's scripts would shadow
+# packages of the same names (bench/autobahn.py, the package daphne imports).
+_BENCH = str(Path(__file__).resolve().parents[2] / "bench")
+sys.path.insert(0, _BENCH)
+try:
+    from benchlib.addresses import source_plans
+finally:
+    sys.path.remove(_BENCH)
 
 
 def totals(plans):

@@ -51,6 +51,12 @@ HISTORY_EVICTIONS = Counter(
     "megaphone_history_evictions",
     "Messages evicted from the in-memory backend's history to stay under HISTORY_MAX_BYTES.",
 )
+FANOUT = Histogram(
+    "megaphone_fanout_seconds",
+    "Per event-loop turn that delivered messages: from the first frame held for the turn's "
+    "direct writes to the last of them written (one write per connection).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 PUBLISH_TO_SEND = Histogram(
     "megaphone_publish_to_send_seconds",
     "From the backend accepting a message to this process handing it to its subscribers.",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,10 +42,12 @@ Send = Callable[[Any], Awaitable[None]]
 _holding: dict[asyncio.AbstractEventLoop, list[Connection]] = {}
 
 
-def _write_held(loop: asyncio.AbstractEventLoop) -> None:
-    """End of a loop turn: every connection writes the frames it held during it."""
+def _write_held(loop: asyncio.AbstractEventLoop, started: float) -> None:
+    """End of a loop turn: every connection writes the frames it held during it (since
+    ``started``, the server's fan-out time of the turn's messages: ``megaphone_fanout_seconds``)."""
     for connection in _holding.pop(loop, ()):
         connection.write_held()
+    metrics.FANOUT.observe(time.perf_counter() - started)
 
 
 def _frame_bytes(queued: Any) -> bytes:
@@ -123,7 +126,7 @@ class Connection:
             holding = _holding.get(loop)
             if holding is None:
                 holding = _holding[loop] = []
-                loop.call_soon(_write_held, loop)
+                loop.call_soon(_write_held, loop, time.perf_counter())
             holding.append(self)
         else:
             self._queue(message.encoded(encoder), message.size)
