@@ -81,6 +81,10 @@ logger = get_logger(__name__)
 #: Received messages that may wait for the consumer; past it, the socket is not read (and what
 #: was read is not parsed) until the consumer has taken them.
 MAX_WAITING = 64
+#: Frames handled in one go; past it, the rest waits for the next turn of the event loop (and
+#: the socket is not read meanwhile), so a client sending thousands of tiny frames in one read
+#: (control frames, empty fragments: 6 bytes each) holds the loop no longer than that.
+MAX_FRAMES_PER_TURN = 1024
 #: Keepalive slots per ``PING_INTERVAL``: each connection is looked at once per interval, a
 #: slot's worth of connections at a time.
 KEEPALIVE_SLOTS = 16
@@ -220,6 +224,7 @@ class NativeWebSocket(asyncio.Protocol):
         "_fragments_text",
         "_pings_out",
         "_pong_bytes_unread",
+        "_pongs",
         "_pongs_unread",
         "_reading_paused",
         "_runner",
@@ -253,6 +258,7 @@ class NativeWebSocket(asyncio.Protocol):
         self._alive = True  # something was received since the keepalive last looked
         self._pings_out = 0  # the keepalive tick whose ping is unanswered (0: none)
         self._pongs_unread = self._pong_bytes_unread = 0
+        self._pongs: list[bytes] | None = None  # to write once the frames received are handled
         self._accept_key = b""
         self._slot: int | None = None  # the keepalive slot, once open
         self._told = False  # the consumer was handed its websocket.disconnect
@@ -427,22 +433,24 @@ class NativeWebSocket(asyncio.Protocol):
             self._buffer = data
         if self._state != _HANDSHAKE:
             self._parse()
-        elif len(self._buffer) > get_config().MAX_MESSAGE_SIZE and not self._reading_paused:
-            # Frames sent before the 101 (which no client may send): not read on until then.
-            self._reading_paused = True
-            self.transport.pause_reading()
+        elif len(self._buffer) > get_config().MAX_MESSAGE_SIZE:
+            self._pause_reading()  # frames sent before the 101 (no client may): not read on
 
     def _parse(self) -> None:
         """Handle every complete frame received, while the consumer keeps up (see
         :data:`MAX_WAITING`); keep the rest."""
         buffer, at, size = self._buffer, 0, len(self._buffer)
         max_size = get_config().MAX_MESSAGE_SIZE
+        frames = 0
         while size - at >= 2 and self._state != _CLOSED:
-            if len(self._events) >= MAX_WAITING and self._state == _OPEN:
-                if not self._reading_paused:
-                    self._reading_paused = True
-                    self.transport.pause_reading()
+            if self._state == _OPEN and (
+                len(self._events) >= MAX_WAITING or frames == MAX_FRAMES_PER_TURN
+            ):
+                self._pause_reading()
+                if frames == MAX_FRAMES_PER_TURN:
+                    asyncio.get_running_loop().call_soon(self._resume_reading)
                 break
+            frames += 1
             first, second = buffer[at], buffer[at + 1]
             opcode, length, head = first & 0x0F, second & 0x7F, 6
             if length == 126:
@@ -470,6 +478,12 @@ class NativeWebSocket(asyncio.Protocol):
             self._frame(first & 0x80, opcode, payload)
         rest = buffer[at:] if at < size else b""
         self._buffer = bytearray(rest) if rest else b""
+        self._write_pongs()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
 
     def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
         if opcode == 0x9:
@@ -543,7 +557,16 @@ class NativeWebSocket(asyncio.Protocol):
                 metrics.SLOW_DISCONNECTS.inc()
                 self._fail(CloseCode.SLOW_CONSUMER, "slow consumer")
                 return
-        self.transport.write(pong)
+        if self._pongs is None:
+            self._pongs = [pong]
+        else:
+            self._pongs.append(pong)
+
+    def _write_pongs(self) -> None:
+        """Write the pongs of the frames just handled, in one write."""
+        pongs, self._pongs = self._pongs, None
+        if pongs:
+            self.transport.write(b"".join(pongs))
 
     def _close_received(self, payload: bytes) -> None:
         try:
@@ -588,6 +611,7 @@ class NativeWebSocket(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _write_close(self, code: int | None, reason: str) -> None:
+        self._write_pongs()  # the pongs of the frames before it go first
         payload = b"" if code is None else Close(code, reason[:100]).serialize()
         self.transport.write(bytes((0x88, len(payload))) + payload)
 
