@@ -37,7 +37,7 @@ from benchlib import deps, report
 from benchlib.addresses import source_plans
 from benchlib.client import ClientPool, raise_nofile
 from benchlib.scenarios import Config, Log, Session, _merge_counts, fmt_measure
-from benchlib.servers import BENCH, ServerSpec, all_servers, unavailable_reason
+from benchlib.servers import BENCH, ServerSpec, all_servers, pick_servers, unavailable_reason
 
 TOPIC = "broadcast.bench-100k"
 SERVERS = ("node-ws", "megaphone", "megaphone-native")
@@ -353,12 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(sizes, field, getattr(args, arg))
     specs = servers_under_test(redis_db=11)
     if args.servers:
-        wanted = [x.strip() for x in args.servers.split(",") if x.strip()]
-        bad = [w for w in wanted if w not in SERVERS]
-        if bad:
-            print(f"unknown server(s) {bad}; known: {list(SERVERS)}", file=sys.stderr)
-            return 2
-        specs = [s for s in specs if s.name in wanted]
+        specs = pick_servers(specs, args.servers)
     cfg = Config.quick_config() if args.quick else Config()
     cfg.connect_timeout = 30.0
 

@@ -36,7 +36,7 @@ from benchlib.scenarios import (
     run_steady,
     run_topics,
 )
-from benchlib.servers import BENCH, ServerSpec, all_servers, unavailable_reason
+from benchlib.servers import BENCH, ServerSpec, all_servers, pick_servers, unavailable_reason
 
 QUICK_SERVERS = ("node-ws", "websockets", "megaphone", "megaphone-native")
 
@@ -179,14 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s.name:16} {s.label}")
         print("scenarios:", ", ".join(SCENARIOS))
         return 0
-    names = [s.name for s in servers]
     if args.servers:
-        wanted = [x.strip() for x in args.servers.split(",") if x.strip()]
-        bad = [w for w in wanted if w not in names]
-        if bad:
-            print(f"unknown server(s) {bad}; known: {names}", file=sys.stderr)
-            return 2
-        servers = [s for s in servers if s.name in wanted]
+        servers = pick_servers(servers, args.servers)
     elif args.quick:
         servers = [s for s in servers if s.name in QUICK_SERVERS]
     scenarios = list(SCENARIOS)

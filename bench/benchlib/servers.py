@@ -131,6 +131,18 @@ def all_servers(redis_db: int) -> list[ServerSpec]:
     ]
 
 
+def pick_servers(specs: list[ServerSpec], wanted: str) -> list[ServerSpec]:
+    """The specs named in ``wanted`` (comma-separated, as ``--servers`` takes them); an unknown
+    name ends the run with exit code 2 and the names it knows."""
+    names = [x.strip() for x in wanted.split(",") if x.strip()]
+    known = [s.name for s in specs]
+    bad = [name for name in names if name not in known]
+    if bad:
+        print(f"unknown server(s) {bad}; known: {known}", file=sys.stderr)
+        raise SystemExit(2)
+    return [s for s in specs if s.name in names]
+
+
 def redis_ping(timeout: float = 2.0) -> bool:
     try:
         with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=timeout) as s:

@@ -10,7 +10,7 @@ import pytest
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 
-from megaphone.server.uvicorn import _Flag, _Inbox, _ServerProtocol
+from megaphone.server.uvicorn import Flag, _Inbox, _ServerProtocol
 from tests.e2e.rawws import CLOSE, CONTINUATION, TEXT, frame
 
 
@@ -37,7 +37,7 @@ async def test_a_cancelled_get_leaves_the_inbox_usable() -> None:
 
 
 async def test_the_flag_wakes_every_waiter_when_set_and_not_before() -> None:
-    flag = _Flag()
+    flag = Flag()
     assert not flag.is_set()
     waiters = [asyncio.ensure_future(flag.wait()) for _ in range(3)]
     with pytest.raises(TimeoutError):

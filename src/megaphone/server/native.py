@@ -71,7 +71,7 @@ from megaphone.server.guards import (
     refuse_handshake,
     release_address,
 )
-from megaphone.server.uvicorn import CLOSE_TIMEOUT, HttpProtocol
+from megaphone.server.uvicorn import CLOSE_TIMEOUT, Flag, HttpProtocol, pongs_over_bound
 
 if TYPE_CHECKING:
     from uvicorn.server import ServerState
@@ -218,7 +218,6 @@ class NativeWebSocket(asyncio.Protocol):
         "_close_timer",
         "_consumer",
         "_decoder",
-        "_drain_waiters",
         "_events",
         "_fragments",
         "_fragments_text",
@@ -252,8 +251,8 @@ class NativeWebSocket(asyncio.Protocol):
         self._decoder: codecs.IncrementalDecoder | None = None
         self._close_code: int | None = None  # the code of the client's close frame, once read
         self._close_timer: asyncio.TimerHandle | None = None
-        self._writable = True
-        self._drain_waiters: list[asyncio.Future[None]] | None = None
+        self._writable = Flag()  # the socket's buffer is below its high-water mark
+        self._writable.set()
         self._reading_paused = False
         self._alive = True  # something was received since the keepalive last looked
         self._pings_out = 0  # the keepalive tick whose ping is unanswered (0: none)
@@ -333,10 +332,9 @@ class NativeWebSocket(asyncio.Protocol):
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "websocket.send":
+            await self._writable.wait()
             if self._state != _OPEN:
                 raise Disconnected(f"{self.path}: the connection is closing or closed")
-            if not self._writable:
-                await self.drain()
             self.transport.write(event_frame(message))
         elif kind == "websocket.accept":
             if self._state == _HANDSHAKE:
@@ -391,33 +389,21 @@ class NativeWebSocket(asyncio.Protocol):
 
     def write_frame(self, frame: bytes) -> bool:
         """Write complete frames now; False if the socket cannot take them now."""
-        if self._state == _OPEN and self._writable:
+        if self._state == _OPEN and self._writable.is_set():
             self.transport.write(frame)
             return True
         return False
 
     async def drain(self) -> None:
         """Return once the socket's buffer is below its low-water mark, or it is closed."""
-        while not self._writable and self._state != _CLOSED:
-            waiter = asyncio.get_running_loop().create_future()
-            if self._drain_waiters is None:
-                self._drain_waiters = []
-            self._drain_waiters.append(waiter)
-            await waiter
+        await self._writable.wait()
 
     def pause_writing(self) -> None:
-        self._writable = False
+        self._writable.clear()
 
     def resume_writing(self) -> None:
-        self._writable = True
+        self._writable.set()
         self._pongs_unread = self._pong_bytes_unread = 0
-        self._wake_drain()
-
-    def _wake_drain(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
 
     # Receiving.
 
@@ -545,14 +531,10 @@ class NativeWebSocket(asyncio.Protocol):
         if self._state != _OPEN:
             return  # nothing follows the server's close frame
         pong = bytes((0x8A, len(payload))) + payload
-        if not self._writable:
-            config = get_config()
+        if not self._writable.is_set():
             self._pongs_unread += 1
             self._pong_bytes_unread += len(pong)
-            if (
-                self._pongs_unread > config.OUTBOX_MAX_MESSAGES
-                or self._pong_bytes_unread > config.OUTBOX_MAX_BYTES
-            ):
+            if pongs_over_bound(self._pongs_unread, self._pong_bytes_unread):
                 logger.warning("closing a slow consumer on %s: pongs unread", self.path)
                 metrics.SLOW_DISCONNECTS.inc()
                 self._fail(CloseCode.SLOW_CONSUMER, "slow consumer")
@@ -676,8 +658,7 @@ class NativeWebSocket(asyncio.Protocol):
         if self.counted is not None:
             release_address(OPEN_CONNECTIONS, self.counted)
             self.counted = None
-        self._writable = True
-        self._wake_drain()
+        self._writable.set()  # nothing waits for a socket that is gone
 
     # The consumer.
 

@@ -85,6 +85,14 @@ CLOSE_TIMEOUT = 10.0
 PARSE_SLICE = 4096
 
 
+def pongs_over_bound(count: int, size: int) -> bool:
+    """Whether ``count`` pongs of ``size`` bytes in all, written since the socket's buffer went
+    over its high-water mark (the client is not reading), cross the outbox bound: then the client
+    is closed as a slow consumer (4408), as it would be for the application's own frames."""
+    config = get_config()
+    return count > config.OUTBOX_MAX_MESSAGES or size > config.OUTBOX_MAX_BYTES
+
+
 class _Inbox:
     """The received events waiting for the ASGI application: what uvicorn's protocol uses of an
     ``asyncio.Queue`` (``put_nowait``, ``get``, ``empty``; one reader), without its four deques
@@ -126,10 +134,10 @@ class _Inbox:
         return item
 
 
-class _Flag:
+class Flag:
     """What uvicorn's protocol uses of an ``asyncio.Event`` (``set``, ``clear``, ``is_set``,
     ``wait``) for ``writable``, without a deque of waiters per connection (1.1 KiB): waiters
-    exist only while the socket's buffer is full."""
+    exist only while the socket's buffer is full. The native transport's ``writable`` too."""
 
     __slots__ = ("_set", "_waiters")
 
@@ -200,7 +208,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.__class__ = _ServerProtocol
         # In place of uvicorn's asyncio.Queue and asyncio.Event: what it uses of them.
         self.queue = _Inbox()  # type: ignore[assignment]
-        self.writable = _Flag()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
@@ -248,13 +256,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent:
             return  # nothing follows the server's close frame
         if not self.writable.is_set():
-            config = get_config()
             self._pongs_unread += 1
             self._pong_bytes_unread += len(pongs)
-            if (
-                self._pongs_unread > config.OUTBOX_MAX_MESSAGES
-                or self._pong_bytes_unread > config.OUTBOX_MAX_BYTES
-            ):
+            if pongs_over_bound(self._pongs_unread, self._pong_bytes_unread):
                 logger.warning("closing a slow consumer %s: pongs unread", self.client)
                 metrics.SLOW_DISCONNECTS.inc()
                 metrics.CLOSES.labels(str(CloseCode.SLOW_CONSUMER)).inc()
