@@ -15,7 +15,7 @@ if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; the
 fi
 echo "== uvicorn $("$venv/bin/python" -c 'import uvicorn; print(uvicorn.__version__)') (the oldest allowed)"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/unit/test_uvicorn_contract.py tests/unit/test_uvicorn_protocol.py \
+    tests/unit/test_uvicorn_contract.py tests/unit/test_uvicorn_protocol.py tests/e2e/test_native.py \
     tests/e2e/test_uvicorn_write_frame.py tests/e2e/test_broadcast.py \
     tests/e2e/test_asgi_servers.py tests/e2e/test_runserver.py \
     -k "not daphne and not hypercorn and not granian" "$@"

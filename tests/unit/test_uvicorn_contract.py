@@ -14,10 +14,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from megaphone.checks import check_uvicorn_protocols
 from megaphone.server import uvicorn_contract
-from megaphone.server.uvicorn_contract import HTTP, WEBSOCKET, Contract, contract_problems
-from megaphone.server.uvicorn_options import uvicorn_options
+from megaphone.server.uvicorn_contract import HTTP, NATIVE, WEBSOCKET, Contract, contract_problems
+from megaphone.server.uvicorn_options import NativeUnavailable, uvicorn_options
 
-SUBCLASSES = Path(uvicorn_contract.__file__).with_name("uvicorn.py")
+SERVER = Path(uvicorn_contract.__file__).parent
 
 
 @pytest.fixture(autouse=True)
@@ -34,20 +34,25 @@ def test_the_installed_uvicorn_keeps_the_contract() -> None:
     assert check_uvicorn_protocols() == []
 
 
-def class_body(name: str) -> ast.ClassDef:
-    tree = ast.parse(SUBCLASSES.read_text())
+def class_body(name: str, module: str = "uvicorn.py") -> ast.ClassDef:
+    tree = ast.parse((SERVER / module).read_text())
     return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
 
 
 @pytest.mark.parametrize(
-    ("subclass", "contract"), [("WebSocketProtocol", WEBSOCKET), ("HttpProtocol", HTTP)]
+    ("subclass", "module", "contract"),
+    [
+        ("WebSocketProtocol", "uvicorn.py", WEBSOCKET),
+        ("HttpProtocol", "uvicorn.py", HTTP),
+        ("NativeHttpProtocol", "native.py", NATIVE),
+    ],
 )
 def test_the_contract_declares_every_internal_the_subclass_touches(
-    subclass: str, contract: Contract
+    subclass: str, module: str, contract: Contract
 ) -> None:
     """A name the subclass uses on ``self`` and does not define itself is uvicorn's: the contract
     must list it, or a uvicorn without it would pass the verification and break at run time."""
-    body = class_body(subclass)
+    body = class_body(subclass, module)
     own = (
         {
             node.name
@@ -121,3 +126,27 @@ def test_a_uvicorn_without_the_base_class_serves_with_its_own_protocols(
     assert uvicorn_options()["http"] == "httptools"
     [warning] = check_uvicorn_protocols()
     assert "megaphone.server.uvicorn cannot be imported" in warning.msg
+
+
+def test_the_native_transport_runs_on_the_installed_uvicorn() -> None:
+    assert uvicorn_contract.native_problems() == []
+    assert uvicorn_options(native=True)["http"] == "megaphone.server.native:NativeHttpProtocol"
+    assert uvicorn_options(native=True)["ws"] == uvicorn_options()["ws"]  # other routes: ASGI
+
+
+def test_without_its_internals_the_native_transport_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No half-working native transport: ``serve --transport native`` says what is missing."""
+    from django.core.management import CommandError, call_command
+
+    broken = dataclasses.replace(
+        NATIVE, attributes=(*NATIVE.attributes, "renamed_in_a_new_release")
+    )
+    monkeypatch.setattr(uvicorn_contract, "NATIVE", broken)
+    monkeypatch.setenv("MEGAPHONE_WORKERS", "1")  # serve sets it: given back after the test
+    with pytest.raises(NativeUnavailable, match="attribute renamed_in_a_new_release"):
+        uvicorn_options(native=True)
+    with pytest.raises(CommandError, match="--transport native cannot run on this uvicorn"):
+        call_command("serve", "--transport", "native", "--port", "1")
+    assert uvicorn_options()["http"] == "megaphone.server.uvicorn:HttpProtocol"  # asgi: unchanged
