@@ -76,9 +76,9 @@ from megaphone.backends.redis import (
     SOCKET_TIMEOUT,
     RedisBackend,
     Scripts,
+    _Call,
     _cancel,
     _keys,
-    _Queued,
     open_pubsub,
     read_pubsub,
     run_pipeline,
@@ -269,7 +269,7 @@ class RedisClusterBackend(RedisBackend):
 
     # Commands, routed -----------------------------------------------------------------------
 
-    async def _replies(self, queued: list[_Queued]) -> list[Any]:
+    async def _replies(self, queued: list[_Call]) -> list[Any]:
         """Each call's reply, from the master owning its topic's slot: one pipeline per master,
         in call order, redirections followed (see the module docstring). A call that cannot be
         run gets a :class:`BackendUnavailable` as its reply."""
@@ -335,7 +335,7 @@ class RedisClusterBackend(RedisBackend):
             if pause:
                 await asyncio.sleep(RETRY_PAUSE)  # pacing retries, not waiting for an event
 
-    async def _node_replies(self, address: Address, calls: list[tuple[_Queued, bool]]) -> list[Any]:
+    async def _node_replies(self, address: Address, calls: list[tuple[_Call, bool]]) -> list[Any]:
         """Run ``calls`` (each with whether it follows an ASK) in one pipeline on ``address``."""
         commands: list[tuple[Any, ...]] = [*script_loads([q for q, _ in calls])]
         positions = []
