@@ -421,6 +421,10 @@ def _encode_wire(message: Message) -> bytes:
     return head.encode() + _KINDS[message.kind] + b"\n" + payload
 
 
+def _invalid_text(what: str) -> InvalidText:
+    return InvalidText(f"cannot {what}: an argument is not valid Unicode")
+
+
 def script_loads(calls: list[_Call]) -> list[tuple[str, ...]]:
     """``SCRIPT LOAD`` of every script ``calls`` run, once each, to send before them."""
     scripts = dict.fromkeys(call.script for call in calls if call.script is not None)
@@ -492,12 +496,26 @@ def ceil_ms(seconds: float) -> int:
     return math.ceil(seconds * 1000)
 
 
+def pack(connection: AbstractConnection, commands: list[tuple[Any, ...]]) -> bytes:
+    """``commands`` in the Redis protocol (RESP), arguments encoded by ``connection``'s encoder
+    unless they are bytes already (every script call's are, encoded when it was queued):
+    redis-py's own pack_commands() checks and encodes each argument again."""
+    encode: Callable[[Any], bytes] = connection.encoder.encode
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = arg if arg.__class__ is bytes else encode(arg)
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 async def run_pipeline(pool: ConnectionPool, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` at once on a connection of ``pool``; their replies, errors included
     (a lost connection raises, and the connection is dropped)."""
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     try:
-        await connection.send_packed_command(connection.pack_commands(commands))
+        await connection.send_packed_command(pack(connection, commands))
         replies: list[Any] = []
         for _ in commands:
             try:
@@ -656,7 +674,11 @@ class RedisBackend(BaseBackend):
         call of the publish script (:meth:`_calls`), each applied as if alone."""
         kind = b"b" if isinstance(payload, bytes) else (b"j" if json else b"t")
         what = f"publish on {topic!r}"
-        encoded = self._encode(what, (kind, msg_id or "", payload))
+        try:  # as _encode() does, without its general encoder: this is every message's path
+            data = payload if isinstance(payload, bytes) else payload.encode()
+            encoded = (kind, msg_id.encode() if msg_id else b"", data)
+        except UnicodeEncodeError as exc:
+            raise _invalid_text(what) from exc
         future = self._enqueue(_Publish(what, topic, self._channel(topic), encoded, self._future()))
         reply = await future
         if len(reply) == 3:  # a new message: it is what was given
@@ -699,7 +721,7 @@ class RedisBackend(BaseBackend):
         try:
             return tuple(encode(arg) for arg in command)
         except UnicodeEncodeError as exc:
-            raise InvalidText(f"cannot {what}: an argument is not valid Unicode") from exc
+            raise _invalid_text(what) from exc
 
     async def _send_pipelines(self) -> None:
         """Send what is queued as one pipeline, then what was queued meanwhile, until nothing
