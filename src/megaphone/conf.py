@@ -86,6 +86,14 @@ class Config:
     #: limit). Behind a proxy, run the server with --proxy-headers or every client shares the
     #: proxy's address. Over it, the handshake is refused (HTTP 403).
     MAX_CONNECTIONS_PER_IP: Annotated[Count, Check("megaphone.E043")] = 0
+    #: First threshold of Python's cyclic garbage collector in a worker serving clients: how
+    #: many container objects are allocated between two young collections (Python's default:
+    #: 700). A worker holding thousands of connections has a large heap of long-lived objects,
+    #: and with Python's threshold every object alive across a backend round trip (a publish in
+    #: flight) is soon promoted to the oldest generation; once a quarter of the heap has been
+    #: promoted that way, Python walks the whole heap (half a second at 10,000 connections).
+    #: A higher threshold lets those objects die young. Raised, never lowered; 0: leave it.
+    GC_THRESHOLD: Annotated[Count, Check("megaphone.E044")] = 50_000
     #: Dead-connection detection: the server pings every PING_INTERVAL seconds and closes a
     #: connection that has not answered within PING_TIMEOUT seconds (``manage.py serve``).
     PING_INTERVAL: Annotated[Seconds, _SECONDS] = 20.0

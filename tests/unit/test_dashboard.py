@@ -3,12 +3,14 @@ application's traffic and topics apart from Megaphone's own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import gc
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from megaphone.conf import get_config
 from megaphone.core.message import Message
-from megaphone.engine.node import Node, history_limits, start_node
+from megaphone.engine.node import Node, history_limits, raise_gc_threshold, start_node
 from megaphone.engine.stats import STATS_HISTORY, STATS_TOPIC, RateMeter, snapshot
 from megaphone.protocol.schema import PRESENCE_PREFIX
 
@@ -69,3 +71,24 @@ async def test_the_figures_count_the_application_and_list_internal_topics_apart(
 
 def test_the_stats_topic_keeps_ten_minutes_of_history_whatever_the_settings() -> None:
     assert history_limits(STATS_TOPIC) == STATS_HISTORY == (5000, 600.0)
+
+
+@pytest.fixture
+def gc_threshold() -> Iterator[None]:
+    saved = gc.get_threshold()
+    yield
+    gc.set_threshold(*saved)
+
+
+@pytest.mark.usefixtures("gc_threshold")
+async def test_a_serving_node_raises_the_collectors_first_threshold_never_lowers_it() -> None:
+    gc.set_threshold(700, 10, 10)
+    node = await start_node(dashboard=False)  # serves no client: Python's own threshold
+    await node.stop()
+    assert gc.get_threshold() == (700, 10, 10)
+    node = await start_node()
+    await node.stop()
+    assert gc.get_threshold() == (get_config().GC_THRESHOLD, 10, 10)
+    raise_gc_threshold(100)
+    raise_gc_threshold(0)
+    assert gc.get_threshold() == (get_config().GC_THRESHOLD, 10, 10)

@@ -38,6 +38,8 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     + " (publish until the workers have reconnected to the database)",
     ("e2e/test_redis_sentinel.py", "await asyncio.sleep(0.1)"): POLLS
     + " (publish until Sentinel has promoted the replica)",
+    ("unit/test_redis_pubsub_reader.py", "await asyncio.sleep(INTERVAL / 4)"): PACES
+    + " (replies keep coming for longer than the health interval)",
     ("e2e/test_redis_cluster.py", "await asyncio.sleep(0.1)"): POLLS
     + " (publish until the Cluster has promoted the replica)",
     ("e2e/test_redis_sentinel.py", "await asyncio.sleep(0.05)"): PACES

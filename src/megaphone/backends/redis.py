@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import heapq
 import json
@@ -72,7 +73,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
@@ -118,83 +119,111 @@ POOL_OPTIONS: dict[str, Any] = {
 
 T = TypeVar("T")
 
-# Shared by both scripts: make sure the topic has an epoch of its master's lineage (``LOST``,
-# see :class:`Scripts`: the keys' replication id stamp shows that acknowledged writes may have
-# been lost, so a new epoch), then trim its history to ``size`` entries none older than
-# ``ttl_ms``, and forget the msg_ids of trimmed messages.
-# KEYS: meta, history, ids. Sets locals epoch, offset, now_ms, now (the "sec.usec" string).
+# Shared by both scripts: the Redis server's clock (``now_ms``, and ``now``, the "sec.usec"
+# string), its replication id, and ``topic_state``: make sure the topic has an epoch of its
+# master's lineage (``LOST``, see :class:`Scripts`: the keys' replication id stamp shows that
+# acknowledged writes may have been lost, so a new epoch), then trim its history to ``size``
+# entries none older than ``ttl_ms``, and forget the msg_ids of trimmed messages; it returns
+# the topic's epoch and offset. ``failure`` is the text of an error ``pcall`` caught.
 _PRELUDE = """
-local meta, history, ids = KEYS[1], KEYS[2], KEYS[3]
-local size, ttl_ms, meta_ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now = clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))
 local replication = redis.call('INFO', 'replication')
 local replid = string.match(replication, 'master_replid:(%w+)')
-local epoch = redis.call('HGET', meta, 'epoch')
-local stamped = redis.call('HGET', meta, 'replid')
-if not epoch or LOST then
-  epoch = ARGV[4]
-  redis.call('DEL', history, ids)
-  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0, 'replid', replid)
-elseif stamped ~= replid then
-  redis.call('HSET', meta, 'replid', replid)
-end
-redis.call('PEXPIRE', meta, meta_ttl_ms)
-local offset = tonumber(redis.call('HGET', meta, 'offset'))
-if size <= 0 or ttl_ms <= 0 then
-  redis.call('DEL', history, ids)
-else
-  redis.call('XTRIM', history, 'MAXLEN', size)
-  local deadline = (now_ms - ttl_ms) / 1000
-  local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
-  while first[1] and tonumber(first[1][2][2]) < deadline do
-    local batch = redis.call('XRANGE', history, '-', '+', 'COUNT', 100)
-    local keep = nil
-    for _, entry in ipairs(batch) do
-      if tonumber(entry[2][2]) >= deadline then keep = entry[1]; break end
-    end
-    if not keep then
-      keep = tostring(tonumber(string.match(batch[#batch][1], '^(%d+)')) + 1)
-    end
-    redis.call('XTRIM', history, 'MINID', keep)
-    first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
+local function topic_state(meta, history, ids, size, ttl_ms, meta_ttl_ms, new_epoch)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  local stamped = redis.call('HGET', meta, 'replid')
+  if not epoch or LOST then
+    epoch = new_epoch
+    redis.call('DEL', history, ids)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0, 'replid', replid)
+  elseif stamped ~= replid then
+    redis.call('HSET', meta, 'replid', replid)
   end
-  local oldest = offset + 1
-  if first[1] then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
-  redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. oldest)
+  redis.call('PEXPIRE', meta, meta_ttl_ms)
+  local offset = tonumber(redis.call('HGET', meta, 'offset'))
+  if size <= 0 or ttl_ms <= 0 then
+    redis.call('DEL', history, ids)
+  else
+    redis.call('XTRIM', history, 'MAXLEN', size)
+    local deadline = (now_ms - ttl_ms) / 1000
+    local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
+    while first[1] and tonumber(first[1][2][2]) < deadline do
+      local batch = redis.call('XRANGE', history, '-', '+', 'COUNT', 100)
+      local keep = nil
+      for _, entry in ipairs(batch) do
+        if tonumber(entry[2][2]) >= deadline then keep = entry[1]; break end
+      end
+      if not keep then
+        keep = tostring(tonumber(string.match(batch[#batch][1], '^(%d+)')) + 1)
+      end
+      redis.call('XTRIM', history, 'MINID', keep)
+      first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
+    end
+    local oldest = offset + 1
+    if first[1] then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+    redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. oldest)
+  end
+  return epoch, offset
+end
+local function failure(err)
+  if type(err) == 'table' and err.err then return err.err end
+  return tostring(err)
 end
 """
 
-# KEYS: meta, history, ids. ARGV: size, ttl_ms, meta_ttl_ms, new epoch, channel, kind, msg_id
-# ('' for none), payload. Returns {offset, epoch, time, kind, payload}: the new message, or the
-# one a known msg_id names (then nothing is published).
+# Publishes of one topic, in order, as if each were its own script run right after the one
+# before (one clock reading for all). KEYS: meta, history, ids. ARGV: size, ttl_ms,
+# meta_ttl_ms, new epoch, channel, then kind, msg_id ('' for none), payload of each publish.
+# Returns one reply per publish: {offset, epoch, time} of the new message, {offset, epoch,
+# time, kind, payload} of the one a known msg_id names (then nothing is published), or the
+# error Redis failed that publish with (each runs under its own pcall: a failed one fails
+# alone; the topic's state failing fails them all, as it would have failed each).
 _PUBLISH = (
     _PRELUDE
     + """
-local channel, kind, msg_id, payload = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-if msg_id ~= '' then
-  local seen = redis.call('ZSCORE', ids, msg_id)
-  if seen then
-    local entry = redis.call('XRANGE', history, seen, seen)
-    if entry[1] then
-      local f = entry[1][2]
-      return {tonumber(seen), epoch, f[2], f[4], f[6]}
+local meta, history, ids = KEYS[1], KEYS[2], KEYS[3]
+local size, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local channel = ARGV[5]
+local replies = {}
+local ok, epoch, offset = pcall(topic_state, meta, history, ids, size, ttl_ms,
+  tonumber(ARGV[3]), ARGV[4])
+if not ok then
+  local refused = redis.error_reply(failure(epoch))
+  for i = 6, #ARGV, 3 do replies[#replies + 1] = refused end
+  return replies
+end
+local function publish(kind, msg_id, payload)
+  if msg_id ~= '' then
+    local seen = redis.call('ZSCORE', ids, msg_id)
+    if seen then
+      local entry = redis.call('XRANGE', history, seen, seen)
+      if entry[1] then
+        local f = entry[1][2]
+        return {tonumber(seen), epoch, f[2], f[4], f[6]}
+      end
     end
   end
-end
-offset = redis.call('HINCRBY', meta, 'offset', 1)
-if size > 0 and ttl_ms > 0 then
-  redis.call('XADD', history, 'MAXLEN', size, offset .. '-0', 't', now, 'k', kind, 'p', payload)
-  redis.call('PEXPIRE', history, ttl_ms)
-  if msg_id ~= '' then
-    redis.call('ZADD', ids, offset, msg_id)
-    redis.call('PEXPIRE', ids, ttl_ms)
+  offset = redis.call('HINCRBY', meta, 'offset', 1)
+  if size > 0 and ttl_ms > 0 then
+    redis.call('XADD', history, 'MAXLEN', size, offset .. '-0', 't', now, 'k', kind, 'p', payload)
+    redis.call('PEXPIRE', history, ttl_ms)
+    if msg_id ~= '' then
+      redis.call('ZADD', ids, offset, msg_id)
+      redis.call('PEXPIRE', ids, ttl_ms)
+    end
   end
+  local head = offset .. ' ' .. epoch .. ' ' .. now .. ' ' .. kind .. '\\n'
+  redis.call('FANOUT', channel, head .. payload)
+  return {offset, epoch, now}
 end
-local head = offset .. ' ' .. epoch .. ' ' .. now .. ' ' .. kind .. '\\n'
-redis.call('FANOUT', channel, head .. payload)
-return {offset, epoch, now, kind, payload}
+for i = 6, #ARGV, 3 do
+  local done, reply = pcall(publish, ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  if not done then reply = redis.error_reply(failure(reply)) end
+  replies[#replies + 1] = reply
+end
+return replies
 """
 )
 
@@ -203,6 +232,10 @@ return {offset, epoch, now, kind, payload}
 _HISTORY = (
     _PRELUDE
     + """
+local size, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local epoch, offset = topic_state(KEYS[1], KEYS[2], KEYS[3], size, ttl_ms, tonumber(ARGV[3]),
+  ARGV[4])
+local history = KEYS[2]
 local since, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 local entries = {}
 if size > 0 and ttl_ms > 0 and since < offset then
@@ -277,6 +310,7 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 _KINDS = {"text": b"t", "binary": b"b", "json": b"j"}
 
 
+@functools.cache
 def sha1(script: str) -> str:
     """The SHA1 digest Redis names ``script`` by (``EVALSHA``)."""
     return hashlib.sha1(script.encode()).hexdigest()
@@ -300,20 +334,49 @@ class Scripts:
 ONE_SERVER = Scripts("stamped ~= replid", "PUBLISH")
 
 
-class _Queued(NamedTuple):
-    """A call waiting for its pipeline: what it does (for errors), the script it runs (None for
-    a plain command), its topic (whose hash slot it touches), the encoded command (EVALSHA for
-    a script), and the future of its reply."""
+class _Call(NamedTuple):
+    """A command as a pipeline sends it: what it does (for errors), the script it runs (None for
+    a plain command), its topic (whose hash slot it touches), and the encoded command (EVALSHA
+    for a script)."""
 
     what: str
     script: str | None
     topic: str
     command: tuple[bytes, ...]
+
+
+class _Queued(NamedTuple):
+    """A call waiting for its pipeline, and the future of its reply."""
+
+    call: _Call
+    future: asyncio.Future[Any]
+
+    @property
+    def what(self) -> str:
+        return self.call.what
+
+
+class _Publish(NamedTuple):
+    """A publish waiting for its pipeline: its topic and channel, its kind, msg_id (empty for
+    none) and payload, encoded, and the future of its reply. Consecutive publishes on one topic
+    go to Redis as one call of the publish script (:meth:`RedisBackend._calls`)."""
+
+    what: str
+    topic: str
+    channel: bytes
+    message: tuple[bytes, ...]
     future: asyncio.Future[Any]
 
 
-def _settle(queued: list[_Queued], error: Callable[[_Queued], BackendUnavailable]) -> None:
-    """Fail the script calls of ``queued`` that still wait, each with ``error(call)``."""
+#: Most publishes one call of the publish script makes: a longer run of publishes on one topic
+#: goes as several calls, so that one call holds Redis for a bounded time.
+PUBLISH_BATCH = 100
+
+
+def _settle(
+    queued: list[_Queued | _Publish], error: Callable[[_Queued | _Publish], BackendUnavailable]
+) -> None:
+    """Fail the calls of ``queued`` that still wait, each with ``error(call)``."""
     for q in queued:
         if not q.future.done():
             q.future.set_exception(error(q))
@@ -358,36 +421,93 @@ def _encode_wire(message: Message) -> bytes:
     return head.encode() + _KINDS[message.kind] + b"\n" + payload
 
 
-def script_loads(queued: list[_Queued]) -> list[tuple[str, ...]]:
-    """``SCRIPT LOAD`` of every script ``queued`` runs, once each, to send before them."""
-    scripts = dict.fromkeys(q.script for q in queued if q.script is not None)
+def _invalid_text(what: str) -> InvalidText:
+    return InvalidText(f"cannot {what}: an argument is not valid Unicode")
+
+
+def script_loads(calls: list[_Call]) -> list[tuple[str, ...]]:
+    """``SCRIPT LOAD`` of every script ``calls`` run, once each, to send before them."""
+    scripts = dict.fromkeys(call.script for call in calls if call.script is not None)
     return [("SCRIPT", "LOAD", script) for script in scripts]
 
 
-async def pubsub_replies(connection: AbstractConnection) -> AsyncIterator[Any]:
-    """Every reply a pub/sub ``connection`` reads (an error reply as its
-    :class:`ResponseError`); when it is idle for :data:`HEALTH_INTERVAL` seconds, a PING; no
-    reply for two intervals raises :class:`BackendUnavailable`."""
+async def open_pubsub(pool: ConnectionPool) -> AbstractConnection:
+    """A connected pub/sub connection of ``pool``'s class and options, for :func:`read_pubsub`
+    and :func:`send_pubsub`. It connects with the pool's timeouts, then reads with none of
+    redis-py's own: :func:`read_pubsub` keeps the time itself, with one timer per
+    :data:`HEALTH_INTERVAL` instead of one per reply (a worker reads thousands of messages a
+    second, and the timer was a tenth of its CPU), and :func:`send_pubsub` bounds each send."""
+    kwargs = {**pool.connection_kwargs, "socket_timeout": SOCKET_TIMEOUT}
+    connection: AbstractConnection = pool.connection_class(**kwargs)
+    try:
+        await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    except BaseException:
+        await connection.disconnect()
+        raise
+    connection.socket_timeout = None
+    return connection
+
+
+async def send_pubsub(connection: AbstractConnection, *args: bytes | str) -> None:
+    """Send one command on a pub/sub ``connection`` of :func:`open_pubsub`, in at most
+    :data:`SOCKET_TIMEOUT` seconds (:class:`TimeoutError`)."""
+    async with asyncio.timeout(SOCKET_TIMEOUT):
+        await connection.send_packed_command(connection.pack_command(*args), check_health=False)
+
+
+async def read_pubsub(connection: AbstractConnection, handle: Callable[[Any], bool]) -> None:
+    """Hand every reply a pub/sub ``connection`` of :func:`open_pubsub` reads to ``handle``
+    (an error reply as its :class:`ResponseError`), in order, until ``handle`` returns True.
+    When no reply came for :data:`HEALTH_INTERVAL` seconds, a PING; no reply for two intervals
+    raises :class:`BackendUnavailable`.
+
+    One timer per interval, not one per reply: the deadline is the interval after the last
+    reply as of when it was set; when it passes with replies read since, it is set again from
+    the last one, so a busy connection costs a timer every few seconds."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()  # when the last reply (or the connection) came
     pinged = False
     while True:
+        deadline = asyncio.timeout_at(last + HEALTH_INTERVAL)
         try:
-            reply = await connection.read_response(timeout=HEALTH_INTERVAL)
-        except ResponseError as exc:
-            reply = exc
-        if reply is None:
-            if pinged:
-                raise BackendUnavailable(f"no answer to PING within {HEALTH_INTERVAL} s")
-            await connection.send_packed_command(
-                connection.pack_command("PING"), check_health=False
-            )
-            pinged = True
-            continue
-        pinged = False
-        yield reply
+            async with deadline:
+                while True:
+                    try:
+                        reply = await connection.read_response(disconnect_on_error=False)
+                    except ResponseError as exc:
+                        reply = exc
+                    last = loop.time()
+                    pinged = False
+                    if handle(reply):
+                        return
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+        if loop.time() - last < HEALTH_INTERVAL:
+            continue  # replies came meanwhile: wait the rest of the interval after the last
+        if pinged:
+            raise BackendUnavailable(f"no answer to PING within {HEALTH_INTERVAL} s")
+        await send_pubsub(connection, "PING")
+        pinged = True
+        last = loop.time()
 
 
 def ceil_ms(seconds: float) -> int:
     return math.ceil(seconds * 1000)
+
+
+def pack(connection: AbstractConnection, commands: list[tuple[Any, ...]]) -> bytes:
+    """``commands`` in the Redis protocol (RESP), arguments encoded by ``connection``'s encoder
+    unless they are bytes already (every script call's are, encoded when it was queued):
+    redis-py's own pack_commands() checks and encodes each argument again."""
+    encode: Callable[[Any], bytes] = connection.encoder.encode
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = arg if arg.__class__ is bytes else encode(arg)
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 async def run_pipeline(pool: ConnectionPool, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -395,7 +515,7 @@ async def run_pipeline(pool: ConnectionPool, commands: list[tuple[Any, ...]]) ->
     (a lost connection raises, and the connection is dropped)."""
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     try:
-        await connection.send_packed_command(connection.pack_commands(commands))
+        await connection.send_packed_command(pack(connection, commands))
         replies: list[Any] = []
         for _ in commands:
             try:
@@ -437,7 +557,7 @@ class RedisBackend(BaseBackend):
         # Pub/sub channels are shared by every database of a server: name the database in them.
         self._channel_prefix = f"megaphone:{self._pool.connection_kwargs.get('db', 0)}:"
         # Calls waiting for the next pipeline, and the task sending pipelines one at a time.
-        self._queued: list[_Queued] = []
+        self._queued: list[_Queued | _Publish] = []
         self._pipelines: asyncio.Task[None] | None = None
         self._on_message: MessageCallback | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -550,13 +670,21 @@ class RedisBackend(BaseBackend):
     ) -> Message:
         """Text ``payload`` or a ``msg_id`` that is not valid Unicode raises
         :class:`~megaphone.core.decoding.InvalidText` for this call alone (see
-        :meth:`_topic_script`)."""
+        :meth:`_queue`). Publishes called one after the other on one topic go to Redis as one
+        call of the publish script (:meth:`_calls`), each applied as if alone."""
         kind = b"b" if isinstance(payload, bytes) else (b"j" if json else b"t")
-        args = [*self._script_args(topic), self._channel(topic), kind, msg_id or "", payload]
-        offset, epoch, time, stored_kind, stored = await self._topic_script(
-            f"publish on {topic!r}", self.scripts.publish, topic, _keys(topic), args
-        )
-        return _message(topic, offset, epoch, time, stored_kind, stored)
+        what = f"publish on {topic!r}"
+        try:  # as _encode() does, without its general encoder: this is every message's path
+            data = payload if isinstance(payload, bytes) else payload.encode()
+            encoded = (kind, msg_id.encode() if msg_id else b"", data)
+        except UnicodeEncodeError as exc:
+            raise _invalid_text(what) from exc
+        future = self._enqueue(_Publish(what, topic, self._channel(topic), encoded, self._future()))
+        reply = await future
+        if len(reply) == 3:  # a new message: it is what was given
+            offset, epoch, time = reply
+            return Message(topic, payload, int(offset), epoch.decode(), float(time), json=json)
+        return _message(topic, *reply)  # the message a known msg_id names
 
     def _topic_script(
         self, what: str, script: str, topic: str, keys: list[str], args: list[Any]
@@ -575,11 +703,17 @@ class RedisBackend(BaseBackend):
         take fails that call alone (:class:`~megaphone.core.decoding.InvalidText` for text that is
         not valid Unicode) and never joins a pipeline: the pipeline holds only bytes."""
         encoded = self._encode(what, command)
-        future = asyncio.get_running_loop().create_future()
-        self._queued.append(_Queued(what, script, topic, encoded, future))
+        return self._enqueue(_Queued(_Call(what, script, topic, encoded), self._future()))
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def _enqueue(self, queued: _Queued | _Publish) -> asyncio.Future[Any]:
+        """Add ``queued`` to the next pipeline (started if none runs); the future of its reply."""
+        self._queued.append(queued)
         if self._pipelines is None:
             self._pipelines = asyncio.ensure_future(self._send_pipelines())
-        return future
+        return queued.future
 
     def _encode(self, what: str, command: tuple[Any, ...]) -> tuple[bytes, ...]:
         """``command``'s arguments as the bytes Redis receives (text strictly UTF-8)."""
@@ -587,7 +721,7 @@ class RedisBackend(BaseBackend):
         try:
             return tuple(encode(arg) for arg in command)
         except UnicodeEncodeError as exc:
-            raise InvalidText(f"cannot {what}: an argument is not valid Unicode") from exc
+            raise _invalid_text(what) from exc
 
     async def _send_pipelines(self) -> None:
         """Send what is queued as one pipeline, then what was queued meanwhile, until nothing
@@ -604,14 +738,15 @@ class RedisBackend(BaseBackend):
         finally:
             self._pipelines = None
 
-    async def _pipeline(self, queued: list[_Queued]) -> None:
+    async def _pipeline(self, queued: list[_Queued | _Publish]) -> None:
         """Run ``queued`` in one round trip, in order, and settle their futures. The pipeline
         loads its scripts first (a no-op once Redis has them), so it never meets NOSCRIPT after
         a Redis restart. A connection error fails every script of the pipeline (some may have
         been applied, as with any lost answer). Any other error (a bug) fails them the same way,
         and is logged with its traceback."""
         try:
-            replies = await self._replies(queued)
+            calls = self._calls(queued)
+            replies = await self._replies([call for call, _ in calls])
         except asyncio.CancelledError:
             _settle(queued, lambda q: BackendUnavailable("the backend stopped"))
             raise
@@ -621,21 +756,69 @@ class RedisBackend(BaseBackend):
             cause = exc  # ``exc`` is unbound once the except clause ends
             _settle(queued, lambda q: self._redis_error(q.what, cause))
             return
-        for q, reply in zip(queued, replies, strict=True):
-            if q.future.done():  # the caller went away; the script ran all the same
-                continue
-            if isinstance(reply, BackendUnavailable):
-                q.future.set_exception(reply)
-            elif isinstance(reply, ResponseError):
-                q.future.set_exception(self._redis_error(q.what, reply))
+        for (_, answered), reply in zip(calls, replies, strict=True):
+            if isinstance(answered, _Queued):
+                self._answer(answered, reply)
+            elif isinstance(reply, BackendUnavailable | ResponseError):
+                for publish in answered:  # the whole call failed
+                    self._answer(publish, reply)
             else:
-                q.future.set_result(reply)
+                for publish, one in zip(answered, reply, strict=True):
+                    self._answer(publish, one)
 
-    async def _replies(self, queued: list[_Queued]) -> list[Any]:
-        """Run ``queued`` in one pipeline, its scripts loaded first; each call's reply (a
+    def _answer(self, queued: _Queued | _Publish, reply: Any) -> None:
+        """Settle ``queued``'s future with ``reply`` (a failure if Redis failed it)."""
+        if queued.future.done():  # the caller went away; the script ran all the same
+            return
+        if isinstance(reply, BackendUnavailable):
+            queued.future.set_exception(reply)
+        elif isinstance(reply, ResponseError):
+            queued.future.set_exception(self._redis_error(queued.what, reply))
+        else:
+            queued.future.set_result(reply)
+
+    def _calls(
+        self, queued: list[_Queued | _Publish]
+    ) -> list[tuple[_Call, _Queued | list[_Publish]]]:
+        """The calls a pipeline sends for ``queued``, in order, each with what it answers: a
+        plain call answers itself; consecutive publishes on one topic (up to
+        :data:`PUBLISH_BATCH`) are one call of the publish script, answering a reply each.
+        The script applies them in order, each as its own script would have (its own offset,
+        msg_id check and PUBLISH; a failure fails it alone), so order and every guarantee of
+        a publish stay those of one script per publish; what they share is one clock reading,
+        one look at the topic's epoch and trimming, one round of Redis's script machinery."""
+        calls: list[tuple[_Call, _Queued | list[_Publish]]] = []
+        run: list[_Publish] = []
+        for q in queued:
+            if isinstance(q, _Publish):
+                if run and (run[0].topic != q.topic or len(run) == PUBLISH_BATCH):
+                    calls.append((self._publish_call(run), run))
+                    run = []
+                run.append(q)
+                continue
+            if run:
+                calls.append((self._publish_call(run), run))
+                run = []
+            calls.append((q.call, q))
+        if run:
+            calls.append((self._publish_call(run), run))
+        return calls
+
+    def _publish_call(self, run: list[_Publish]) -> _Call:
+        """One call of the publish script for ``run`` (publishes on one topic, in order)."""
+        first = run[0]
+        script = self.scripts.publish
+        keys = _keys(first.topic)
+        head = self._encode(first.what, (*self._script_args(first.topic), first.channel))
+        sha = self._encode(first.what, ("EVALSHA", sha1(script), len(keys), *keys))
+        messages = [part for publish in run for part in publish.message]
+        return _Call(first.what, script, first.topic, (*sha, *head, *messages))
+
+    async def _replies(self, calls: list[_Call]) -> list[Any]:
+        """Send ``calls`` in one pipeline, their scripts loaded first; each call's reply (a
         :class:`ResponseError` if Redis failed it). A lost connection raises."""
-        loads = script_loads(queued)
-        replies = await run_pipeline(self._pool, [*loads, *(q.command for q in queued)])
+        loads = script_loads(calls)
+        replies = await run_pipeline(self._pool, [*loads, *(call.command for call in calls)])
         return replies[len(loads) :]
 
     async def forward(self, message: Message) -> None:
@@ -729,10 +912,7 @@ class RedisBackend(BaseBackend):
             ack = asyncio.get_running_loop().create_future()
             self._acks.setdefault(channel, collections.deque()).append(ack)
             await self._call(
-                f"subscribe to {topic!r}",
-                connection.send_packed_command(
-                    connection.pack_command("SUBSCRIBE", channel), check_health=False
-                ),
+                f"subscribe to {topic!r}", send_pubsub(connection, "SUBSCRIBE", channel)
             )
             try:
                 await asyncio.wait_for(ack, SOCKET_TIMEOUT)
@@ -760,21 +940,16 @@ class RedisBackend(BaseBackend):
             # Best effort: if this fails, the connection is broken and the reader's reconnect
             # subscribes only the topics still wanted.
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                await connection.send_packed_command(
-                    connection.pack_command("UNSUBSCRIBE", channel), check_health=False
-                )
+                await send_pubsub(connection, "UNSUBSCRIBE", channel)
 
     def _advance(self, topic: str, epoch: str, offset: int) -> None:
         advance(self._positions, topic, epoch, offset)
 
     async def _open_pubsub(self) -> AbstractConnection:
         """A connected pub/sub connection subscribed to nothing yet."""
-        kwargs = {**self._pool.connection_kwargs, "socket_timeout": SOCKET_TIMEOUT}
-        connection = self._pool.connection_class(**kwargs)
         try:
-            await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            connection = await open_pubsub(self._pool)
         except (TimeoutError, RedisError, OSError) as exc:
-            await connection.disconnect()
             raise self._redis_error("open the pub/sub connection", exc) from exc
         self._pubsub = connection
         return connection
@@ -819,9 +994,7 @@ class RedisBackend(BaseBackend):
         """Subscribe every wanted topic again, then deliver what was missed while deaf."""
         channels = list(self._topics)
         if channels:
-            await connection.send_packed_command(
-                connection.pack_command("SUBSCRIBE", *channels), check_health=False
-            )
+            await send_pubsub(connection, "SUBSCRIBE", *channels)
         live: list[tuple[bytes, bytes]] = []
         waiting = set(channels)
         while waiting:
@@ -868,14 +1041,18 @@ class RedisBackend(BaseBackend):
 
     async def _read(self, connection: AbstractConnection) -> None:
         """Dispatch messages until the connection breaks or stops answering PINGs."""
-        async for reply in pubsub_replies(connection):
-            if isinstance(reply, ResponseError):
-                raise reply
-            kind = reply[0]
-            if kind == b"message":
-                self._dispatch(reply[1], reply[2])
-            elif kind == b"subscribe":
-                self._confirm(reply[1])
+        await read_pubsub(connection, self._reply)
+
+    def _reply(self, reply: Any) -> bool:
+        """One reply of the pub/sub connection (an error breaks it); never the last."""
+        if isinstance(reply, ResponseError):
+            raise reply
+        kind = reply[0]
+        if kind == b"message":
+            self._dispatch(reply[1], reply[2])
+        elif kind == b"subscribe":
+            self._confirm(reply[1])
+        return False
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         topic = self._topics.get(channel)

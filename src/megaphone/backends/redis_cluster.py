@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import random
 import time
 from typing import Any
@@ -75,12 +76,14 @@ from megaphone.backends.redis import (
     SOCKET_TIMEOUT,
     RedisBackend,
     Scripts,
+    _Call,
     _cancel,
     _keys,
-    _Queued,
-    pubsub_replies,
+    open_pubsub,
+    read_pubsub,
     run_pipeline,
     script_loads,
+    send_pubsub,
 )
 from megaphone.core.logs import get_logger
 
@@ -266,7 +269,7 @@ class RedisClusterBackend(RedisBackend):
 
     # Commands, routed -----------------------------------------------------------------------
 
-    async def _replies(self, queued: list[_Queued]) -> list[Any]:
+    async def _replies(self, queued: list[_Call]) -> list[Any]:
         """Each call's reply, from the master owning its topic's slot: one pipeline per master,
         in call order, redirections followed (see the module docstring). A call that cannot be
         run gets a :class:`BackendUnavailable` as its reply."""
@@ -332,7 +335,7 @@ class RedisClusterBackend(RedisBackend):
             if pause:
                 await asyncio.sleep(RETRY_PAUSE)  # pacing retries, not waiting for an event
 
-    async def _node_replies(self, address: Address, calls: list[tuple[_Queued, bool]]) -> list[Any]:
+    async def _node_replies(self, address: Address, calls: list[tuple[_Call, bool]]) -> list[Any]:
         """Run ``calls`` (each with whether it follows an ASK) in one pipeline on ``address``."""
         commands: list[tuple[Any, ...]] = [*script_loads([q for q, _ in calls])]
         positions = []
@@ -457,9 +460,7 @@ class RedisClusterBackend(RedisBackend):
             return
         shard.sent.append((b"sunsubscribe", channel, None))
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-            await shard.connection.send_packed_command(
-                shard.connection.pack_command("SUNSUBSCRIBE", channel), check_health=False
-            )
+            await send_pubsub(shard.connection, "SUNSUBSCRIBE", channel)
 
     async def _place(self, channel: bytes, topic: str) -> _Shard:
         """Subscribe ``channel`` on the master owning its slot, following ``MOVED`` and
@@ -496,10 +497,7 @@ class RedisClusterBackend(RedisBackend):
     async def _ssubscribe(self, shard: _Shard, channel: bytes, topic: str) -> None:
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         shard.sent.append((b"ssubscribe", channel, ack))
-        connection = shard.connection
-        await connection.send_packed_command(
-            connection.pack_command("SSUBSCRIBE", channel), check_health=False
-        )
+        await send_pubsub(shard.connection, "SSUBSCRIBE", channel)
         try:
             await asyncio.wait_for(ack, SOCKET_TIMEOUT)
         except TimeoutError:
@@ -523,14 +521,9 @@ class RedisClusterBackend(RedisBackend):
             task.exception()  # retrieved: each waiter raised it
 
     async def _open_shard(self, address: Address) -> _Shard:
-        pool = self._pool_of(address)
-        connection = pool.connection_class(
-            **{**pool.connection_kwargs, "socket_timeout": SOCKET_TIMEOUT}
-        )
         try:
-            await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            connection = await open_pubsub(self._pool_of(address))
         except (TimeoutError, RedisError, OSError) as exc:
-            await connection.disconnect()
             raise BackendUnavailable(
                 f"cannot open a pub/sub connection to {address}: {exc}"
             ) from exc
@@ -584,30 +577,34 @@ class RedisClusterBackend(RedisBackend):
     async def _shard_replies(self, shard: _Shard) -> None:
         """Handle ``shard``'s replies; return once Redis ended its last subscription (its
         slots moved away) and nothing waits for an answer."""
-        async for reply in pubsub_replies(shard.connection):
-            if isinstance(reply, ResponseError):  # the answer to the oldest command unanswered
-                if shard.sent:
-                    _, _, ack = shard.sent.popleft()
-                    if ack is not None and not ack.done():
-                        ack.set_exception(reply)
-                continue
-            if not isinstance(reply, list) or len(reply) < 2:
-                continue  # PONG
-            kind, channel = reply[0], reply[1]
-            if kind == b"smessage":
-                self._shard_message(channel, reply[2])
-            elif kind == b"ssubscribe":
-                self._subscribed(shard, channel)
-            elif kind == b"sunsubscribe":
-                if shard.sent and shard.sent[0][:2] == (b"sunsubscribe", channel):
-                    shard.sent.popleft()  # the answer to ours
-                else:  # the slot moved away: Redis ended the subscription itself
-                    shard.channels.discard(channel)
-                    if self._homes.get(channel) is shard:
-                        logger.info("%r moved away from %s", channel, shard.address)
-                        self._lose(channel)
-                    if not shard.channels and not shard.sent:
-                        return
+        await read_pubsub(shard.connection, functools.partial(self._shard_reply, shard))
+
+    def _shard_reply(self, shard: _Shard, reply: Any) -> bool:
+        """One of ``shard``'s replies; True once Redis ended its last subscription."""
+        if isinstance(reply, ResponseError):  # the answer to the oldest command unanswered
+            if shard.sent:
+                _, _, ack = shard.sent.popleft()
+                if ack is not None and not ack.done():
+                    ack.set_exception(reply)
+            return False
+        if not isinstance(reply, list) or len(reply) < 2:
+            return False  # PONG
+        kind, channel = reply[0], reply[1]
+        if kind == b"smessage":
+            self._shard_message(channel, reply[2])
+        elif kind == b"ssubscribe":
+            self._subscribed(shard, channel)
+        elif kind == b"sunsubscribe":
+            if shard.sent and shard.sent[0][:2] == (b"sunsubscribe", channel):
+                shard.sent.popleft()  # the answer to ours
+            else:  # the slot moved away: Redis ended the subscription itself
+                shard.channels.discard(channel)
+                if self._homes.get(channel) is shard:
+                    logger.info("%r moved away from %s", channel, shard.address)
+                    self._lose(channel)
+                if not shard.channels and not shard.sent:
+                    return True
+        return False
 
     def _subscribed(self, shard: _Shard, channel: bytes) -> None:
         if shard.sent:

@@ -106,21 +106,21 @@ class Connection:
         self.outbox = Outbox(max_messages, max_bytes, self._overflowed)
         self._on_slow = on_slow
 
-    def deliver(self, message: Message) -> None:
-        self._deliver(message, self._encoder, self._frame_encoder)
-
-    def deliver_as(self, message: Message, encoder: Encoder) -> None:
-        """:meth:`deliver` with another encoder than the connection's (still encoded once)."""
-        self._deliver(message, encoder, framed(encoder))
-
-    def _deliver(self, message: Message, encoder: Encoder, frame_encoder: Encoder) -> None:
+    def deliver(self, message: Message, encoder: Encoder | None = None) -> None:
+        """Queue ``message``, encoded by ``encoder`` (by default the connection's; either way
+        once per message, whatever the number of connections)."""
+        if encoder is None:
+            encoder, frame_encoder = self._encoder, self._frame_encoder
+        else:
+            frame_encoder = framed(encoder)
         if self._held is not None:
             if self._held_more is None:
                 self._held_more = [message.encoded(frame_encoder)]
             else:
                 self._held_more.append(message.encoded(frame_encoder))
-        elif self._writer is None and self._direct is not None and not self.outbox:
-            # Nothing waits ahead of it: hold it for the single write at the end of this turn.
+        elif self._writer is None and self._started and self._direct is not None:
+            # Nothing waits ahead of it (once started, the outbox holds frames only while the
+            # writer runs): hold it for the single write at the end of this turn.
             self._held = message.encoded(frame_encoder)
             loop = asyncio.get_running_loop()
             holding = _holding.get(loop)

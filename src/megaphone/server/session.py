@@ -148,7 +148,7 @@ class _PresenceListener:
         self.connection = connection
 
     def deliver(self, message: Message) -> None:
-        self.connection.deliver_as(message, raw_frame)
+        self.connection.deliver(message, raw_frame)
 
 
 class RateLimitIgnored(Exception):
