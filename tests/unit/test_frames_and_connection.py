@@ -8,7 +8,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from megaphone.core.frames import FrameWriter, event_frame, frame_writer, framed
+from megaphone.core.frames import OfferedWriter, event_frame, frame_writer, framed
 from megaphone.core.message import Message, raw_frame
 from megaphone.server.connection import Connection
 from tests.conftest import loop_turns
@@ -60,7 +60,7 @@ def test_frame_writer_is_found_only_when_offered() -> None:
         pass
 
     offer = {"megaphone.write_frame": {"write": write, "drain": drain}}
-    assert frame_writer({"extensions": offer}) == FrameWriter(write, drain)
+    assert frame_writer({"extensions": offer}) == OfferedWriter(write, drain)
     assert frame_writer({"extensions": {}}) is None
     assert frame_writer({}) is None
 
@@ -108,7 +108,7 @@ def connection(socket: Socket) -> Connection:
         lambda: None,
         max_messages=100,
         max_bytes=10_000,
-        frame_writer=FrameWriter(socket.write_frame, socket.drain),
+        frame_writer=OfferedWriter(socket.write_frame, socket.drain),
     )
 
 

@@ -8,7 +8,7 @@ client; :func:`framed` turns any message encoder into one that yields those byte
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from megaphone.core.message import Encoder, Message
 
@@ -16,7 +16,7 @@ from megaphone.core.message import Encoder, Message
 WRITE_FRAME_EXTENSION = "megaphone.write_frame"
 
 
-class FrameWriter(NamedTuple):
+class FrameWriter(Protocol):
     """What a server offers through the extension, for one connection.
 
     ``write(frame)`` writes complete frames at once and returns True, or writes nothing and
@@ -25,14 +25,29 @@ class FrameWriter(NamedTuple):
     the low-water mark again (or the connection is gone: ``write`` then says so).
     """
 
+    def write(self, frame: bytes, /) -> bool: ...
+
+    def drain(self) -> Awaitable[None]: ...
+
+
+class OfferedWriter(NamedTuple):
+    """A :class:`FrameWriter` made of the two functions an ASGI server offers (uvicorn's)."""
+
     write: Callable[[bytes], bool]
     drain: Callable[[], Awaitable[None]]
 
 
 def frame_writer(scope: dict[str, Any]) -> FrameWriter | None:
-    """The server's frame writer for this connection, if it offers one."""
+    """The server's frame writer for this connection, if it offers one: the extension's value
+    is a dict of its two functions (``{"write": ..., "drain": ...}``, as uvicorn's protocol
+    offers them), or an object that is a :class:`FrameWriter` itself (the native transport's
+    connection: no dict and no bound methods per connection)."""
     offer = scope.get("extensions", {}).get(WRITE_FRAME_EXTENSION)
-    return FrameWriter(offer["write"], offer["drain"]) if offer else None
+    if not offer:
+        return None
+    if isinstance(offer, dict):
+        return OfferedWriter(offer["write"], offer["drain"])
+    return offer  # type: ignore[no-any-return]
 
 
 def event_frame(event: dict[str, Any]) -> bytes:

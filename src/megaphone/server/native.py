@@ -15,6 +15,9 @@ read its head. What an ASGI server costs every connection is gone:
   connection is a protocol object, the endpoint's consumer and its outbox: frames received are
   handed to the consumer by a task that exists only while frames wait for it.
 * **One keepalive timer per process**, not one per connection (:class:`_Keepalive`).
+* **The handshake's headers are let go** once the consumer's ``connect`` is over (the guards,
+  the topic policy and the ``server_subscriptions`` receivers read them before):
+  ``scope["headers"]`` is empty afterwards.
 
 It keeps everything the ASGI transport guarantees, in the same terms: the same consumers (so the
 same protocol, topic policy, limits, close codes and logs), the same guards in the same order
@@ -43,6 +46,7 @@ import asyncio
 import base64
 import binascii
 import codecs
+import functools
 import hashlib
 import math
 import re
@@ -118,10 +122,12 @@ _routes: list[tuple[re.Pattern[str], type[_Endpoint]]] = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)
 def _endpoint(path: str) -> tuple[type[_Endpoint], dict[str, Any]] | None:
     """The Megaphone endpoint ``path`` routes to (its consumer class and ``url_route``), or
     None: the routes of :data:`~megaphone.server.consumers.ENDPOINTS`, matched as Channels'
-    ``URLRouter`` matches them (on the path without its leading slash)."""
+    ``URLRouter`` matches them (on the path without its leading slash). Cached: the connections
+    of one topic share one ``url_route`` (read, never written)."""
     path = path.lstrip("/")
     for regex, consumer in _routes:
         match = regex.search(path)
@@ -287,12 +293,10 @@ class NativeWebSocket(asyncio.Protocol):
             return
         cls, route = endpoint
         subprotocols = _header(scope["headers"], b"sec-websocket-protocol")
-        offered = subprotocols.decode("latin-1").split(",") if subprotocols else []
-        scope["subprotocols"] = [name.strip() for name in offered]
+        offered = subprotocols.decode("latin-1").split(",") if subprotocols else ()
+        scope["subprotocols"] = tuple(name.strip() for name in offered)
         scope["url_route"] = route
-        scope["extensions"] = {
-            WRITE_FRAME_EXTENSION: {"write": self.write_frame, "drain": self.drain}
-        }
+        scope["extensions"] = {WRITE_FRAME_EXTENSION: self}  # a FrameWriter itself
         scope[_NATIVE] = self
         guards = _handshake_guards(proxy_headers, trusted)
         self._runner = asyncio.get_running_loop().create_task(
@@ -312,6 +316,10 @@ class NativeWebSocket(asyncio.Protocol):
             consumer.base_send = self.send
             self._consumer = consumer
             await consumer.dispatch(_CONNECT)
+            # The handshake's headers were for the guards and the consumer's connect (the
+            # server_subscriptions receivers included): nothing reads them afterwards, and they
+            # are a sixth of an idle connection's memory.
+            scope["headers"] = []
         except Exception:
             logger.exception("handshake on %s failed", self.path)
             self._fail_consumer()
@@ -387,7 +395,7 @@ class NativeWebSocket(asyncio.Protocol):
 
     # The frame writer (megaphone.write_frame) and flow control.
 
-    def write_frame(self, frame: bytes) -> bool:
+    def write(self, frame: bytes) -> bool:
         """Write complete frames now; False if the socket cannot take them now."""
         if self._state == _OPEN and self._writable.is_set():
             self.transport.write(frame)
