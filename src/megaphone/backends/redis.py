@@ -13,6 +13,10 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   message to the topic's stream (bounded by the history size, trimmed by age) and PUBLISHes it
   once on the topic's channel, whatever the number of processes and clients listening. The
   message's time is the Redis server's clock, so every machine numbers and dates alike.
+  Publishes queued one after the other on one topic (a client's burst) go as one run of the
+  script (at most :data:`PUBLISH_BATCH`), which applies each in order exactly as its own run
+  would have, under its own ``pcall``: its own offset, ``msg_id`` check and PUBLISH, and its
+  own failure. Nothing runs between them; they share one clock reading (one ``time``).
 * **Publishes and history reads are pipelined, in call order.** Those called while no pipeline
   is in flight go to Redis as one pipeline, in the order they were called; those called
   meanwhile go as the next one when it returns. So publishes are applied in call order, even
@@ -21,13 +25,14 @@ What it guarantees, on top of :mod:`megaphone.backends.base`:
   each: they wait for Redis, never for a free connection behind thousands of others.
 * **A failed call fails alone.** Each call is encoded before it joins a pipeline, so an argument
   Redis cannot take (text that is not valid Unicode) fails that call alone
-  (:class:`~megaphone.core.decoding.InvalidText`); Redis answering one script with an error fails
-  that script's call alone; only a lost connection fails the whole pipeline. Nothing is
+  (:class:`~megaphone.core.decoding.InvalidText`); Redis failing one publish or script fails
+  that call alone (in a run of publishes too); only a lost connection fails the whole pipeline,
+  and a run Redis refuses as a whole (a script error) fails the publishes of that run. Nothing is
   stranded: an unexpected error fails its own pipeline's calls, is logged, and the next
   pipeline goes out.
 * **One pub/sub connection per backend instance** (per worker process), subscribed to exactly
   the topics the node asked for; a reader task hands their messages to ``on_message`` on the
-  backend's loop, in the order Redis sent them (offset order).
+  backend's loop, in the order Redis sent them (offset order), each decoded once per process.
 * **No deaf subscriptions.** When the pub/sub connection breaks, the reader reconnects with
   jittered exponential backoff (at most :data:`RECONNECT_MAX_DELAY` seconds apart),
   resubscribes every topic, then reads each topic's history after the last offset it delivered
