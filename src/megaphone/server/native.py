@@ -325,9 +325,8 @@ class NativeWebSocket(asyncio.Protocol):
             self._fail_consumer()
         finally:
             self._runner = None
-            if self._state == _CLOSED and self.counted is not None:  # it left meanwhile
-                release_address(OPEN_CONNECTIONS, self.counted)
-                self.counted = None
+            if self._state == _CLOSED:  # it left meanwhile
+                self._uncount()
         if self._consumer is not None and self._events:
             self._run()
 
@@ -620,12 +619,17 @@ class NativeWebSocket(asyncio.Protocol):
             self._close_timer.cancel()
             self._close_timer = None
 
+    def _close_now(self, code: int, reason: str) -> None:
+        """Tell the consumer, send the close frame and close the socket, without waiting for
+        the client's close frame (a shutdown, a dead peer)."""
+        self._queue({"type": "websocket.disconnect", "code": code})
+        self._write_close(code, reason)
+        self._end()
+
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: close with 1012 (service restart)."""
         if self._state == _OPEN:
-            self._queue({"type": "websocket.disconnect", "code": CloseCode.SERVICE_RESTART})
-            self._write_close(CloseCode.SERVICE_RESTART, "")
-            self._end()
+            self._close_now(CloseCode.SERVICE_RESTART, "")
         elif self._state == _HANDSHAKE:
             self._respond(500, b"", b"")
 
@@ -647,9 +651,7 @@ class NativeWebSocket(asyncio.Protocol):
         if self._pings_out == tick and self._state == _OPEN:
             logger.info("closing %s: no pong in time (dead connection)", self.path)
             metrics.CLOSES.labels("1011").inc()
-            self._queue({"type": "websocket.disconnect", "code": CloseCode.INTERNAL_ERROR})
-            self._write_close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-            self._end()  # no close handshake with a dead peer
+            self._close_now(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")  # a dead peer
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state == _OPEN or self._state == _CLOSING or self._consumer is not None:
@@ -663,10 +665,14 @@ class NativeWebSocket(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        self._uncount()
+        self._writable.set()  # nothing waits for a socket that is gone
+
+    def _uncount(self) -> None:
+        """Give back the connection's place in the per-address count, once."""
         if self.counted is not None:
             release_address(OPEN_CONNECTIONS, self.counted)
             self.counted = None
-        self._writable.set()  # nothing waits for a socket that is gone
 
     # The consumer.
 
