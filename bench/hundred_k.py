@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
 import os
 import re
 import resource
@@ -37,7 +36,7 @@ from benchlib import deps, report
 from benchlib.addresses import source_plans
 from benchlib.client import ClientPool, raise_nofile
 from benchlib.scenarios import Config, Log, Session, _merge_counts, fmt_measure
-from benchlib.servers import BENCH, ServerSpec, all_servers, pick_servers, unavailable_reason
+from benchlib.servers import ServerSpec, all_servers, pick_servers, unavailable_reason
 
 TOPIC = "broadcast.bench-100k"
 SERVERS = ("node-ws", "megaphone", "megaphone-native")
@@ -358,11 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.connect_timeout = 30.0
 
     log = Log()
-    now = dt.datetime.now(dt.UTC)
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    out_dir = args.out or (BENCH / "results" / ("tmp" if args.quick else ""))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = BENCH / "results" / "tmp" / f"logs-100k-{stamp}"
+    now, stamp, out_dir, log_dir = report.run_dirs(args.out, args.quick, "logs-100k")
 
     # the server process holds n sockets (and ~20 other files), each client process n / procs:
     # children inherit the limit

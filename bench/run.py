@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import os
 import signal
 import sys
@@ -36,7 +35,7 @@ from benchlib.scenarios import (
     run_steady,
     run_topics,
 )
-from benchlib.servers import BENCH, ServerSpec, all_servers, pick_servers, unavailable_reason
+from benchlib.servers import ServerSpec, all_servers, pick_servers, unavailable_reason
 
 QUICK_SERVERS = ("node-ws", "websockets", "megaphone", "megaphone-native")
 
@@ -192,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     log = Log()
-    now = dt.datetime.now(dt.UTC)
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    out_dir = args.out or (BENCH / "results" / ("tmp" if args.quick else ""))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = BENCH / "results" / "tmp" / f"logs-{stamp}"
+    now, stamp, out_dir, log_dir = report.run_dirs(args.out, args.quick, "logs")
     limit = args.time_limit or (150 if args.quick else 45 * 60)
 
     def on_alarm(signum: int, frame: Any) -> None:

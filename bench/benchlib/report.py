@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .servers import PEERS, REPO
+from .servers import BENCH, PEERS, REPO
 
 REF_CHANNELS = "channels-memory"
 REF_NODE = "node-ws"
@@ -59,6 +60,17 @@ def machine_info() -> dict[str, Any]:
             timeout=10,
         ).stdout.strip()
     return info
+
+
+def run_dirs(out: Path | None, quick: bool, logs: str) -> tuple[dt.datetime, str, Path, Path]:
+    """A run's start (UTC) and its stamp, the directory its results go to (``out``, by default
+    bench/results/, or bench/results/tmp/ for a quick run; created) and the one for its servers'
+    logs (bench/results/tmp/<logs>-<stamp>)."""
+    now = dt.datetime.now(dt.UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    out_dir = out or (BENCH / "results" / ("tmp" if quick else ""))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return now, stamp, out_dir, BENCH / "results" / "tmp" / f"{logs}-{stamp}"
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
